@@ -1,0 +1,159 @@
+"""The operator registry: the seam every capability plugs into.
+
+An operator is declared by an :class:`OpSpec` — its name, a pydantic model for its parameters, the
+kinds of its inputs and its output, a version that enters the cache key, and the dotted path of the
+function that implements it. Declarations live in torch-free ``specs`` modules so that ``mlspec
+check`` validates a spec without importing torch; the implementation is imported only when a step
+runs.
+
+An implementation has the signature ``fn(ctx: StepContext, params: ParamsModel, **inputs) -> value``
+where each input arrives as a loaded value (``mlspec.values``): a ``Model``, a ``Dataset``, a JSON
+``Record`` … — a port declared ``many=True`` receives a list.
+
+Adding an operator never touches the grammar: add an ``OpSpec`` to a catalogue module listed in
+:data:`CATALOGUES` (or call :func:`register` from one).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Kind",
+    "Port",
+    "OpSpec",
+    "Params",
+    "NoParams",
+    "register",
+    "get",
+    "all_ops",
+    "names",
+    "CATALOGUES",
+]
+
+
+class Kind(str, Enum):
+    """The kinds of value that flow between steps (what a port accepts, what an operator makes)."""
+
+    MODEL = "Model"
+    DATASET = "Dataset"
+    TASK = "Task"
+    METRICS = "Metrics"
+    CURVE = "Curve"
+    SURFACE = "Surface"
+    PERMUTATION = "Permutation"
+    TRAJECTORIES = "Trajectories"
+    TABLE = "Table"
+    FILE = "File"
+    ANY = "Any"
+
+    def accepts(self, other: Kind) -> bool:
+        return self is Kind.ANY or other is Kind.ANY or self is other
+
+    @property
+    def article(self) -> str:
+        return "an" if self.value[0] in "AEIOU" else "a"
+
+
+class Params(BaseModel):
+    """Base class of every operator's parameter model: unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class NoParams(Params):
+    pass
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input of an operator. ``many`` ports take a list (``models = [a, b]``) or, when they are
+    the last positional port, every remaining positional argument (``average(a, b, c)``)."""
+
+    name: str
+    kind: Kind
+    many: bool = False
+    required: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    doc: str
+    inputs: tuple[Port, ...]
+    output: Kind
+    impl: str  # "package.module:function", imported lazily
+    params: type[Params] = NoParams
+    version: str = "1"
+    uses_seed: bool = False  # when False the derived seed stays out of the cache key
+    dialects: frozenset[str] = frozenset({"merge", "extrap"})
+    # Names of parameters that also accept the value of a sweep/axis; purely documentary.
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def port(self, name: str) -> Port | None:
+        return next((p for p in self.inputs if p.name == name), None)
+
+    def load(self) -> Callable[..., Any]:
+        module, _, attr = self.impl.partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+    @property
+    def summary(self) -> str:
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+_LOADED = False
+
+#: Torch-free modules whose import registers operators. New capabilities add their module here.
+CATALOGUES: list[str] = [
+    "mlspec.ops.data.specs",
+    "mlspec.ops.models.specs",
+    "mlspec.ops.merge.specs",
+    "mlspec.ops.landscape.specs",
+    "mlspec.extrap.specs",
+    "mlspec.checkpoints.specs",
+]
+
+
+def register(spec: OpSpec) -> OpSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"operator {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for module in CATALOGUES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
+            if exc.name != module:
+                raise
+
+
+def get(name: str) -> OpSpec | None:
+    _ensure_loaded()
+    return _REGISTRY.get(name)
+
+
+def all_ops(dialect: str | None = None) -> list[OpSpec]:
+    _ensure_loaded()
+    return sorted(
+        (s for s in _REGISTRY.values() if dialect is None or dialect in s.dialects), key=lambda s: s.name
+    )
+
+
+def names(dialect: str | None = None) -> list[str]:
+    return [s.name for s in all_ops(dialect)]

@@ -1,0 +1,88 @@
+"""The values that flow between steps, and how each is stored in the cache.
+
+Every value splits into *tensors* (a flat ``name -> torch.Tensor`` dict, stored as safetensors) and
+*meta* (JSON). That one rule lets the cache store any kind without pickling, so a cache directory
+shared by a stranger can never execute code.
+
+- :class:`Model` — an architecture description (``arch``: a JSON dict naming a builder in
+  ``mlspec.ops.models.arch`` and its arguments) plus a state dict.
+- :class:`Dataset` — named tensors (``x_train``, ``y_train``, ``x_test``, ``y_test`` for
+  classification data; generated tasks add their own) plus JSON meta.
+- :class:`Record` — plain JSON results (metrics, curves, surfaces, statistics); what the report and
+  ``results.json`` read.
+
+torch is imported lazily so that ``mlspec check`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Model", "Dataset", "Record", "Value", "to_parts", "from_parts"]
+
+
+@dataclass
+class Model:
+    arch: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. training history, merge statistics
+
+    def module(self) -> torch.nn.Module:
+        """A fresh ``nn.Module`` of this architecture holding these weights."""
+        from mlspec.ops.models.arch import build
+
+        net = build(self.arch)
+        net.load_state_dict(self.state)
+        return net
+
+    def with_state(self, state: dict[str, torch.Tensor], **info: Any) -> Model:
+        return Model(arch=dict(self.arch), state=state, info=info)
+
+
+@dataclass
+class Dataset:
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the ``train`` or ``test`` split."""
+        return self.tensors[f"x_{which}"], self.tensors[f"y_{which}"]
+
+
+@dataclass
+class Record:
+    data: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+Value = Model | Dataset | Record
+
+
+def to_parts(value: Value) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if isinstance(value, Model):
+        return value.state, {"type": "Model", "arch": value.arch, "info": value.info}
+    if isinstance(value, Dataset):
+        return value.tensors, {"type": "Dataset", "meta": value.meta}
+    if isinstance(value, Record):
+        return {}, {"type": "Record", "data": value.data}
+    raise TypeError(f"cannot store a {type(value).__name__} in the cache")
+
+
+def from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Value:
+    kind = meta["type"]
+    if kind == "Model":
+        return Model(arch=meta["arch"], state=tensors, info=meta.get("info", {}))
+    if kind == "Dataset":
+        return Dataset(tensors=tensors, meta=meta.get("meta", {}))
+    if kind == "Record":
+        return Record(data=meta["data"])
+    raise ValueError(f"unknown cached value type {kind!r}")
