@@ -116,6 +116,7 @@ _LOADED = False
 CATALOGUES: list[str] = [
     "mlspec.ops.data.specs",
     "mlspec.ops.models.specs",
+    "mlspec.ops.scoring",
     "mlspec.ops.merge.specs",
     "mlspec.ops.landscape.specs",
     "mlspec.extrap.specs",
@@ -139,7 +140,7 @@ def _ensure_loaded() -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
-            if exc.name != module:
+            if exc.name is None or not module.startswith(exc.name):
                 raise
 
 

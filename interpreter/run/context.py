@@ -26,6 +26,7 @@ class StepContext:
     out_dir: Path  # the study's output directory (exports go under it)
     work_dir: Path  # a private scratch directory for this step (checkpoints for resuming)
     allow_outside: bool = False  # the user passed --allow-outside-out
+    input_names: dict[str, Any] = field(default_factory=dict)  # port -> upstream step name(s)
     _progress: Progress | None = field(default=None, repr=False)
 
     def generator(self, device: str | None = None) -> torch.Generator:

@@ -34,7 +34,7 @@ def build(arch: dict[str, Any]) -> nn.Module:
             try:
                 importlib.import_module(module)
             except ModuleNotFoundError as exc:
-                if exc.name != module:
+                if exc.name is None or not module.startswith(exc.name):
                     raise
     if kind not in _BUILDERS:
         raise ValueError(f"unknown architecture {kind!r} (known: {', '.join(sorted(_BUILDERS))})")

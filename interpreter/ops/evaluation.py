@@ -1,0 +1,60 @@
+"""Loss and accuracy of a classifier on a dataset split — the one place they are computed.
+
+Every operator that scores a model (``evaluate``, ``interpolate``, soups, barriers, planes …)
+calls :func:`evaluate_module`, so all of them agree on what "loss" and "accuracy" mean: mean
+cross-entropy over the split and the fraction of argmax predictions equal to the label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mlspec.ops.scoring import EvaluateParams
+from mlspec.run.context import StepContext
+from mlspec.values import Dataset, Model, Record
+
+__all__ = ["evaluate_module", "evaluate_state", "evaluate"]
+
+
+@torch.no_grad()
+def evaluate_module(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024, device: str = "cpu"
+) -> dict[str, float]:
+    """``{"loss": mean cross-entropy, "accuracy": fraction correct}`` of ``module`` on ``(x, y)``."""
+    was_training = module.training
+    module.eval().to(device)
+    total_loss = 0.0
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        logits = module(xb).float()
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == yb).sum().item())
+    module.train(was_training)
+    n = max(1, len(x))
+    return {"loss": total_loss / n, "accuracy": correct / n}
+
+
+def evaluate_state(
+    model: Model, state: dict[str, torch.Tensor], data: Dataset, *, split: str = "test", device: str = "cpu"
+) -> dict[str, float]:
+    """Score ``model``'s architecture carrying ``state`` (used by curves and surfaces)."""
+    net = model.with_state(state).module()
+    x, y = data.split(split)
+    return evaluate_module(net, x, y, device=device)
+
+
+def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Dataset) -> Record:
+    x, y = on.split(params.split)
+    scores = evaluate_module(model.module(), x, y, device=ctx.device)
+    scores["error"] = 1.0 - scores["accuracy"]
+    out: dict[str, Any] = {"model": ctx.input_names.get("model"), "dataset": ctx.input_names.get("on")}
+    out.update({m: scores[m] for m in params.metrics})
+    out["split"] = params.split
+    out["n"] = len(x)
+    return Record(out)

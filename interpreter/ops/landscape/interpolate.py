@@ -1,0 +1,75 @@
+"""Linear interpolation between two models and its loss/error barriers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mlspec.errors import StepError
+from mlspec.ops.evaluation import evaluate_state
+from mlspec.ops.scoring import InterpolateParams
+from mlspec.run.context import StepContext
+from mlspec.values import Dataset, Model, Record
+
+__all__ = ["interpolate", "barriers", "lerp_state"]
+
+
+def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1-α)·a + α·b for floating tensors; integer buffers (e.g. BatchNorm counters) come from a."""
+    return {k: torch.lerp(a[k], b[k], alpha) if a[k].is_floating_point() else a[k].clone() for k in a}
+
+
+def barriers(alphas: list[float], values: list[float]) -> dict[str, float]:
+    """Both published barrier definitions of a curve ``values`` over ``alphas`` ∈ [0, 1].
+
+    - ``max_minus_mean``: max_α v(α) − ½(v(0) + v(1))  (Frankle et al.; Entezari et al.)
+    - ``max_minus_linear``: max_α [v(α) − ((1−α)·v(0) + α·v(1))]  (Ainsworth et al., Git Re-Basin)
+    """
+    v0, v1 = values[0], values[-1]
+    return {
+        "max_minus_mean": max(values) - 0.5 * (v0 + v1),
+        "max_minus_linear": max(v - ((1 - a) * v0 + a * v1) for a, v in zip(alphas, values)),
+    }
+
+
+def _check_compatible(a: Model, b: Model) -> None:
+    if a.arch != b.arch:
+        raise StepError(f"cannot interpolate models of different architectures ({a.arch} vs {b.arch})")
+    for name, tensor in a.state.items():
+        other = b.state.get(name)
+        if other is None or other.shape != tensor.shape:
+            shape = None if other is None else tuple(other.shape)
+            raise StepError(f"tensor {name!r} differs: {tuple(tensor.shape)} vs {shape}")
+
+
+def interpolate(ctx: StepContext, params: InterpolateParams, *, a: Model, b: Model, on: Dataset) -> Record:
+    _check_compatible(a, b)
+    alphas = [i / (params.steps - 1) for i in range(params.steps)]
+    losses: list[float] = []
+    accuracies: list[float] = []
+    with ctx.progress(len(alphas), "interpolate") as advance:
+        for alpha in alphas:
+            scores = evaluate_state(a, lerp_state(a.state, b.state, alpha), on, split=params.split, device=ctx.device)
+            losses.append(scores["loss"])
+            accuracies.append(scores["accuracy"])
+            advance()
+    errors = [1.0 - acc for acc in accuracies]
+    loss_b = barriers(alphas, losses)
+    err_b = barriers(alphas, errors)
+    out: dict[str, Any] = {
+        "a": ctx.input_names.get("a"),
+        "b": ctx.input_names.get("b"),
+        "dataset": ctx.input_names.get("on"),
+        "split": params.split,
+        "alphas": alphas,
+        "loss": losses,
+        "accuracy": accuracies,
+        "barriers": {
+            "loss_max_minus_mean": loss_b["max_minus_mean"],
+            "loss_max_minus_linear": loss_b["max_minus_linear"],
+            "error_max_minus_mean": err_b["max_minus_mean"],
+            "error_max_minus_linear": err_b["max_minus_linear"],
+        },
+    }
+    return Record(out)

@@ -1,0 +1,57 @@
+"""Declarations of model constructors and classifier training (torch-free)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mlspec.registry import Kind, OpSpec, Params, Port, register
+
+
+class MLPParams(Params):
+    in_features: int = Field(alias="in", ge=1, description="input features (64 for digits)")
+    hidden: list[int] = Field(default=[256, 256], description="widths of the hidden layers")
+    out_features: int = Field(alias="out", ge=1, description="number of classes")
+    norm: Literal["none", "layernorm", "batchnorm"] = Field(default="none", description="after each hidden layer")
+
+
+class TrainParams(Params):
+    epochs: int = Field(default=20, ge=1, le=100_000, description="passes over the training split")
+    lr: float = Field(default=1e-3, gt=0.0, description="learning rate")
+    batch: int = Field(default=64, ge=1, description="mini-batch size")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="Adam or SGD with momentum")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="L2 penalty (AdamW-style for adam)")
+
+
+register(
+    OpSpec(
+        name="mlp",
+        doc="""A fully connected ReLU network, initialised from the step's seed.
+
+        `model init = mlp(in = 64, hidden = [256, 256], out = 10)`""",
+        inputs=(),
+        output=Kind.MODEL,
+        params=MLPParams,
+        impl="mlspec.ops.models.train:mlp",
+        uses_seed=True,
+    )
+)
+
+register(
+    OpSpec(
+        name="train",
+        doc="""Train a classifier with cross-entropy on a dataset's training split.
+
+        Mini-batches are shuffled from the step's seed, so two `train` steps with the same
+        inputs but different names see different data orders.
+        `model a = train(init, on = low, epochs = 40, lr = 1e-3)`""",
+        inputs=(Port("model", Kind.MODEL), Port("on", Kind.DATASET)),
+        output=Kind.MODEL,
+        params=TrainParams,
+        impl="mlspec.ops.models.train:train",
+        uses_seed=True,
+        dialects=frozenset({"merge"}),
+    )
+)
