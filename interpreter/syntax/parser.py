@@ -1,0 +1,169 @@
+"""Parse spec text into an AST; turn lark's exceptions into span-carrying diagnostics.
+
+The grammar of a dialect is ``common.lark`` followed by ``<dialect>.lark``; the dialect follows the
+file extension. Parsers are built once per process (LALR, contextual lexer).
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
+from mlspec.syntax.ast import Program
+from mlspec.syntax.build import build_program
+
+__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords"]
+
+DIALECTS = {".merge": "merge", ".extrap": "extrap"}
+
+
+def dialect_of(path: str | Path) -> str:
+    suffix = Path(path).suffix
+    if suffix not in DIALECTS:
+        raise SpecError(
+            Diagnostic(
+                f"cannot tell the dialect of {str(path)!r}: a spec file ends in .merge or .extrap",
+                None,
+            )
+        )
+    return DIALECTS[suffix]
+
+
+def _grammar_text(dialect: str) -> str:
+    pkg = resources.files("mlspec.grammar")
+    return pkg.joinpath("common.lark").read_text() + "\n" + pkg.joinpath(f"{dialect}.lark").read_text()
+
+
+_comments: ContextVar[list[Token] | None] = ContextVar("_comments", default=None)
+
+
+def _collect_comment(token: Token) -> Token:
+    sink = _comments.get()
+    if sink is not None:
+        sink.append(token)
+    return token
+
+
+@lru_cache(maxsize=None)
+def _parser(dialect: str) -> Lark:
+    # Comments are ignored by the grammar but collected for `fmt` and the report's question.
+    return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment})
+
+
+@lru_cache(maxsize=None)
+def keywords(dialect: str) -> dict[str, list[str]]:
+    """The dialect's keywords by role: ``decl_kind``, ``action_kw``, ``clause_kw``."""
+    text = _grammar_text(dialect)
+    out: dict[str, list[str]] = {}
+    for role in ("decl_kind", "action_kw", "clause_kw"):
+        match = re.search(rf"^!{role}:(.*)$", text, re.M)
+        out[role] = re.findall(r'"([^"]+)"', match.group(1)) if match else []
+    return out
+
+
+def _statement_keywords(dialect: str) -> list[str]:
+    kw = keywords(dialect)
+    return ["study", "use", "export", "report", *kw["decl_kind"], *kw["action_kw"]]
+
+
+def parse(text: str, file: str = "<spec>", dialect: str | None = None) -> Program:
+    dialect = dialect or dialect_of(file)
+    comments: list[Token] = []
+    reset = _comments.set(comments)
+    try:
+        tree = _parser(dialect).parse(text)
+    except UnexpectedInput as exc:
+        raise SpecError(_syntax_diagnostic(exc, text, file, dialect), {file: text}) from None
+    finally:
+        _comments.reset(reset)
+    return build_program(tree, comments, text=text, file=file, dialect=dialect)
+
+
+def parse_file(path: str | Path) -> Program:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(Diagnostic(f"no such spec file: {str(path)!r}", None)) from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise SpecError(Diagnostic(f"cannot read {str(path)!r} as a UTF-8 spec ({exc.__class__.__name__})", None)) from None
+    return parse(text, str(path), dialect_of(path))
+
+
+# --- syntax errors -----------------------------------------------------------------------------
+
+_TERMINAL_TEXT = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "'('", "RPAR": "')'",
+    "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "DOT": "'.'", "$END": "the end of the file",
+}
+
+
+def _describe_terminal(name: str, parser: Lark) -> str:
+    if name in _TERMINAL_TEXT:
+        return _TERMINAL_TEXT[name]
+    try:
+        pattern = parser.get_terminal(name).pattern
+    except KeyError:
+        return name.lower()
+    if pattern.type == "str":
+        return f"'{pattern.value}'"
+    return name.lower()
+
+
+def _word_at(text: str, line: int, col: int) -> tuple[str, int]:
+    lines = text.splitlines() or [""]
+    src = lines[line - 1] if 0 < line <= len(lines) else ""
+    match = re.match(r"[A-Za-z_][A-Za-z0-9_]*|\S", src[col - 1 :])
+    return (match.group(0) if match else ""), max(1, len(match.group(0)) if match else 1)
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str) -> Diagnostic:
+    parser = _parser(dialect)
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        lines = text.rstrip().splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+        expected = getattr(exc, "expected", set())
+        what = _expected_list(expected, parser)
+        return Diagnostic(f"the spec ended unexpectedly; expected {what}", Span(file, line, col, line, col + 1))
+    line, col = exc.line, exc.column
+    word, width = _word_at(text, line, col)
+    span = Span(file, line, col, line, col + width)
+    expected: set[str] = set()
+    if isinstance(exc, UnexpectedToken):
+        expected = set(exc.accepts or exc.expected)
+    elif isinstance(exc, UnexpectedCharacters):
+        expected = set(exc.allowed or ())
+    starts = _statement_keywords(dialect)
+    kw = keywords(dialect)
+    expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
+    if word and re.match(r"[A-Za-z_]", word):
+        # A word where a keyword belongs: most likely a misspelt statement or clause keyword.
+        candidates = [k for k in [*starts, *kw["clause_kw"], "on", "for", "to", "as", "step", "along", "x"]
+                      if k in expected_words]
+        if candidates:
+            kind = "statement" if set(candidates) & set(starts) else "keyword"
+            other = "extrap" if dialect == "merge" else "merge"
+            hint = did_you_mean(word, candidates)
+            if hint is None and word in _statement_keywords(other):
+                hint = f"'{word}' belongs to the .{other} dialect; this file is .{dialect}"
+            return Diagnostic(f"unknown {kind} '{word}'", span, help=hint or f"expected {_expected_list(expected, parser)}")
+    shown = "'" + word + "'" if word else "this"
+    return Diagnostic(f"unexpected {shown}; expected {_expected_list(expected, parser)}", span)
+
+
+def _expected_list(expected: set[str], parser: Lark) -> str:
+    names = sorted({_describe_terminal(t, parser) for t in expected if not t.startswith("__ANON")} |
+                   {_describe_terminal(t, parser) for t in expected if t.startswith("__ANON")})
+    names = [n for n in names if not n.startswith("__")]
+    if not names:
+        return "something else"
+    if len(names) > 6:
+        return ", ".join(names[:6]) + ", …"
+    return " or ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " or " + names[-1]
