@@ -1,0 +1,311 @@
+"""Batched maze generation in the DeepThinking pixel format.
+
+A maze of *size* n (odd, the DeepThinking convention) has ``m = (n + 1) // 2`` cells per side. Its
+compact *grid* is the ``(2m+1) x (2m+1) = (n+2) x (n+2)`` pixel picture of the lattice: cell (i, j)
+sits at pixel (1+2i, 1+2j), the passage between two neighbouring cells at the pixel between them, and
+the outer ring is wall. Codes: 0 wall, 1 open, 2 start, 3 end. The *path* is a 0/1 picture of the same
+shape: the cells and passages of one shortest start→end path, endpoints included.
+
+:func:`to_pixels` turns those into the DeepThinking tensors (each pixel a 2x2 tile plus a one-pixel
+black border, side ``2n+6``): inputs ``N x 3 x H x W`` float (walls 0, open 1, start green (0,1,0),
+end red (1,0,0)) and targets ``N x H x W`` int64 in {0, 1}. Datasets store the compact form (16x
+smaller); models upscale on their device.
+
+Every generator advances a whole batch of mazes in lock-step with array operations (or one batched
+scipy call on a block-diagonal graph), never one maze at a time in Python:
+
+- ``dfs`` — recursive backtracker; each maze pushes and pops every cell once, so a batch finishes in
+  exactly ``2V - 1`` vectorised steps.
+- ``wilson`` — loop-erased random walks (uniform spanning tree), walkers of all mazes stepping at once.
+- ``kruskal`` — Kruskal's algorithm on random edge weights, one scipy call for the whole batch.
+- ``percolation`` — every edge open with probability p (isolated cells are drawn as wall).
+- ``dfs_percolation`` — a dfs maze whose remaining inner walls open with probability p. Any tree
+  generator accepts ``percolation > 0`` the same way, so a percolation axis can sweep a dfs task.
+
+Shortest paths come from one breadth-first search over the whole batch (a virtual source linked to
+every maze's start).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+
+__all__ = ["GENERATORS", "Mazes", "CompactMazes", "generate", "generate_compact", "to_pixels", "cells_per_side"]
+
+GENERATORS = ("dfs", "wilson", "kruskal", "percolation", "dfs_percolation")
+WALL, OPEN, START, END = 0, 1, 2, 3
+_STEP = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]])  # east, south, west, north as (di, dj)
+_OPPOSITE = np.array([2, 3, 0, 1])
+_MAX_ATTEMPTS_PER_MAZE = 50
+
+
+class CompactMazes(NamedTuple):
+    grid: np.ndarray  # (N, n+2, n+2) uint8: 0 wall, 1 open, 2 start, 3 end
+    path: np.ndarray  # (N, n+2, n+2) uint8: 1 on the shortest path
+
+
+class Mazes(NamedTuple):
+    inputs: torch.Tensor  # (N, 3, 2n+6, 2n+6) float32
+    targets: torch.Tensor  # (N, 2n+6, 2n+6) int64
+
+
+def cells_per_side(size: int) -> int:
+    if not isinstance(size, int) or size < 3 or size % 2 == 0:
+        raise ValueError(f"maze size must be an odd integer >= 3, e.g. 9 or 59 (not {size!r})")
+    return (size + 1) // 2
+
+
+def _neighbours(m: int) -> np.ndarray:
+    """(V, 4) index of the neighbour of each cell in each direction, -1 outside the lattice."""
+    i, j = np.divmod(np.arange(m * m), m)
+    ni, nj = i[:, None] + _STEP[:, 0], j[:, None] + _STEP[:, 1]
+    inside = (ni >= 0) & (ni < m) & (nj >= 0) & (nj < m)
+    return np.where(inside, ni * m + nj, -1)
+
+
+def _random_choice(rng: np.random.Generator, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One uniformly random allowed column per row of a boolean (N, K) array, and whether any was."""
+    keys = np.where(allowed, rng.random(allowed.shape), -1.0)
+    return keys.argmax(axis=1), allowed.any(axis=1)
+
+
+def _open_edge(opened: np.ndarray, rows: np.ndarray, cell: np.ndarray, d: np.ndarray, nbr: np.ndarray) -> None:
+    opened[rows, cell, d] = True
+    opened[rows, nbr[cell, d], _OPPOSITE[d]] = True
+
+
+def _dfs(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
+    """(N, V, 4) open passages of recursive-backtracker mazes, all N advanced together."""
+    nbr, V, rows = _neighbours(m), m * m, np.arange(count)
+    opened = np.zeros((count, V, 4), dtype=bool)
+    visited = np.zeros((count, V), dtype=bool)
+    stack = np.zeros((count, V), dtype=np.int64)
+    top = np.zeros(count, dtype=np.int64)  # stack pointer
+    stack[:, 0] = rng.integers(0, V, count)
+    visited[rows, stack[:, 0]] = True
+    for _ in range(2 * V - 1):  # every cell is pushed once and popped once
+        cell = stack[rows, top]
+        cand = nbr[cell]  # (N, 4)
+        free = (cand >= 0) & ~visited[rows[:, None], np.maximum(cand, 0)]
+        d, carve = _random_choice(rng, free)
+        r, c, dd = rows[carve], cell[carve], d[carve]
+        _open_edge(opened, r, c, dd, nbr)
+        nxt = nbr[c, dd]
+        visited[r, nxt] = True
+        top[carve] += 1
+        stack[r, top[carve]] = nxt
+        top[~carve] -= 1
+    return opened
+
+
+def _wilson(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
+    """(N, V, 4) open passages of uniform spanning trees by Wilson's algorithm.
+
+    Each maze is a small state machine (seek the next cell outside the tree → random walk until the
+    tree is hit, remembering the last exit of every cell → retrace those exits into the tree), and
+    all mazes take one transition per vectorised step. Retracing last exits is loop erasure.
+    """
+    nbr, V, rows = _neighbours(m), m * m, np.arange(count)
+    valid_dirs = nbr >= 0
+    n_dirs = valid_dirs.sum(1)
+    packed = np.argsort(~valid_dirs, axis=1, kind="stable")  # valid directions first
+    opened = np.zeros((count, V, 4), dtype=bool)
+    in_tree = np.zeros((count, V), dtype=bool)
+    in_tree[rows, rng.integers(0, V, count)] = True
+    exit_dir = np.zeros((count, V), dtype=np.int64)
+    seek, walk, retrace, done = 0, 1, 2, 3
+    phase = np.full(count, seek)
+    origin = np.zeros(count, dtype=np.int64)  # scan pointer / start of the current walk
+    pos = np.zeros(count, dtype=np.int64)
+    while not (phase == done).all():
+        s = phase == seek
+        covered = s & in_tree[rows, np.minimum(origin, V - 1)]
+        origin[covered] += 1
+        phase[covered & (origin >= V)] = done
+        start = s & ~covered
+        pos[start] = origin[start]
+        w = phase == walk
+        step = (rng.random(count) * n_dirs[pos]).astype(np.int64)
+        d = packed[pos, step]
+        exit_dir[rows[w], pos[w]] = d[w]
+        pos[w] = nbr[pos[w], d[w]]
+        hit = w & in_tree[rows, pos]
+        phase[hit] = retrace
+        pos[hit] = origin[hit]
+        r = phase == retrace
+        rr, c = rows[r], pos[r]
+        in_tree[rr, c] = True
+        _open_edge(opened, rr, c, exit_dir[rr, c], nbr)
+        pos[r] = nbr[c, exit_dir[rr, c]]
+        phase[r & in_tree[rows, pos]] = seek
+        phase[start] = walk
+    return opened
+
+
+def _edge_list(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The east and south edges of the lattice as (E,) cell and (E,) direction arrays."""
+    cells = np.arange(m * m)
+    i, j = np.divmod(cells, m)
+    east, south = cells[j < m - 1], cells[i < m - 1]
+    return np.concatenate([east, south]), np.concatenate([np.zeros_like(east), np.ones_like(south)])
+
+
+def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
+    """(N, V, 4) open passages of Kruskal mazes: the minimum spanning forest of random edge weights
+    over the block-diagonal union of all N lattices, in one scipy call."""
+    nbr, V = _neighbours(m), m * m
+    cell, d = _edge_list(m)
+    offset = (np.arange(count) * V)[:, None]
+    u, v = (offset + cell).ravel(), (offset + nbr[cell, d]).ravel()
+    weights = rng.random(u.size) + 1e-9  # scipy reads weight 0 as "no edge"
+    tree = minimum_spanning_tree(coo_matrix((weights, (u, v)), shape=(count * V, count * V))).tocoo()
+    a, b = np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)
+    opened = np.zeros((count, V, 4), dtype=bool)
+    d_ab = np.where(b - a == 1, 0, 1)  # a is west of b (east edge) or north of b (south edge)
+    _open_edge(opened, a // V, a % V, d_ab, nbr)
+    return opened
+
+
+def _percolate(rng: np.random.Generator, opened: np.ndarray, p: float, m: int) -> np.ndarray:
+    """Open every inner wall independently with probability p (the outer wall stays)."""
+    nbr = _neighbours(m)
+    cell, d = _edge_list(m)
+    extra = rng.random((opened.shape[0], cell.size)) < p
+    r, e = np.nonzero(extra)
+    _open_edge(opened, r, cell[e], d[e], nbr)
+    return opened
+
+
+def _carve(rng: np.random.Generator, generator: str, count: int, m: int, p: float) -> np.ndarray:
+    if generator == "percolation":
+        return _percolate(rng, np.zeros((count, m * m, 4), dtype=bool), p, m)
+    tree = {"dfs": _dfs, "dfs_percolation": _dfs, "wilson": _wilson, "kruskal": _kruskal}[generator]
+    opened = tree(rng, count, m)
+    return _percolate(rng, opened, p, m) if p > 0 else opened
+
+
+def _solve(
+    rng: np.random.Generator, opened: np.ndarray, m: int, deadend_start: bool
+) -> tuple[np.ndarray, CompactMazes]:
+    """Pick endpoints and draw mazes with their shortest paths; returns (valid mask, mazes)."""
+    N, V, _ = opened.shape
+    nbr = _neighbours(m)
+    degree = opened.sum(2)
+    start, ok = _random_choice(rng, degree == 1 if deadend_start else degree >= 1)
+    # One BFS for the batch: a virtual source (node N*V) linked to every valid maze's start.
+    src = N * V
+    rows, cells, dirs = np.nonzero(opened)
+    u, v = rows * V + cells, rows * V + nbr[cells, dirs]
+    u = np.concatenate([u, np.full(ok.sum(), src)])
+    v = np.concatenate([v, np.nonzero(ok)[0] * V + start[ok]])
+    graph = coo_matrix((np.ones(u.size), (u, v)), shape=(src + 1, src + 1)).tocsr()
+    _, pred = breadth_first_order(graph, src, directed=True, return_predecessors=True)
+    reachable = (pred[:src] >= 0).reshape(N, V)
+    reachable[np.arange(N), start] = False
+    end, has_end = _random_choice(rng, reachable)
+    ok &= has_end
+
+    side = 2 * m + 1
+    grid = np.zeros((N, side, side), dtype=np.uint8)
+    grid[:, 1::2, 1::2] = (degree > 0).reshape(N, m, m)
+    grid[:, 1::2, 2:-1:2] = opened[:, :, 0].reshape(N, m, m)[:, :, :-1]
+    grid[:, 2:-1:2, 1::2] = opened[:, :, 1].reshape(N, m, m)[:, :-1, :]
+    path = np.zeros_like(grid)
+    active = np.nonzero(ok)[0]
+    node = active * V + end[active]
+    while active.size:  # all paths traced back towards their starts together
+        i, j = np.divmod(node - active * V, m)
+        path[active, 1 + 2 * i, 1 + 2 * j] = 1
+        parent = pred[node]
+        going = parent != src
+        active, node, i, j, parent = active[going], node[going], i[going], j[going], parent[going]
+        pi, pj = np.divmod(parent - active * V, m)
+        path[active, 1 + i + pi, 1 + j + pj] = 1
+        node = parent
+    idx = np.nonzero(ok)[0]
+    grid[idx, 1 + 2 * (start[idx] // m), 1 + 2 * (start[idx] % m)] = START
+    grid[idx, 1 + 2 * (end[idx] // m), 1 + 2 * (end[idx] % m)] = END
+    return ok, CompactMazes(grid, path)
+
+
+def _batch_cap(m: int) -> int:
+    """Mazes per lock-step batch: large enough to amortise each vectorised step, bounded in memory."""
+    return int(np.clip(2**21 // (m * m), 64, 4096))
+
+
+def generate_compact(
+    *,
+    generator: str = "dfs",
+    size: int = 9,
+    count: int = 1000,
+    percolation: float = 0.0,
+    deadend_start: bool = True,
+    seed: int = 0,
+) -> CompactMazes:
+    """``count`` mazes in the compact form (see the module docstring). Deterministic per argument set.
+
+    Raises ``ValueError`` on bad settings, and when a setting yields too few valid mazes (e.g.
+    dead-end starts in very open mazes) rather than returning fewer.
+    """
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown maze generator {generator!r} (known: {', '.join(GENERATORS)})")
+    m = cells_per_side(size)
+    if not 0.0 <= percolation <= 1.0:
+        raise ValueError(f"percolation must lie in [0, 1] (not {percolation!r})")
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"maze count must be a positive integer (not {count!r})")
+    rng = np.random.default_rng([seed, 0x6D617A65])
+    grids, paths, found, attempts = [], [], 0, 0
+    while found < count:
+        if attempts >= _MAX_ATTEMPTS_PER_MAZE * count:
+            raise ValueError(
+                f"only {found} of {count} requested {generator} mazes of size {size} with percolation "
+                f"{percolation} and deadend_start={deadend_start} were valid after {attempts} attempts "
+                "(a start needs an open neighbour — exactly one for dead-end starts — and a distinct "
+                "reachable end); lower the percolation or set deadend_start = false"
+            )
+        yield_rate = found / attempts if found else 1.0
+        batch = min(_batch_cap(m), max(16, int((count - found) * 1.1 / max(yield_rate, 0.02)) + 1))
+        ok, mazes = _solve(rng, _carve(rng, generator, batch, m, percolation), m, deadend_start)
+        attempts += batch
+        grids.append(mazes.grid[ok])
+        paths.append(mazes.path[ok])
+        found += int(ok.sum())
+    return CompactMazes(np.concatenate(grids)[:count], np.concatenate(paths)[:count])
+
+
+def to_pixels(grid: torch.Tensor, path: torch.Tensor | None = None) -> Mazes:
+    """DeepThinking tensors from compact grids (on the grids' device): 2x2 tiles plus a black border."""
+    grid = grid.long()
+    open_ = (grid > 0).float()
+    red = open_ * (grid != START)  # start is (0, 1, 0)
+    green = open_ * (grid != END)  # end is (1, 0, 0)
+    blue = open_ * (grid == OPEN)
+    x = torch.stack([red, green, blue], 1)  # (N, 3, n+2, n+2)
+    x = torch.nn.functional.pad(x.repeat_interleave(2, -1).repeat_interleave(2, -2), (1, 1, 1, 1))
+    if path is None:
+        return Mazes(x, torch.empty(0, dtype=torch.long))
+    y = path.long().repeat_interleave(2, -1).repeat_interleave(2, -2)
+    return Mazes(x, torch.nn.functional.pad(y, (1, 1, 1, 1)))
+
+
+def generate(
+    *,
+    generator: str = "dfs",
+    size: int = 9,
+    count: int = 1000,
+    percolation: float = 0.0,
+    deadend_start: bool = True,
+    seed: int = 0,
+) -> Mazes:
+    """``count`` mazes as DeepThinking ``(inputs, targets)`` tensors; see :func:`generate_compact`."""
+    compact = generate_compact(
+        generator=generator, size=size, count=count, percolation=percolation,
+        deadend_start=deadend_start, seed=seed,
+    )
+    return to_pixels(torch.from_numpy(compact.grid), torch.from_numpy(compact.path))
