@@ -1,0 +1,201 @@
+"""Declarations of the merge operators (torch-free; implementations live next to this file).
+
+Where the papers and mergekit disagree the choice is a named parameter; each field's description
+says which setting reproduces which. Defaults follow the original papers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mlspec.registry import Kind, OpSpec, Params, Port, register
+
+Scalars = float | list[float]
+
+_MODELS = Port("models", Kind.MODEL, many=True, doc="the models to merge")
+_BASE = Port("base", Kind.MODEL, doc="the shared pre-trained anchor the task vectors start from")
+_EW = "mlspec.ops.merge.elementwise"
+
+
+class AverageParams(Params):
+    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    normalize: bool = Field(default=True, description="divide by the sum of the weights")
+
+
+class TaskArithmeticParams(Params):
+    scale: Scalars = Field(
+        default=1.0, description="λ for every task vector, or one signed λ per model (negation, analogies)"
+    )
+
+
+class SlerpParams(Params):
+    t: float = Field(default=0.5, ge=0.0, le=1.0, description="0 gives the first model, 1 the second")
+    dot_threshold: float = Field(default=0.9995, gt=0.0, le=1.0, description="lerp when |cos Ω| exceeds this")
+
+
+class SphericalMeanParams(Params):
+    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    max_iter: int = Field(default=100, ge=1, description="Karcher-mean iterations per tensor")
+
+
+class _SparseParams(Params):
+    """What TIES, DARE and Breadcrumbs share: the consensus merge of sparsified task vectors."""
+
+    scale: float = Field(default=1.0, description="λ applied to the merged task vector")
+    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    elect: Literal["mass", "count"] = Field(
+        default="mass", description="sign election by summed mass (paper, mergekit 'sum') or by count of signs"
+    )
+    weights_at: Literal["after", "before"] = Field(
+        default="after",
+        description="apply model weights after sign election (paper, Algorithm 1) or before it (mergekit)",
+    )
+
+
+class TiesParams(_SparseParams):
+    density: float = Field(default=0.2, ge=0.0, le=1.0, description="fraction of each task vector kept (top-k)")
+    trim: Literal["model", "tensor"] = Field(
+        default="model",
+        description="rank magnitudes over the whole model (paper, FusionBench) or per tensor (mergekit)",
+    )
+    normalize: bool = Field(
+        default=True, description="disjoint mean (paper, mergekit) or disjoint sum (FusionBench's default)"
+    )
+
+
+class DareParams(_SparseParams):
+    density: float = Field(default=0.5, ge=0.0, le=1.0, description="keep probability 1 − p")
+    rescale: Literal["inverse", "l1", "none"] = Field(
+        default="inverse", description="survivors × 1/(1 − p) (paper, FusionBench) or L1-matched (mergekit)"
+    )
+    merge: Literal["task_arithmetic", "ties"] = Field(
+        default="task_arithmetic", description="combine the sparsified deltas by task arithmetic or TIES"
+    )
+    normalize: bool = Field(default=False, description="divide the merged delta by the weights (mergekit's flag)")
+
+
+class BreadcrumbsParams(_SparseParams):
+    density: float = Field(default=0.9, ge=0.0, le=1.0, description="fraction of each task vector kept")
+    gamma: float = Field(default=0.01, ge=0.0, le=1.0, description="fraction of largest magnitudes dropped")
+    merge: Literal["task_arithmetic", "ties"] = Field(default="task_arithmetic", description="how to combine")
+    normalize: bool = Field(default=False, description="divide the merged delta by the weights")
+
+
+class ModelStockParams(Params):
+    mean: Literal["cosine", "angle"] = Field(
+        default="cosine",
+        description="summarise pairwise angles by mean cosine (mergekit) or by the cosine of the mean angle "
+        "(FusionBench); identical for two models (the paper's setting)",
+    )
+
+
+register(
+    OpSpec(
+        name="average",
+        doc="""Weighted parameter average Σ wᵢθᵢ / Σ wᵢ (uniform soup, FedAvg, mergekit `linear`).
+
+        `merge avg = average(a, b)`; `average(a, b, weights = [3, 1])`; `normalize = false` keeps
+        the plain weighted sum.""",
+        inputs=(_MODELS,),
+        output=Kind.MODEL,
+        params=AverageParams,
+        impl=f"{_EW}:average",
+    )
+)
+
+register(
+    OpSpec(
+        name="task_arithmetic",
+        doc="""Task arithmetic (Ilharco et al. 2023): θ = θ_base + Σ λᵢ(θᵢ − θ_base).
+
+        A list of signed scales gives negation and analogies:
+        `task_arithmetic(base = init, models = [c, b, a], scale = [1, 1, -1])`.""",
+        inputs=(_BASE, _MODELS),
+        output=Kind.MODEL,
+        params=TaskArithmeticParams,
+        impl=f"{_EW}:task_arithmetic",
+    )
+)
+
+register(
+    OpSpec(
+        name="slerp",
+        doc="""Spherical linear interpolation between two models, tensor by tensor.
+
+        Falls back to lerp where the two tensors are nearly colinear. With a `base` the task vectors
+        are interpolated (mergekit `nuslerp`). `merge s = slerp(a, b, t = 0.3)`""",
+        inputs=(
+            Port("a", Kind.MODEL, doc="the t = 0 end"),
+            Port("b", Kind.MODEL, doc="the t = 1 end"),
+            Port("base", Kind.MODEL, required=False, doc="optional anchor: interpolate task vectors"),
+        ),
+        output=Kind.MODEL,
+        params=SlerpParams,
+        impl=f"{_EW}:slerp",
+    )
+)
+
+register(
+    OpSpec(
+        name="spherical_mean",
+        doc="""Weighted Karcher mean of several models on the sphere, tensor by tensor; the norm is
+        the weighted mean norm. For two models it equals `slerp` (mergekit `karcher`).""",
+        inputs=(_MODELS,),
+        output=Kind.MODEL,
+        params=SphericalMeanParams,
+        impl=f"{_EW}:spherical_mean",
+    )
+)
+
+register(
+    OpSpec(
+        name="ties",
+        doc="""TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint mean, θ_base + λ·τ_m.
+
+        `ties(base = init, models = [a, b], density = 0.2, scale = 1.0)`. `trim = tensor`,
+        `weights_at = before` reproduce mergekit; the defaults reproduce the paper.""",
+        inputs=(_BASE, _MODELS),
+        output=Kind.MODEL,
+        params=TiesParams,
+        impl=f"{_EW}:ties",
+    )
+)
+
+register(
+    OpSpec(
+        name="dare",
+        doc="""DARE (Yu et al. 2024): drop task-vector entries at random, rescale, then merge by task
+        arithmetic or TIES (`merge = ties` is mergekit's `dare_ties`). Seeded from the step.""",
+        inputs=(_BASE, _MODELS),
+        output=Kind.MODEL,
+        params=DareParams,
+        impl=f"{_EW}:dare",
+        uses_seed=True,
+    )
+)
+
+register(
+    OpSpec(
+        name="breadcrumbs",
+        doc="""Model Breadcrumbs (Davari & Belilovsky 2023): per tensor, drop each task vector's
+        largest (`gamma`) and smallest entries, keep `density`, then task arithmetic or TIES.""",
+        inputs=(_BASE, _MODELS),
+        output=Kind.MODEL,
+        params=BreadcrumbsParams,
+        impl=f"{_EW}:breadcrumbs",
+    )
+)
+
+register(
+    OpSpec(
+        name="model_stock",
+        doc="""Model Stock (Jang et al. 2024): per tensor, move from the base towards the average of
+        k ≥ 2 fine-tunes by t = k·cos φ / (1 + (k − 1)·cos φ).""",
+        inputs=(_BASE, _MODELS),
+        output=Kind.MODEL,
+        params=ModelStockParams,
+        impl=f"{_EW}:model_stock",
+    )
+)

@@ -1,0 +1,80 @@
+"""Merge statistics recorded on every merge step: sparsity, sign conflicts, distance moved.
+
+Statistics are accumulated tensor by tensor (:meth:`MergeStats.add`), so a streaming merger
+records them with the same code as an in-memory one. They land in ``Model.info["merge"]``.
+
+- ``sparsity``: fraction of entries of the merged task vector (merged − base) that are exactly
+  zero; without a base, of the merged tensor itself.
+- ``sign_conflict``: fraction of entries where the inputs' task vectors have both a positive and a
+  negative entry (TIES' interference measure); needs a base.
+- ``distance_from_base``: ‖merged − base‖₂; ``distance_to_inputs``: ‖merged − θᵢ‖₂ per input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["sign_conflicts", "MergeStats"]
+
+
+def sign_conflicts(deltas: Sequence[Tensor]) -> Tensor:
+    """Boolean mask of the entries where some task vector is > 0 and another < 0."""
+    signs = torch.stack([d.sign() for d in deltas])
+    return (signs.amax(0) > 0) & (signs.amin(0) < 0)
+
+
+class MergeStats:
+    """Per-tensor and whole-model merge statistics, accumulated one tensor at a time."""
+
+    def __init__(self, method: str, params: dict[str, Any]):
+        self.method = method
+        self.params = params
+        self.tensors: dict[str, dict[str, Any]] = {}
+        self._numel = 0
+        self._zeros = 0
+        self._conflicts = 0
+        self._sq_base = 0.0
+        self._sq_inputs: list[float] = []
+        self._has_base = False
+
+    @torch.no_grad()
+    def add(self, name: str, merged: Tensor, tensors: Sequence[Tensor], base: Tensor | None) -> None:
+        merged = merged.double()
+        inputs = [t.double() for t in tensors]
+        row: dict[str, Any] = {"numel": merged.numel()}
+        moved = merged - base.double() if base is not None else merged
+        zeros = int((moved == 0).sum().item())
+        row["sparsity"] = zeros / max(1, merged.numel())
+        if base is not None:
+            conflicts = int(sign_conflicts([t - base.double() for t in inputs]).sum().item())
+            sq_base = float(moved.pow(2).sum().item())
+            row["sign_conflict"] = conflicts / max(1, merged.numel())
+            row["distance_from_base"] = math.sqrt(sq_base)
+            self._conflicts += conflicts
+            self._sq_base += sq_base
+        sq_inputs = [float((merged - t).pow(2).sum().item()) for t in inputs]
+        row["distance_to_inputs"] = [math.sqrt(s) for s in sq_inputs]
+        if not self._sq_inputs:
+            self._sq_inputs = [0.0] * len(sq_inputs)
+        self._sq_inputs = [a + b for a, b in zip(self._sq_inputs, sq_inputs)]
+        self._numel += merged.numel()
+        self._zeros += zeros
+        self.tensors[name] = row
+        self._has_base = base is not None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON for ``Model.info["merge"]``."""
+        total: dict[str, Any] = {
+            "numel": self._numel,
+            "sparsity": self._zeros / max(1, self._numel),
+            "distance_to_inputs": [math.sqrt(s) for s in self._sq_inputs],
+        }
+        if self._has_base:
+            total["sign_conflict"] = self._conflicts / max(1, self._numel)
+            total["distance_from_base"] = math.sqrt(self._sq_base)
+        return {"method": self.method, "params": self.params, "total": total, "tensors": self.tensors}
