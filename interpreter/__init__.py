@@ -1,0 +1,29 @@
+"""mlspec — a declarative experiment language for model merging and logical extrapolation.
+
+>>> import mlspec
+>>> results = mlspec.load("specs/quickstart.merge").run()   # doctest: +SKIP
+>>> results["evaluate avg on digits"]["accuracy"]             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["load", "loads", "__version__"]
+
+if TYPE_CHECKING:
+    from mlspec.study import Study
+
+
+def load(path: Any, **kwargs: Any) -> Study:
+    """Parse and prepare a spec file; ``.run()`` runs it, ``.plan`` shows its steps."""
+    from mlspec.study import load as _load
+
+    return _load(path, **kwargs)
+
+
+def loads(text: str, file: str = "<spec>.merge", **kwargs: Any) -> Study:
+    from mlspec.study import loads as _loads
+
+    return _loads(text, file, **kwargs)

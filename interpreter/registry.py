@@ -93,6 +93,7 @@ class OpSpec:
     params: type[Params] = NoParams
     version: str = "1"
     uses_seed: bool = False  # when False the derived seed stays out of the cache key
+    cacheable: bool = True  # False for side effects that must happen on every run (exports)
     dialects: frozenset[str] = frozenset({"merge", "extrap"})
     # Names of parameters that also accept the value of a sweep/axis; purely documentary.
     tags: tuple[str, ...] = field(default_factory=tuple)

@@ -55,3 +55,24 @@ register(
         dialects=frozenset({"merge"}),
     )
 )
+
+
+class ExportParams(Params):
+    path: str = Field(description="where to write, relative to the study's output directory")
+    format: Literal["safetensors", "hf"] = Field(default="safetensors", description="a file or an HF directory")
+
+
+register(
+    OpSpec(
+        name="export",
+        doc="""Write a model's weights: a .safetensors file, or a Hugging Face directory (`as hf`).
+
+        `export ties to "ties.safetensors"` — paths are relative to the output directory and may
+        not leave it unless the run passes --allow-outside-out.""",
+        inputs=(Port("model", Kind.MODEL),),
+        output=Kind.FILE,
+        params=ExportParams,
+        impl="mlspec.ops.models.export:export",
+        cacheable=False,
+    )
+)

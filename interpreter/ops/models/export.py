@@ -1,0 +1,32 @@
+"""Writing models out of the cache: safetensors files, or Hugging Face directories."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+
+from safetensors.torch import save_file
+
+from mlspec.errors import StepError
+from mlspec.ops.models.specs import ExportParams
+from mlspec.run.context import StepContext
+from mlspec.values import Model, Record
+
+__all__ = ["export"]
+
+
+def export(ctx: StepContext, params: ExportParams, *, model: Model) -> Record:
+    target = ctx.output_path(params.path)
+    if params.format == "hf":
+        try:
+            checkpoints = importlib.import_module("mlspec.checkpoints.export")
+        except ModuleNotFoundError:
+            raise StepError("exporting `as hf` needs the checkpoint support (mlspec.checkpoints)") from None
+        checkpoints.export_hf(model, target)
+        return Record({"path": params.path, "format": "hf"})
+    tmp = target.with_name(target.name + ".tmp")
+    state = {k: v.contiguous() for k, v in model.state.items()}
+    save_file(state, str(tmp), metadata={"mlspec_step": ctx.name, "arch": str(model.arch)})
+    tmp.replace(target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    return Record({"path": params.path, "format": "safetensors", "sha256": digest, "tensors": len(state)})

@@ -1,0 +1,51 @@
+"""The unit of execution: one operator call with resolved parameters and upstream step names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlspec.errors import Span
+
+__all__ = ["Step", "StudyInfo", "Lowered"]
+
+
+@dataclass
+class Step:
+    name: str  # unique within a study: "a", "ta[0.5]", "c.model", "evaluate a on low"
+    op: str
+    params: dict[str, Any]  # validated, defaults filled, JSON-able
+    inputs: dict[str, str | list[str]]  # port -> upstream step name(s)
+    span: Span
+    statement: str  # the statement that made it, e.g. "merge ta"
+    family: str | None = None  # the sweep it belongs to
+    sweep: dict[str, Any] | None = None  # the sweep values of this member
+    seed: int | None = None
+    key: str = ""
+    key_parts: dict[str, Any] = field(default_factory=dict)
+
+    def upstream(self) -> list[str]:
+        out: list[str] = []
+        for names in self.inputs.values():
+            out += names if isinstance(names, list) else [names]
+        return out
+
+
+@dataclass
+class StudyInfo:
+    name: str
+    seed: int
+    device: str
+    dialect: str
+    spec_file: str
+    spec_text: str
+    question: str
+    report_name: str = "report.html"
+
+
+@dataclass
+class Lowered:
+    study: StudyInfo
+    steps: dict[str, Step]  # in declaration order
+    families: dict[str, list[str]]
+    sources: dict[str, str]

@@ -1,0 +1,249 @@
+"""Run a plan: look each step up in the cache, run what is missing, in parallel where independent.
+
+The cache lookup stays in the driver; only steps to run are executed. With ``jobs > 1`` steps run
+in a pool of worker processes (spawned, so no torch state is forked); a worker receives the
+step, loads its inputs from the cache by key and writes its output back, so nothing large
+crosses process boundaries. A failing step never loses earlier work: its dependents are skipped,
+independent steps still run, and every finished artifact stays in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from mlspec import registry
+from mlspec.errors import MlspecError
+from mlspec.plan.graph import Plan
+from mlspec.plan.steps import Step
+from mlspec.run.cache import Cache
+from mlspec.run.context import Progress, StepContext
+from mlspec.values import Value
+
+__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain"]
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    state: str  # "cached" | "ran" | "failed" | "skipped"
+    duration_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    outcomes: dict[str, StepOutcome] = field(default_factory=dict)
+    device: str = "cpu"
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> list[StepOutcome]:
+        return [o for o in self.outcomes.values() if o.state in ("failed", "skipped")]
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def explain(plan: Plan, cache: Cache, *, force: bool = False) -> list[tuple[Step, str, str]]:
+    """For ``--dry-run``: each step with "cached" or "run" and the reason."""
+    previous = cache.read_index(plan.study.name)
+    out: list[tuple[Step, str, str]] = []
+    rerun: set[str] = set()
+    for step in plan.steps:
+        spec = registry.get(step.op)
+        if force:
+            reason, state = "--force", "run"
+        elif spec is not None and not spec.cacheable:
+            reason, state = "always runs (writes files)", "run"
+        elif cache.has(step.key):
+            reason, state = "", "cached"
+        else:
+            state = "run"
+            reason = _why(step, previous.get(step.name), rerun)
+        if state == "run":
+            rerun.add(step.name)
+        out.append((step, state, reason))
+    return out
+
+
+def _why(step: Step, before: dict[str, Any] | None, rerun: set[str]) -> str:
+    if before is None:
+        return "new step"
+    changed = [n for n in step.upstream() if n in rerun]
+    if changed:
+        return "input changed: " + ", ".join(changed[:3]) + (" …" if len(changed) > 3 else "")
+    for part in ("op", "version", "seed"):
+        if before.get(part) != step.key_parts.get(part):
+            return f"{part} changed: {before.get(part)!r} → {step.key_parts.get(part)!r}"
+    old, new = before.get("params", {}), step.key_parts.get("params", {})
+    diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diffs:
+        return "parameter changed: " + "; ".join(diffs[:3])
+    if before.get("inputs") != step.key_parts.get("inputs"):
+        return "an input's content changed"
+    return "not in the cache (cleared or never finished)"
+
+
+def _execute(payload: dict[str, Any], progress: Progress | None = None,
+             values: dict[str, Value] | None = None) -> tuple[float, Value]:
+    """Run one step; used in-process and in worker processes alike."""
+    import torch
+
+    spec = registry.get(payload["op"])
+    assert spec is not None
+    cache = Cache(payload["cache"])
+    inputs: dict[str, Any] = {}
+    for port, keys in payload["inputs"].items():
+        load = (lambda k: values[k] if values is not None and k in values else cache.load(k))
+        inputs[port] = [load(k) for k in keys] if isinstance(keys, list) else load(keys)
+    params = spec.params.model_validate(payload["params"])
+    work_dir = Path(payload["cache"]) / "work" / payload["key"]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StepContext(name=payload["name"], key=payload["key"], seed=payload["seed"] or 0,
+                      device=payload["device"], out_dir=Path(payload["out_dir"]), work_dir=work_dir,
+                      allow_outside=payload["allow_outside"], input_names=payload["input_names"],
+                      _progress=progress)
+    if payload.get("threads"):
+        torch.set_num_threads(payload["threads"])
+    torch.manual_seed(ctx.seed)
+    start = time.perf_counter()
+    value = spec.load()(ctx, params, **inputs)
+    duration = time.perf_counter() - start
+    cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]})
+    return duration, value
+
+
+def _worker(payload: dict[str, Any]) -> tuple[float, str | None]:
+    try:
+        duration, _ = _execute(payload)
+        return duration, None
+    except MlspecError as exc:
+        return 0.0, str(exc)
+    except Exception as exc:  # a bug or a bad input inside an operator: report it, keep the run going
+        return 0.0, _describe_crash(exc)
+
+
+def _describe_crash(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+class Runner:
+    def __init__(self, plan: Plan, cache: Cache, *, out_dir: Path, jobs: int = 1, force: bool = False,
+                 allow_outside: bool = False, progress: Progress | None = None, device: str | None = None):
+        self.plan = plan
+        self.cache = cache
+        self.out_dir = out_dir
+        self.jobs = max(1, jobs)
+        self.force = force
+        self.allow_outside = allow_outside
+        self.progress = progress
+        self.device = resolve_device(device or plan.study.device)
+        self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
+
+    def _payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:
+        keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)
+                       else self.plan.step(names).key) for port, names in step.inputs.items()}
+        return {"name": step.name, "op": step.op, "params": step.params, "inputs": keys,
+                "input_names": dict(step.inputs), "key": step.key, "seed": step.seed, "device": self.device,
+                "cache": str(self.cache.root), "out_dir": str(self.out_dir), "allow_outside": self.allow_outside,
+                "threads": threads}
+
+    def _needs_run(self, step: Step) -> bool:
+        spec = registry.get(step.op)
+        return self.force or (spec is not None and not spec.cacheable) or not self.cache.has(step.key)
+
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        result = RunResult(device=self.device)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        steps = self.plan.steps
+        todo = [s for s in steps if self._needs_run(s)]
+        for s in steps:
+            if s not in todo:
+                result.outcomes[s.name] = StepOutcome(s.name, "cached")
+        if self.jobs == 1 or len(todo) <= 1:
+            self._run_serial(todo, result)
+        else:
+            self._run_parallel(todo, result)
+        self.cache.write_index(self.plan.study.name, {s.name: s.key_parts for s in steps
+                                                       if result.outcomes[s.name].state in ("cached", "ran")})
+        result.duration_s = time.perf_counter() - start
+        return result
+
+    def _blocked(self, step: Step, result: RunResult) -> str | None:
+        for up in step.upstream():
+            outcome = result.outcomes.get(up)
+            if outcome is not None and outcome.state in ("failed", "skipped"):
+                return up
+        return None
+
+    def _run_serial(self, todo: list[Step], result: RunResult) -> None:
+        remaining_uses: dict[str, int] = {}
+        for s in todo:
+            for up in s.upstream():
+                key = self.plan.step(up).key
+                remaining_uses[key] = remaining_uses.get(key, 0) + 1
+        for step in todo:
+            blocker = self._blocked(step, result)
+            if blocker is not None:
+                result.outcomes[step.name] = StepOutcome(step.name, "skipped", error=f"'{blocker}' did not finish")
+                continue
+            try:
+                duration, value = _execute(self._payload(step), self.progress, self.values)
+            except MlspecError as exc:
+                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=str(exc))
+                continue
+            except Exception as exc:
+                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=_describe_crash(exc))
+                continue
+            result.outcomes[step.name] = StepOutcome(step.name, "ran", duration)
+            if remaining_uses.get(step.key):
+                self.values[step.key] = value
+            for up in step.upstream():
+                key = self.plan.step(up).key
+                remaining_uses[key] -= 1
+                if remaining_uses[key] == 0:
+                    self.values.pop(key, None)
+
+    def _run_parallel(self, todo: list[Step], result: RunResult) -> None:
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        waiting = {s.name: s for s in todo}
+        running: dict[Future[tuple[float, str | None]], Step] = {}
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn")) as pool:
+            while waiting or running:
+                for name, step in list(waiting.items()):
+                    if len(running) >= self.jobs:
+                        break
+                    blocker = self._blocked(step, result)
+                    if blocker is not None:
+                        result.outcomes[name] = StepOutcome(name, "skipped", error=f"'{blocker}' did not finish")
+                        del waiting[name]
+                        continue
+                    if all(result.outcomes.get(up) is not None for up in step.upstream()):
+                        running[pool.submit(_worker, self._payload(step, threads))] = step
+                        del waiting[name]
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    step = running.pop(fut)
+                    try:
+                        duration, error = fut.result()
+                    except Exception as exc:  # the worker process died
+                        duration, error = 0.0, _describe_crash(exc)
+                    state = "failed" if error else "ran"
+                    result.outcomes[step.name] = StepOutcome(step.name, state, duration, error)
