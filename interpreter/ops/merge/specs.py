@@ -91,6 +91,26 @@ class ModelStockParams(Params):
     )
 
 
+class SoupParams(Params):
+    greedy: bool = Field(default=False, description="greedy soup (needs a held-out dataset) or uniform")
+    split: Literal["train", "test"] = Field(default="test", description="the held-out split that ranks ingredients")
+
+
+class FisherParams(Params):
+    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    samples: int = Field(default=512, ge=1, description="training examples per model for the Fisher estimate")
+    eps: float = Field(default=1e-6, gt=0.0, description="floor on the Fisher (so flat parameters are averaged)")
+
+
+class RegMeanParams(Params):
+    alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="scale of the Gram matrices' off-diagonals")
+    samples: int = Field(default=512, ge=1, description="training examples per model for the Gram matrices")
+
+
+_DATA_PER_MODEL = Port("on", Kind.DATASET, many=True, doc="each model's training data (or one for all)")
+_IN = "mlspec.ops.merge.informed"
+
+
 register(
     OpSpec(
         name="average",
@@ -197,5 +217,46 @@ register(
         output=Kind.MODEL,
         params=ModelStockParams,
         impl=f"{_EW}:model_stock",
+    )
+)
+
+register(
+    OpSpec(
+        name="soup",
+        doc="""Model soup (Wortsman et al. 2022): the uniform average, or with `greedy = true` the
+        greedy soup — ingredients ranked by held-out accuracy, each kept only if the soup's
+        held-out accuracy does not drop. `merge s = soup(models = [a, b, c], greedy = true) on val`""",
+        inputs=(_MODELS, Port("on", Kind.DATASET, required=False, doc="held-out data for the greedy soup")),
+        output=Kind.MODEL,
+        params=SoupParams,
+        impl=f"{_IN}:soup",
+    )
+)
+
+register(
+    OpSpec(
+        name="fisher",
+        doc="""Fisher merging (Matena & Raffel 2022): per-parameter average weighted by each model's
+        diagonal Fisher information, estimated exactly over the model's predictive distribution on
+        its own data. `merge f = fisher(models = [a, b]) on [low, high]`""",
+        inputs=(_MODELS, _DATA_PER_MODEL),
+        output=Kind.MODEL,
+        params=FisherParams,
+        impl=f"{_IN}:fisher",
+        uses_seed=True,
+    )
+)
+
+register(
+    OpSpec(
+        name="regmean",
+        doc="""RegMean (Jin et al. 2023): each linear layer solves min Σᵢ‖XᵢW − XᵢWᵢ‖² in closed form from
+        the Gram matrices of its inputs (off-diagonals scaled by `alpha`); every other parameter is
+        averaged. `merge r = regmean(models = [a, b], alpha = 0.9) on [low, high]`""",
+        inputs=(_MODELS, _DATA_PER_MODEL),
+        output=Kind.MODEL,
+        params=RegMeanParams,
+        impl=f"{_IN}:regmean",
+        uses_seed=True,
     )
 )
