@@ -1,0 +1,251 @@
+"""The streaming merge: one output tensor at a time — read lazily, merge, write, free.
+
+Peak memory is the handful of tensors one kernel call needs (the inputs widened to the compute
+dtype and the kernel's temporaries), never a whole model. The merge math is the in-memory
+operators' own per-tensor kernels (:mod:`mlspec.ops.merge.kernels`); this module only feeds them,
+resolving parameters that vary by tensor name or layer depth for each tensor.
+
+TIES with ``trim = model`` ranks all of a task vector's magnitudes together; its thresholds are
+computed first by two streamed passes (:class:`~mlspec.ops.merge.sparsify.MagnitudeThreshold`).
+DARE draws from one generator in tensor order, as the in-memory operator does, so both agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from mlspec.checkpoints import hfdir
+from mlspec.checkpoints import settings as st
+from mlspec.checkpoints.layout import CheckpointError, parse_size
+from mlspec.checkpoints.source import Checkpoint
+from mlspec.checkpoints.specs import METHODS, method_params, per_model_fields, varying_fields
+from mlspec.checkpoints.validate import Job, TensorPlan, plan_tensors
+from mlspec.checkpoints.writer import ShardedWriter
+from mlspec.ops.merge import kernels
+from mlspec.ops.merge.sparsify import MagnitudeThreshold
+from mlspec.ops.merge.stats import MergeStats
+
+__all__ = ["StreamOptions", "stream_merge", "DTYPES", "BASE_POLICY"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Whether each method needs a base ("required"), may take one ("optional") or takes none.
+BASE_POLICY = {
+    "average": "none",
+    "spherical_mean": "none",
+    "slerp": "optional",
+    "task_arithmetic": "required",
+    "ties": "required",
+    "dare": "required",
+    "breadcrumbs": "required",
+    "model_stock": "required",
+}
+Advance = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    dtype: str = "float32"
+    out_dtype: str | None = None
+    shard_size: str | int = "5GB"
+    extra: Literal["error", "base", "drop"] = "error"
+    tied: Literal["error", "untie"] = "error"
+    stats: bool = True
+
+
+def _per_tensor(params: dict[str, Any], method: str, n: int) -> Callable[[str, float], dict[str, Any]]:
+    """A function giving the method's parameters resolved for one tensor name and depth."""
+    model = METHODS[method]
+    many, varying = per_model_fields(model), varying_fields(model)
+    for key in many:
+        value = params.get(key)
+        if isinstance(value, list) and not st.is_rules(value) and len(value) != n:
+            raise CheckpointError(f"{method}: {key} needs one value per model ({n}), not {len(value)} ({value!r})")
+
+    def resolve(name: str, t: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            for key, value in params.items():
+                if value is None or key not in varying:
+                    out[key] = value
+                elif key in many:
+                    each = value if isinstance(value, list) and not st.is_rules(value) else [value] * n
+                    out[key] = [st.resolve(v, name, t) for v in each]
+                else:
+                    out[key] = st.resolve(value, name, t)
+        except LookupError as exc:
+            raise CheckpointError(f"{method}: {key}: {exc}") from None
+        return out
+
+    return resolve
+
+
+def _call(method: str, p: dict[str, Any], base: Tensor | None, xs: list[Tensor], **extra: Any) -> Tensor:
+    """The kernel call for a method's operator-level parameters (``p`` resolved for this tensor)."""
+    n = len(xs)
+    weights = p.get("weights")
+    consensus = p.get("elect") if p.get("merge") == "ties" else None
+    if method == "average":
+        return kernels.linear(None, xs, weights=weights, normalize=p["normalize"])
+    if method == "spherical_mean":
+        return kernels.spherical_mean(None, xs, weights=weights, max_iter=p["max_iter"])
+    if method == "task_arithmetic":
+        scale = p["scale"]
+        return kernels.task_arithmetic(base, xs, scales=scale if isinstance(scale, list) else [scale] * n)
+    if method == "slerp":
+        return kernels.slerp(base, xs, t=p["t"], dot_threshold=p["dot_threshold"])
+    if method == "model_stock":
+        return kernels.model_stock(base, xs, mean=p["mean"])
+    shared = dict(weights=weights, weights_at=p["weights_at"], normalize=p["normalize"], scale=p["scale"])
+    assert base is not None
+    if method == "ties":
+        return kernels.ties(base, xs, density=p["density"], elect=p["elect"], thresholds=extra.get("thresholds"), **shared)
+    if method == "dare":
+        return kernels.dare(
+            base, xs, density=p["density"], rescale=p["rescale"], consensus=consensus, generator=extra.get("generator"), **shared
+        )
+    return kernels.breadcrumbs(base, xs, density=p["density"], gamma=p["gamma"], consensus=consensus, **shared)
+
+
+def _read(ck: Checkpoint, name: str, dtype: torch.dtype) -> Tensor:
+    return ck.tensor(name).to(dtype)
+
+
+def _model_thresholds(
+    inputs: list[Checkpoint], plan: TensorPlan, density: float, dtype: torch.dtype, advance: Advance
+) -> list[float]:
+    """TIES ``trim = model``: each task vector's whole-model magnitude threshold, in two passes."""
+    base, models = inputs[0], inputs[1:]
+    counters = [MagnitudeThreshold(density) for _ in models]
+
+    def sweep(feed: Callable[[MagnitudeThreshold, Tensor], None]) -> None:
+        for job in plan.merged:
+            b = _read(base, job.sources[0], dtype)
+            for counter, ck, source in zip(counters, models, job.sources[1:]):
+                feed(counter, _read(ck, source, dtype) - b)
+            advance()
+
+    sweep(MagnitudeThreshold.observe)
+    if any(c.needs_refine for c in counters):
+        sweep(MagnitudeThreshold.refine)
+    return [c.value for c in counters]
+
+
+def stream_merge(
+    method: str,
+    base: str | Path | None,
+    models: Sequence[str | Path],
+    params: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    options: StreamOptions = StreamOptions(),
+    labels: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, str], Any] | None = None,
+) -> dict[str, Any]:
+    """Merge checkpoints at ``base`` and ``models`` into the HF directory ``out_dir``.
+
+    ``params`` are the method's operator parameters (settings allowed); returns JSON for
+    ``Model.info["merge"]``. Every checkpoint is validated before the first tensor is merged."""
+    if method not in METHODS:
+        raise CheckpointError(f"cannot stream {method!r} (streamed methods: {', '.join(METHODS)})")
+    try:
+        full = method_params(method, dict(params))
+    except ValueError as exc:
+        raise CheckpointError(f"{method}: {exc}") from None
+    policy = BASE_POLICY[method]
+    if policy == "required" and base is None:
+        raise CheckpointError(f"{method} needs a base model")
+    if policy == "none" and base is not None:
+        raise CheckpointError(f"{method} takes no base model")
+    if method == "slerp" and len(models) != 2:
+        raise CheckpointError(f"slerp merges exactly two models (not {len(models)})")
+    if method == "model_stock" and len(models) < 2:
+        raise CheckpointError(f"model_stock needs at least two fine-tuned models (not {len(models)})")
+    names = list(labels) if labels is not None else [str(m) for m in models]
+    paths = ([base] if base is not None else []) + list(models)
+    labelled = (["base " + (str(base))] if base is not None else []) + [f"model {n}" for n in names]
+    resolve = _per_tensor(full, method, len(models))
+    compute = DTYPES[options.dtype]
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        inputs = [stack.enter_context(Checkpoint.open(p)) for p in paths]
+        out_dtype = DTYPES[options.out_dtype] if options.out_dtype else None
+        plan = plan_tensors(list(zip(labelled, inputs)), extra=options.extra, tied=options.tied, out_dtype=out_dtype)
+        trim_model = method == "ties" and full["trim"] == "model"
+        if trim_model and not st.is_uniform(full["density"]):
+            raise CheckpointError("ties: trim = model ranks a whole task vector at one density; a density that "
+                                  "varies by tensor needs trim = tensor")
+        passes = len(plan.merged) * 2 if trim_model else 0
+        track = progress or (lambda total, desc: _Silent())
+        with track(len(plan.jobs) + passes, f"{method} (streaming)") as advance:
+            extra: dict[str, Any] = {"generator": generator}
+            if trim_model:
+                density = st.resolve(full["density"], "", 0.0)
+                extra["thresholds"] = _model_thresholds(inputs, plan, density, compute, advance)
+            stats = MergeStats(method, full) if options.stats else None
+            out_dir.mkdir(parents=True, exist_ok=True)
+            metadata = {"mlspec.method": method}
+            with ShardedWriter(out_dir, [j.planned for j in plan.jobs], shard_bytes=parse_size(options.shard_size),
+                               metadata=metadata) as writer:
+                for job in plan.jobs:
+                    writer.write(job.name, _merge_one(job, inputs, plan, method, resolve, compute, extra, stats,
+                                                      has_base=base is not None))
+                    advance()
+        reference = inputs[0]
+        written = {j.out_dtype for j in plan.merged}
+        hfdir.write_config(out_dir, reference.config, dtype=_dtype_name(written), untied=bool(plan.notes.get("untied")))
+        hfdir.copy_companions(reference.layout.directory, out_dir)
+    info: dict[str, Any] = stats.summary() if stats is not None else {"method": method, "params": full}
+    info.update(streamed=True, seconds=round(time.perf_counter() - started, 3), notes=plan.notes,
+                inputs=[str(Path(p).resolve()) for p in paths], written=len(plan.jobs))
+    if trim_model:
+        info["thresholds"] = extra["thresholds"]
+    return info
+
+
+def _merge_one(
+    job: Job,
+    inputs: list[Checkpoint],
+    plan: TensorPlan,
+    method: str,
+    resolve: Callable[[str, float], dict[str, Any]],
+    compute: torch.dtype,
+    extra: dict[str, Any],
+    stats: MergeStats | None,
+    *,
+    has_base: bool,
+) -> Tensor:
+    if job.copy_from is not None:
+        return inputs[job.copy_from].tensor(job.sources[0] if len(job.sources) == 1 else job.sources[job.copy_from])
+    tensors = [_read(ck, source, compute) for ck, source in zip(inputs, job.sources)]
+    base, xs = (tensors[0], tensors[1:]) if has_base else (None, tensors)
+    p = resolve(job.name, st.depth(job.layer, plan.num_layers))
+    try:
+        with torch.no_grad():
+            merged = _call(method, p, base, xs, **extra)
+    except ValueError as exc:  # the kernels' own parameter checks
+        raise CheckpointError(f"{method}: tensor {job.name!r}: {exc}") from None
+    if stats is not None:
+        stats.add(job.name, merged, xs, base)
+    return merged
+
+
+def _dtype_name(dtypes: set[torch.dtype]) -> str | None:
+    names = {n for n, d in DTYPES.items() if d in dtypes}
+    return names.pop() if len(names) == 1 else None
+
+
+class _Silent:
+    def __enter__(self) -> Advance:
+        return lambda *a, **k: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

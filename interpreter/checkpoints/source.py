@@ -1,0 +1,183 @@
+"""Lazy, memory-mapped access to a checkpoint's tensors.
+
+:class:`Checkpoint` lists names, shapes and dtypes from the files' headers without reading any data,
+and reads one tensor at a time on request: safetensors files through ``safe_open`` (memory-mapped),
+PyTorch state dicts through ``torch.load(weights_only=True, mmap=True)`` so that a spec can never make
+mlspec execute code and a large ``.bin`` is not read into memory whole.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from mlspec.checkpoints.layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
+
+__all__ = ["Checkpoint", "TensorInfo", "layer_index", "SAFETENSORS_DTYPES"]
+
+#: safetensors dtype codes and the torch dtypes they denote (both directions are needed).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+#: ``model.layers.7.mlp…`` / ``transformer.h.7…`` / ``blocks.7…``: the transformer block a tensor is in.
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The index of the block holding tensor ``name``, or None for embeddings, final norms, heads."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A flat ``name -> tensor`` dict from a PyTorch file, memory-mapped when the format allows."""
+    try:
+        try:
+            obj: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot load {str(path)!r} as a PyTorch state dict with weights_only=True "
+            f"(only tensors and plain containers are allowed): {first}"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a training checkpoint
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{str(path)!r} does not hold a state dict (a dict of name -> tensor)")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{str(path)!r} is not a flat state dict: entries {', '.join(bad[:5])} are not tensors"
+        )
+    return obj
+
+
+class Checkpoint:
+    """A checkpoint opened for lazy reading. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self._handles: dict[Path, Any] = {}
+        self._state: dict[str, torch.Tensor] = {}
+        self._where: dict[str, Path] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        for file in layout.files:
+            if file.suffix == SAFETENSORS_SUFFIX:
+                self._index_safetensors(file)
+            else:
+                state = _load_state_dict(file)
+                self._state.update(state)
+                for name, t in state.items():
+                    self._where[name] = file
+                    self._infos[name] = TensorInfo(tuple(t.shape), t.dtype)
+        if layout.weight_map is not None:
+            listed = set(layout.weight_map)
+            absent = sorted(listed - set(self._infos))
+            if absent:
+                raise CheckpointError(
+                    f"{str(layout.path)!r}: the index lists tensors its shards do not hold: {', '.join(absent[:5])}"
+                )
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        return cls(locate(path))
+
+    def _index_safetensors(self, file: Path) -> None:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+            for name in handle.keys():
+                view = handle.get_slice(name)
+                code = view.get_dtype()
+                if code not in SAFETENSORS_DTYPES:
+                    raise CheckpointError(f"{str(file)!r}: tensor {name!r} has unsupported dtype {code!r}")
+                self._infos[name] = TensorInfo(tuple(view.get_shape()), SAFETENSORS_DTYPES[code])
+                self._where[name] = file
+        except SafetensorError as exc:
+            raise CheckpointError(f"{str(file)!r} is not a valid safetensors file: {exc}") from None
+        self._handles[file] = handle
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._state.clear()
+
+    @property
+    def path(self) -> Path:
+        return self.layout.path
+
+    @property
+    def names(self) -> list[str]:
+        """Tensor names in file order (the order they are merged and written in)."""
+        return list(self._infos)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.layout.config
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """Whether the output head shares the input embedding (so the head may be absent from disk)."""
+        return bool(self.config.get("tie_word_embeddings", False))
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer blocks: from the config when it says, else one more than the highest index."""
+        configured = self.config.get("num_hidden_layers")
+        if isinstance(configured, int) and configured > 0:
+            return configured
+        indices = [i for i in map(layer_index, self._infos) if i is not None]
+        return max(indices) + 1 if indices else 1
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor (a fresh CPU tensor for safetensors; a memory-mapped view for .pt/.bin)."""
+        if name not in self._infos:
+            raise CheckpointError(f"{str(self.path)!r} has no tensor {name!r}")
+        file = self._where[name]
+        if file in self._handles:
+            return self._handles[file].get_tensor(name)  # type: ignore[no-any-return]
+        return self._state[name]
