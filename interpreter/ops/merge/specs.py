@@ -107,6 +107,32 @@ class RegMeanParams(Params):
     samples: int = Field(default=512, ge=1, description="training examples per model for the Gram matrices")
 
 
+class PermuteParams(Params):
+    by: Literal["weight_matching", "activation_matching"] = Field(
+        default="weight_matching", description="match weights (no data) or activations on `on`"
+    )
+    max_iter: int = Field(default=100, ge=1, description="weight-matching coordinate-descent sweeps")
+    samples: int = Field(default=512, ge=1, description="training examples for activation matching")
+
+
+class RepairParams(Params):
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="where the merged model sits between a and b")
+    samples: int = Field(default=512, ge=1, description="training examples for the channel statistics")
+
+
+class ZipParams(Params):
+    layers: int | None = Field(default=None, ge=1, description="zip hidden layers 1..k, keep separate heads after")
+    samples: int = Field(default=512, ge=1, description="training examples for the feature correlations")
+
+
+class ResNetParams(Params):
+    side: int = Field(default=8, ge=1, description="images are side × side, one channel (digits: 8)")
+    width: int = Field(default=16, ge=1, description="channels throughout")
+    blocks: int = Field(default=2, ge=1, description="residual blocks")
+    out_features: int = Field(alias="out", ge=1, description="number of classes")
+    norm: Literal["batchnorm", "layernorm"] = Field(default="batchnorm", description="after each convolution")
+
+
 _DATA_PER_MODEL = Port("on", Kind.DATASET, many=True, doc="each model's training data (or one for all)")
 _IN = "mlspec.ops.merge.informed"
 
@@ -257,6 +283,75 @@ register(
         output=Kind.MODEL,
         params=RegMeanParams,
         impl=f"{_IN}:regmean",
+        uses_seed=True,
+    )
+)
+
+_AL = "mlspec.ops.merge.align"
+
+register(
+    OpSpec(
+        name="permute",
+        doc="""Permute a model's hidden units onto a reference (Git Re-Basin); the function is unchanged.
+
+        `merge c2a = permute(c, to = a, by = weight_matching)`, or `by = activation_matching` with
+        data: `permute(c, to = a, by = activation_matching) on digits`. MLPs and ResNets.""",
+        inputs=(Port("model", Kind.MODEL), Port("to", Kind.MODEL),
+                Port("on", Kind.DATASET, required=False, doc="data for activation matching")),
+        output=Kind.MODEL,
+        params=PermuteParams,
+        impl=f"{_AL}:permute",
+        uses_seed=True,
+    )
+)
+
+register(
+    OpSpec(
+        name="repair",
+        doc="""REPAIR (Jordan et al. 2023): reset each channel of a merged model to the interpolated
+        mean and std of the endpoints' channels. `repair(avg, a = a, b = b2a, alpha = 0.5) on digits`""",
+        inputs=(Port("model", Kind.MODEL), Port("a", Kind.MODEL), Port("b", Kind.MODEL), Port("on", Kind.DATASET)),
+        output=Kind.MODEL,
+        params=RepairParams,
+        impl=f"{_AL}:repair",
+        uses_seed=True,
+    )
+)
+
+register(
+    OpSpec(
+        name="zip",
+        doc="""ZipIt! (Stoica et al. 2024): merge two MLPs feature by feature by correlation, within
+        and across models; `layers = k` zips only the first k hidden layers and keeps one head per
+        model. `merge z = zip(a, b, layers = 1) on digits`""",
+        inputs=(Port("a", Kind.MODEL), Port("b", Kind.MODEL), Port("on", Kind.DATASET)),
+        output=Kind.MODEL,
+        params=ZipParams,
+        impl="mlspec.ops.merge.zipit:zip_models",
+        uses_seed=True,
+    )
+)
+
+register(
+    OpSpec(
+        name="ensemble",
+        doc="""Output ensemble: averages the members' predicted probabilities; evaluates like a model.
+        The upper-bound baseline for merges. `merge ens = ensemble(a, b)`""",
+        inputs=(_MODELS,),
+        output=Kind.MODEL,
+        impl="mlspec.ops.merge.archs:ensemble",
+    )
+)
+
+register(
+    OpSpec(
+        name="resnet",
+        doc="""A small ResNet (basic blocks, constant width, BatchNorm or LayerNorm) for flat square
+        images; initialised from the step's seed. `model r = resnet(width = 16, blocks = 2, out = 10)`""",
+        inputs=(),
+        output=Kind.MODEL,
+        params=ResNetParams,
+        impl="mlspec.ops.merge.archs:resnet",
         uses_seed=True,
     )
 )

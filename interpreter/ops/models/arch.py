@@ -16,7 +16,7 @@ __all__ = ["architecture", "build", "MLP", "ARCH_MODULES"]
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 #: Modules that register architectures when imported (kept lazy: importing them costs time).
-ARCH_MODULES: list[str] = ["mlspec.extrap.models"]
+ARCH_MODULES: list[str] = ["mlspec.extrap.models", "mlspec.ops.merge.archs"]
 
 
 def architecture(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
