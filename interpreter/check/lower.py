@@ -56,6 +56,15 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+def _shown(v: Any) -> str:
+    """A value as a user would write it in a spec (strings quoted)."""
+    if isinstance(v, str):
+        return '"' + v + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_shown(x) for x in v) + "]"
+    return format_value(v)
+
+
 def _range_values(start: Any, stop: Any, step: Any) -> list[Any]:
     if step == 0:
         raise ValueError("a range's step cannot be 0")
@@ -289,7 +298,7 @@ class _Lowerer:
                 else:
                     got = raw.get(shown, raw.get(field_name))
                     msg = err["msg"].replace("Value error, ", "")
-                    self.error(f"invalid '{shown}' for {op.name}: {msg} (not {format_value(got)})", span)
+                    self.error(f"invalid '{shown}' for {op.name}: {msg} (not {_shown(got)})", span)
             raise _Abort() from None
         return model.model_dump(mode="json")
 
@@ -305,15 +314,14 @@ class _Lowerer:
 
     # --- statements ---------------------------------------------------------------------------
     def declare(self, binding: _Binding) -> None:
-        previous = self.env.get(binding.name)
-        if previous is not None and previous.span.file == binding.span.file and previous.kind != "rebound":
-            self.error(f"'{binding.name}' is declared twice", binding.span,
-                       labels=[(previous.span, "first declared here")], help="give one of them another name")
-            return
         self.env[binding.name] = binding
         self.later.pop(binding.name, None)
 
     def decl(self, d: ast.Decl) -> None:
+        previous = self.env.get(d.name)
+        if previous is not None:
+            raise self.error(f"'{d.name}' is declared twice", d.name_span,
+                             labels=[(previous.span, "first declared here")], help="give one of them another name")
         allowed = DECL_KINDS[self.dialect].get(d.kind, ())
         statement = f"{d.kind} {d.name}"
         if d.kind == "axis":
@@ -574,7 +582,7 @@ class _Lowerer:
             for err in exc.errors():
                 loc = str(err["loc"][0])
                 span = next((k.value.span for k in s.options if k.name == loc), s.span)
-                self.error(f"invalid study option '{loc}': {err['msg']} (not {format_value(raw.get(loc))})", span)
+                self.error(f"invalid study option '{loc}': {err['msg']} (not {_shown(raw.get(loc))})", span)
             return StudyOptions()
 
 

@@ -143,19 +143,43 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
     starts = _statement_keywords(dialect)
     kw = keywords(dialect)
     expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
+    closers = [c for c in (")", "]") if c in expected_words]
+    before = _previous_code(text, line, col)
+    if closers and before is not None and before[0] < line:
+        # The statement went on past the end of its line: most often an unclosed bracket.
+        at = Span(file, before[0], before[1] + 1, before[0], before[1] + 2)
+        return Diagnostic(f"expected '{closers[0]}': a bracket on line {before[0]} is not closed", at,
+                          help=f"close it before the statement on line {line}")
     if word and re.match(r"[A-Za-z_]", word):
         # A word where a keyword belongs: most likely a misspelt statement or clause keyword.
-        candidates = [k for k in [*starts, *kw["clause_kw"], "on", "for", "to", "as", "step", "along", "x"]
-                      if k in expected_words]
-        if candidates:
-            kind = "statement" if set(candidates) & set(starts) else "keyword"
+        clause_words = [*kw["clause_kw"], "on", "for", "to", "as", "step", "along", "x"]
+        statement_words = [k for k in starts if k in expected_words]
+        clause_words = [k for k in clause_words if k in expected_words]
+        hint_clause = did_you_mean(word, clause_words)
+        hint_stmt = did_you_mean(word, statement_words)
+        if statement_words or clause_words:
             other = "extrap" if dialect == "merge" else "merge"
-            hint = did_you_mean(word, candidates)
+            if hint_clause and not hint_stmt:
+                kind, hint = "keyword", hint_clause
+            else:
+                kind, hint = ("statement" if statement_words else "keyword"), hint_stmt or hint_clause
             if hint is None and word in _statement_keywords(other):
                 hint = f"'{word}' belongs to the .{other} dialect; this file is .{dialect}"
-            return Diagnostic(f"unknown {kind} '{word}'", span, help=hint or f"expected {_expected_list(expected, parser)}")
+            return Diagnostic(f"unknown {kind} '{word}'", span,
+                              help=hint or f"expected {_expected_list(expected, parser)}")
     shown = "'" + word + "'" if word else "this"
     return Diagnostic(f"unexpected {shown}; expected {_expected_list(expected, parser)}", span)
+
+
+def _previous_code(text: str, line: int, col: int) -> tuple[int, int] | None:
+    """(line, column) of the last non-blank, non-comment character before a position."""
+    lines = text.splitlines()
+    for n in range(min(line, len(lines)), 0, -1):
+        src = lines[n - 1] if n < line else lines[n - 1][: col - 1]
+        code = re.sub(r"#.*$", "", src).rstrip()
+        if code:
+            return n, len(code)
+    return None
 
 
 def _expected_list(expected: set[str], parser: Lark) -> str:
