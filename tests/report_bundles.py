@@ -48,17 +48,42 @@ def _key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
 
-def _step(name: str, op: str, kind: str, *, statement: str, inputs: dict[str, Any] | None = None,
-          params: dict[str, Any] | None = None, family: str | None = None, sweep: dict[str, Any] | None = None,
-          cached: bool = False, seconds: float = 0.05) -> dict[str, Any]:
-    return {"name": name, "op": op, "key": _key(name), "kind": kind, "cached": cached, "duration_s": seconds,
-            "seed": int(_key(name)[:6], 16) % 10_000, "params": params or {}, "inputs": inputs or {},
-            "statement": statement, "family": family, "sweep": sweep}
+def _step(
+    name: str,
+    op: str,
+    kind: str,
+    *,
+    statement: str,
+    inputs: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    family: str | None = None,
+    sweep: dict[str, Any] | None = None,
+    cached: bool = False,
+    seconds: float = 0.05,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "op": op,
+        "key": _key(name),
+        "kind": kind,
+        "cached": cached,
+        "duration_s": seconds,
+        "seed": int(_key(name)[:6], 16) % 10_000,
+        "params": params or {},
+        "inputs": inputs or {},
+        "statement": statement,
+        "family": family,
+        "sweep": sweep,
+    }
 
 
-def _curve(barrier: float, end_a: float, end_b: float, rng: np.random.Generator) -> tuple[list[float], list[float]]:
+def _curve(
+    barrier: float, end_a: float, end_b: float, rng: np.random.Generator
+) -> tuple[list[float], list[float]]:
     alphas = [i / 24 for i in range(25)]
-    loss = [(1 - a) * end_a + a * end_b + 4 * barrier * a * (1 - a) + float(rng.normal(0, 0.002)) for a in alphas]
+    loss = [
+        (1 - a) * end_a + a * end_b + 4 * barrier * a * (1 - a) + float(rng.normal(0, 0.002)) for a in alphas
+    ]
     acc = [min(1.0, max(0.0, 0.985 - 0.9 * (x - min(loss)))) for x in loss]
     return loss, acc
 
@@ -75,30 +100,71 @@ def _barriers(alphas: list[float], loss: list[float], acc: list[float]) -> dict[
 def merge_bundle() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     steps = [
-        _step("digits", "digits", "Dataset", statement="data digits", params={"test_fraction": 0.25}, cached=True),
+        _step(
+            "digits",
+            "digits",
+            "Dataset",
+            statement="data digits",
+            params={"test_fraction": 0.25},
+            cached=True,
+        ),
         _step("low", "classes", "Dataset", statement="data low", inputs={"data": "digits"}, cached=True),
         _step("high", "classes", "Dataset", statement="data high", inputs={"data": "digits"}, cached=True),
-        _step("init", "mlp", "Model", statement="model init", params={"in": 64, "hidden": [256, 256], "out": 10}),
+        _step(
+            "init", "mlp", "Model", statement="model init", params={"in": 64, "hidden": [256, 256], "out": 10}
+        ),
     ]
     results: dict[str, Any] = {"digits": {}, "low": {}, "high": {}, "init": {}}
     for name, on, final in (("a", "low", 0.004), ("b", "high", 0.006), ("c", "digits", 0.011)):
-        steps.append(_step(name, "train", "Model", statement=f"model {name}", inputs={"model": "init", "on": on},
-                           params={"epochs": 40, "lr": 1e-3}, seconds=2.4))
+        steps.append(
+            _step(
+                name,
+                "train",
+                "Model",
+                statement=f"model {name}",
+                inputs={"model": "init", "on": on},
+                params={"epochs": 40, "lr": 1e-3},
+                seconds=2.4,
+            )
+        )
         results[name] = {"train_loss": [final + 2.2 * math.exp(-e / 4) for e in range(40)]}
     steps.append(_step("avg", "average", "Model", statement="merge avg", inputs={"models": ["a", "b"]}))
     results["avg"] = {"models": 2}
     scales = [round(0.1 + 0.2 * i, 1) for i in range(8)]
     for s in scales:
         name = f"ta[{s}]"
-        steps.append(_step(name, "task_arithmetic", "Model", statement="merge ta", family="ta", sweep={"s": s},
-                           inputs={"base": "init", "models": ["a", "b"]}, params={"scale": s}))
+        steps.append(
+            _step(
+                name,
+                "task_arithmetic",
+                "Model",
+                statement="merge ta",
+                family="ta",
+                sweep={"s": s},
+                inputs={"base": "init", "models": ["a", "b"]},
+                params={"scale": s},
+            )
+        )
         results[name] = {"scale": s, "sign_conflict": 0.312}
-    steps.append(_step("c2a", "permute", "Model", statement="merge c2a", inputs={"model": "c", "to": "a"},
-                       params={"by": "weight_matching"}, seconds=0.8))
+    steps.append(
+        _step(
+            "c2a",
+            "permute",
+            "Model",
+            statement="merge c2a",
+            inputs={"model": "c", "to": "a"},
+            params={"by": "weight_matching"},
+            seconds=0.8,
+        )
+    )
     results["c2a"] = {"layers": 2, "changed_fraction": 0.9961, "l2_before": 41.7, "l2_after": 27.3}
     accuracy = {
-        ("a", "low"): 0.9867, ("a", "high"): 0.0, ("b", "low"): 0.0, ("b", "high"): 0.9778,
-        ("avg", "low"): 0.7301, ("avg", "high"): 0.6423,
+        ("a", "low"): 0.9867,
+        ("a", "high"): 0.0,
+        ("b", "low"): 0.0,
+        ("b", "high"): 0.9778,
+        ("avg", "low"): 0.7301,
+        ("avg", "high"): 0.6423,
     }
     for s in scales:
         peak = math.exp(-((s - 0.7) ** 2) / 0.18)
@@ -106,38 +172,102 @@ def merge_bundle() -> dict[str, Any]:
         accuracy[(f"ta[{s}]", "high")] = round(0.31 + 0.6 * peak, 4)
     for (model, ds), acc in accuracy.items():
         name = f"evaluate({model}, {ds})"
-        steps.append(_step(name, "evaluate", "Metrics", statement="evaluate", inputs={"model": model, "on": ds}))
-        results[name] = {"model": model, "dataset": ds, "accuracy": acc, "loss": round(-math.log(max(acc, 1e-4)) * 1.3, 4)}
+        steps.append(
+            _step(name, "evaluate", "Metrics", statement="evaluate", inputs={"model": model, "on": ds})
+        )
+        results[name] = {
+            "model": model,
+            "dataset": ds,
+            "accuracy": acc,
+            "loss": round(-math.log(max(acc, 1e-4)) * 1.3, 4),
+        }
     for name, b, barrier in (("raw", "c", 1.8734), ("aligned", "c2a", 0.0912)):
         loss, acc = _curve(barrier, 0.0462, 0.0518, rng)
         alphas = [i / 24 for i in range(25)]
-        steps.append(_step(name, "interpolate", "Curve", statement=f"curve {name}",
-                           inputs={"a": "a", "b": b, "on": "digits"}, params={"steps": 25}, seconds=0.6))
-        results[name] = {"a": "a", "b": b, "dataset": "digits", "split": "test", "alphas": alphas, "loss": loss,
-                         "accuracy": acc, "barriers": _barriers(alphas, loss, acc)}
+        steps.append(
+            _step(
+                name,
+                "interpolate",
+                "Curve",
+                statement=f"curve {name}",
+                inputs={"a": "a", "b": b, "on": "digits"},
+                params={"steps": 25},
+                seconds=0.6,
+            )
+        )
+        results[name] = {
+            "a": "a",
+            "b": b,
+            "dataset": "digits",
+            "split": "test",
+            "alphas": alphas,
+            "loss": loss,
+            "accuracy": acc,
+            "barriers": _barriers(alphas, loss, acc),
+        }
     xs = [-0.5 + 0.1 * i for i in range(21)]
-    grid = [[0.05 + 2.0 * ((x - 0.5) ** 2 + (y - 0.2) ** 2) + 1.6 * math.exp(-((x - 0.5) ** 2 + y**2) * 8)
-             for x in xs] for y in xs]
-    steps.append(_step("plane", "plane", "Surface", statement="surface plane", inputs={"models": ["a", "c", "c2a"]},
-                       params={"steps": 21}, seconds=14.2))
-    results["plane"] = {"dataset": "digits", "xs": xs, "ys": xs, "loss": grid,
-                        "points": [{"name": "a", "x": 0.0, "y": 0.0}, {"name": "c", "x": 1.0, "y": 0.0},
-                                   {"name": "c2a", "x": 0.52, "y": 0.61}]}
-    steps.append(_step("tv", "task_vectors", "Table", statement="analyse tv", inputs={"models": ["a", "b", "c"]}))
-    results["tv"] = {"models": ["a", "b", "c"],
-                     "cosine": [[1.0, 0.0213, 0.4817], [0.0213, 1.0, 0.5122], [0.4817, 0.5122, 1.0]],
-                     "sign_conflict": [[0.0, 0.4962, 0.3374], [0.4962, 0.0, 0.3301], [0.3374, 0.3301, 0.0]],
-                     "norms": [12.41, 12.87, 17.02]}
-    steps.append(_step("bridge", "connect", "Curve", statement="curve bridge", inputs={"a": "a", "b": "c"},
-                       seconds=9.1))
+    grid = [
+        [
+            0.05 + 2.0 * ((x - 0.5) ** 2 + (y - 0.2) ** 2) + 1.6 * math.exp(-((x - 0.5) ** 2 + y**2) * 8)
+            for x in xs
+        ]
+        for y in xs
+    ]
+    steps.append(
+        _step(
+            "plane",
+            "plane",
+            "Surface",
+            statement="surface plane",
+            inputs={"models": ["a", "c", "c2a"]},
+            params={"steps": 21},
+            seconds=14.2,
+        )
+    )
+    results["plane"] = {
+        "dataset": "digits",
+        "xs": xs,
+        "ys": xs,
+        "loss": grid,
+        "points": [
+            {"name": "a", "x": 0.0, "y": 0.0},
+            {"name": "c", "x": 1.0, "y": 0.0},
+            {"name": "c2a", "x": 0.52, "y": 0.61},
+        ],
+    }
+    steps.append(
+        _step("tv", "task_vectors", "Table", statement="analyse tv", inputs={"models": ["a", "b", "c"]})
+    )
+    results["tv"] = {
+        "models": ["a", "b", "c"],
+        "cosine": [[1.0, 0.0213, 0.4817], [0.0213, 1.0, 0.5122], [0.4817, 0.5122, 1.0]],
+        "sign_conflict": [[0.0, 0.4962, 0.3374], [0.4962, 0.0, 0.3301], [0.3374, 0.3301, 0.0]],
+        "norms": [12.41, 12.87, 17.02],
+    }
+    steps.append(
+        _step(
+            "bridge", "connect", "Curve", statement="curve bridge", inputs={"a": "a", "b": "c"}, seconds=9.1
+        )
+    )
     ts = [i / 20 for i in range(21)]
-    results["bridge"] = {"a": "a", "b": "c", "dataset": "digits", "ts": ts,
-                         "loss": [0.0462 + 0.03 * t * (1 - t) for t in ts],
-                         "accuracy": [0.985 - 0.01 * t * (1 - t) for t in ts],
-                         "line": {"loss": [0.0462 + 7.4 * t * (1 - t) for t in ts],
-                                  "accuracy": [0.985 - 2.6 * t * (1 - t) for t in ts]}}
+    results["bridge"] = {
+        "a": "a",
+        "b": "c",
+        "dataset": "digits",
+        "ts": ts,
+        "loss": [0.0462 + 0.03 * t * (1 - t) for t in ts],
+        "accuracy": [0.985 - 0.01 * t * (1 - t) for t in ts],
+        "line": {
+            "loss": [0.0462 + 7.4 * t * (1 - t) for t in ts],
+            "accuracy": [0.985 - 2.6 * t * (1 - t) for t in ts],
+        },
+    }
     steps.append(_step("probe", "probe_norms", "Table", statement="analyse probe", inputs={"model": "c"}))
-    results["probe"] = {"layer_norms": {"0.weight": 9.812, "2.weight": 11.07}, "total": 14.79, "note": "new op"}
+    results["probe"] = {
+        "layer_norms": {"0.weight": 9.812, "2.weight": 11.07},
+        "total": 14.79,
+        "note": "new op",
+    }
     return _bundle("digits-basins", "merge", MERGE_SPEC, steps, results)
 
 
@@ -147,7 +277,9 @@ def extrap_bundle() -> dict[str, Any]:
     steps = [_step("mazes", "maze", "Task", statement="task mazes", params={"size": 9}, cached=True)]
     results: dict[str, Any] = {"mazes": {}}
     for model, size_decay, perc_decay in (("dt", 0.09, 6.0), ("it", 0.16, 2.5)):
-        steps.append(_step(model, "train", "Model", statement=f"model {model}", inputs={"on": "mazes"}, seconds=41.0))
+        steps.append(
+            _step(model, "train", "Model", statement=f"model {model}", inputs={"on": "mazes"}, seconds=41.0)
+        )
         results[model] = {"train_loss": [0.02 + 0.6 * math.exp(-e / 3) for e in range(20)]}
         cells = []
         for size in sizes:
@@ -155,13 +287,33 @@ def extrap_bundle() -> dict[str, Any]:
                 for it in budgets:
                     boost = 1.0 if it >= 100 or size <= 13 else 0.7
                     acc = boost * math.exp(-size_decay * (size - 9)) * math.exp(-perc_decay * p)
-                    cells.append({"size": size, "percolation": p, "iterations": it, "accuracy": round(acc, 3),
-                                  "count": 100})
+                    cells.append(
+                        {
+                            "size": size,
+                            "percolation": p,
+                            "iterations": it,
+                            "accuracy": round(acc, 3),
+                            "count": 100,
+                        }
+                    )
         name = f"extrapolate({model})"
-        steps.append(_step(name, "extrapolate", "Table", statement="evaluate along", inputs={"model": model},
-                           seconds=12.5))
-        results[name] = {"model": model, "task": "mazes", "axes": ["size", "percolation"], "iterations": budgets,
-                         "cells": cells}
+        steps.append(
+            _step(
+                name,
+                "extrapolate",
+                "Table",
+                statement="evaluate along",
+                inputs={"model": model},
+                seconds=12.5,
+            )
+        )
+        results[name] = {
+            "model": model,
+            "task": "mazes",
+            "axes": ["size", "percolation"],
+            "iterations": budgets,
+            "cells": cells,
+        }
         labels = ["cycle_2" if model == "dt" else "fixed_point"] * 6
         res, pca = [], []
         for i in range(6):
@@ -170,11 +322,19 @@ def extrap_bundle() -> dict[str, Any]:
             res.append((r * (1 + 0.01 * rng.standard_normal(400))).tolist())
             angle = np.linspace(0, 6 * np.pi, 60)
             radius = np.exp(-angle / 6) if model == "it" else np.ones(60)
-            pca.append(np.stack([radius * np.cos(angle) + i * 0.2, radius * np.sin(angle)], axis=1).round(4).tolist())
+            pca.append(
+                np.stack([radius * np.cos(angle) + i * 0.2, radius * np.sin(angle)], axis=1).round(4).tolist()
+            )
         name = f"dynamics({model})"
         steps.append(_step(name, "dynamics", "Trajectories", statement="dynamics", inputs={"model": model}))
-        results[name] = {"model": model, "start": 3001, "residuals": res, "pca": pca, "labels": labels,
-                         "counts": {labels[0]: 6}}
+        results[name] = {
+            "model": model,
+            "start": 3001,
+            "residuals": res,
+            "pca": pca,
+            "labels": labels,
+            "counts": {labels[0]: 6},
+        }
         mazes = []
         for k in range(3):
             grid = np.zeros((9, 9), dtype=int)
@@ -187,15 +347,24 @@ def extrap_bundle() -> dict[str, Any]:
             correct = not (model == "dt" and k == 1)
             if not correct:
                 pred[5, 2:5] = 1 - pred[5, 2:5]
-            mazes.append({"input": grid.tolist(), "target": target.tolist(), "prediction": pred.tolist(),
-                          "correct": correct, "size": 9})
+            mazes.append(
+                {
+                    "input": grid.tolist(),
+                    "target": target.tolist(),
+                    "prediction": pred.tolist(),
+                    "correct": correct,
+                    "size": 9,
+                }
+            )
         name = f"predict({model})"
         steps.append(_step(name, "predict", "Table", statement="show", inputs={"model": model}))
         results[name] = {"model": model, "mazes": mazes}
     return _bundle("maze-extrapolation", "extrap", EXTRAP_SPEC, steps, results)
 
 
-def _bundle(name: str, dialect: str, spec: str, steps: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:
+def _bundle(
+    name: str, dialect: str, spec: str, steps: list[dict[str, Any]], results: dict[str, Any]
+) -> dict[str, Any]:
     names = [s["name"] for s in steps]
     edges = []
     for s in steps:
@@ -205,11 +374,24 @@ def _bundle(name: str, dialect: str, spec: str, steps: list[dict[str, Any]], res
                     edges.append([src, s["name"]])
     question = spec.splitlines()[0].lstrip("# ")
     return {
-        "study": {"name": name, "seed": 0, "dialect": dialect, "spec_file": f"specs/{name}.{dialect}",
-                  "spec_text": spec, "spec_sha256": hashlib.sha256(spec.encode()).hexdigest(), "question": question},
-        "provenance": {"command": f"mlspec run specs/{name}.{dialect}", "mlspec": "0.1.0", "torch": "2.13.0",
-                       "python": "3.11.7", "device": "cpu", "started": "2026-11-27T09:00:00+00:00",
-                       "duration_s": 93.4},
+        "study": {
+            "name": name,
+            "seed": 0,
+            "dialect": dialect,
+            "spec_file": f"specs/{name}.{dialect}",
+            "spec_text": spec,
+            "spec_sha256": hashlib.sha256(spec.encode()).hexdigest(),
+            "question": question,
+        },
+        "provenance": {
+            "command": f"mlspec run specs/{name}.{dialect}",
+            "mlspec": "0.1.0",
+            "torch": "2.13.0",
+            "python": "3.11.7",
+            "device": "cpu",
+            "started": "2026-11-27T09:00:00+00:00",
+            "duration_s": 93.4,
+        },
         "steps": steps,
         "results": results,
         "graph": {"nodes": names, "edges": edges},

@@ -12,4 +12,4 @@ from mlspec.report.compare import compare
 from mlspec.report.figures import Figure, figure, study_figure
 from mlspec.report.render import render_report
 
-__all__ = ["render_report", "compare", "figure", "study_figure", "Figure"]
+__all__ = ["Figure", "compare", "figure", "render_report", "study_figure"]

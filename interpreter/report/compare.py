@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlspec.errors import MlspecError
 from mlspec.report.study import fmt, number, scalars
 
 __all__ = ["compare"]
@@ -25,7 +26,7 @@ def _label(run: dict[str, Any], fallback: str) -> str:
 def _leaves(run: dict[str, Any]) -> dict[tuple[str, str], Any]:
     results = run.get("results")
     if not isinstance(results, dict):
-        raise ValueError("not a results.json: it has no \"results\" object")
+        raise MlspecError(f'not a results.json: it has no "results" object (keys: {sorted(run)!r})')
     return {(step, path): value for step, record in results.items() for path, value in scalars(record)}
 
 
@@ -53,8 +54,10 @@ def compare(a_json: dict[str, Any], b_json: dict[str, Any]) -> str:
         differs = key not in a or key not in b or va != vb
         differing += differs
         shown = [fmt(va) if key in a else "(absent)", fmt(vb) if key in b else "(absent)"]
-        lines.append(f"| {_cell(key[0])} | {_cell(key[1])} | {_cell(shown[0])} | {_cell(shown[1])} | {delta} | "
-                     f"{'*' if differs else ''} |")
+        lines.append(
+            f"| {_cell(key[0])} | {_cell(key[1])} | {_cell(shown[0])} | {_cell(shown[1])} | {delta} | "
+            f"{'*' if differs else ''} |"
+        )
     if not keys:
         lines.append("| (no scalar results) | | | | | |")
     lines += ["", f"{differing} of {len(keys)} values differ."]

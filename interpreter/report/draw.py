@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-
 from mlspec.report.figures import style
 from mlspec.report.study import fmt
 
-__all__ = ["series", "heatmap", "contour_map", "as_grid"]
+__all__ = ["as_grid", "contour_map", "heatmap", "series"]
 
 
 def series(ax: Axes, xs: Sequence[float], ys: Sequence[float], i: int, label: str, **extra: Any) -> None:
@@ -49,22 +48,30 @@ def heatmap(
     vmin: float | None = None,
     vmax: float | None = None,
     colorbar: str = "",
+    origin: str = "lower",
 ) -> None:
     """A matrix with every cell's value written in it (when the grid is small enough to read)."""
-    image = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin="lower")
+    image = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin=origin)
     ax.set_xticks(range(grid.shape[1]), [fmt(v, 3) for v in xlabels], rotation=45 if grid.shape[1] > 6 else 0)
     ax.set_yticks(range(grid.shape[0]), [fmt(v, 3) for v in ylabels])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(False)
     if grid.size <= 144:
-        lo, hi = image.get_clim()
         for (r, c), value in np.ndenumerate(grid):
             if np.isnan(value):
                 continue
-            dark = (value - lo) / ((hi - lo) or 1.0) < 0.55
-            ax.text(c, r, fmt(float(value), 2), ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
+            red, green, blue, _ = image.cmap(image.norm(value))
+            dark = 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5  # relative luminance of the cell
+            ax.text(
+                c,
+                r,
+                fmt(float(value), 2),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
     if colorbar:
         ax.figure.colorbar(image, ax=ax, label=colorbar, shrink=0.85)
 
@@ -92,7 +99,21 @@ def contour_map(
     ax.grid(False)
     for i, (name, x, y) in enumerate(points):
         st = style(i)
-        ax.plot([x], [y], marker=st["marker"], color="white", markeredgecolor="black", markersize=8,
-                linestyle="none")
-        ax.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8, color="black",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        ax.plot(
+            [x],
+            [y],
+            marker=st["marker"],
+            color="white",
+            markeredgecolor="black",
+            markersize=8,
+            linestyle="none",
+        )
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize=8,
+            color="black",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+        )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,17 +35,17 @@ if TYPE_CHECKING:
     from mlspec.report.study import StepView, StudyView
 
 __all__ = [
-    "Figure",
-    "figure",
-    "study_figure",
-    "handler_for",
     "STUDY_FIGURES",
-    "new_figure",
-    "style",
+    "Figure",
     "RenderedFigure",
-    "render_figure",
+    "figure",
+    "handler_for",
     "json_for_script",
+    "new_figure",
+    "render_figure",
     "slugify",
+    "study_figure",
+    "style",
 ]
 
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies.
@@ -147,13 +148,21 @@ class RenderedFigure:
     files: dict[str, str] = field(default_factory=dict)  # format -> path relative to the report
 
 
-_XML_PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)
-_SVG_SIZE = re.compile(r'<svg([^>]*?)\swidth="[^"]*"\s+height="[^"]*"')
+_XML_PROLOGUE = re.compile(r"^.*?(?=<svg)", re.DOTALL)
+_SVG_SIZE = re.compile(r'<svg([^>]*?)\swidth="([0-9.]+)pt"\s+height="[^"]*"')
 
 
 def _scoped(svg: str, prefix: str) -> str:
-    """Give the SVG's ids a per-figure prefix: one HTML page may not repeat an id."""
-    svg = re.sub(r'\bid="', f'id="{prefix}-', svg)
+    """Give the SVG's ids a per-figure prefix, and number repeats: an HTML page may not repeat an
+    id. (matplotlib names identical images alike; a reference to a repeat finds the same content.)"""
+    seen: dict[str, int] = {}
+
+    def unique(match: re.Match[str]) -> str:
+        name = match.group(1)
+        seen[name] = seen.get(name, 0) + 1
+        return f'id="{prefix}-{name}"' if seen[name] == 1 else f'id="{prefix}-{name}-{seen[name]}"'
+
+    svg = re.sub(r'\bid="([^"]*)"', unique, svg)
     svg = re.sub(r"url\(#", f"url(#{prefix}-", svg)
     return re.sub(r'href="#', f'href="#{prefix}-', svg)
 
@@ -162,7 +171,8 @@ def _inline_svg(raw: str, fig_id: str, title: str, alt: str) -> str:
     from markupsafe import escape
 
     svg = _XML_PROLOGUE.sub("", raw, count=1)
-    svg = _SVG_SIZE.sub(r"<svg\1", svg, count=1)  # the viewBox stays: the page sizes it
+    # The viewBox stays and the page scales the figure down to fit, never up past its drawn size.
+    svg = _SVG_SIZE.sub(r'<svg\1 style="max-width: \2pt"', svg, count=1)
     svg = _scoped(svg, fig_id)
     label = escape(f"{title}. {alt}")
     return svg.replace("<svg", f'<svg role="img" aria-label="{label}" class="plot"', 1)
@@ -191,7 +201,9 @@ def render_figure(fig: Figure, index: int, figures_dir: Path | None) -> Rendered
         if figures_dir is not None:
             figures_dir.mkdir(parents=True, exist_ok=True)
             (figures_dir / f"{fig.slug}.svg").write_text(raw, encoding="utf-8")
-            fig.mpl.savefig(figures_dir / f"{fig.slug}.png", format="png", dpi=150, metadata={"Software": None})
+            fig.mpl.savefig(
+                figures_dir / f"{fig.slug}.png", format="png", dpi=150, metadata={"Software": None}
+            )
             fig.mpl.savefig(figures_dir / f"{fig.slug}.pdf", format="pdf", metadata={"CreationDate": None})
             files = {ext: f"{figures_dir.name}/{fig.slug}.{ext}" for ext in ("svg", "png", "pdf")}
     return RenderedFigure(
@@ -209,7 +221,7 @@ def render_figure(fig: Figure, index: int, figures_dir: Path | None) -> Rendered
 def _finite(value: Any) -> Any:
     """NaN and infinities are not JSON; a diverged loss becomes ``null`` in the embedded data."""
     if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

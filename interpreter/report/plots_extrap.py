@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.colors import ListedColormap
-
 from mlspec.report.draw import heatmap, series
 from mlspec.report.figures import COLOURS, Figure, figure, new_figure, slugify, style
 from mlspec.report.study import StepView, StudyView, fmt, number, numbers
 
-__all__ = ["extrapolation", "dynamics", "maze_pictures"]
+__all__ = ["dynamics", "extrapolation", "maze_pictures"]
 
 PANELS = 4  # models per heatmap figure
 MAZES = 6  # examples drawn per model
@@ -38,7 +37,9 @@ PATH_COLOURS = ListedColormap(["#ffffff", COLOURS[0]])
 
 
 def _cells(rec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in rec.get("cells") or [] if isinstance(c, dict) and number(c.get("accuracy")) is not None]
+    return [
+        c for c in rec.get("cells") or [] if isinstance(c, dict) and number(c.get("accuracy")) is not None
+    ]
 
 
 def _axes(rec: dict[str, Any], cells: list[dict[str, Any]]) -> list[str]:
@@ -76,18 +77,34 @@ def _heatmaps(steps: list[StepView]) -> Figure:
         else:
             ys, xs, grid = _mean_grid(cells, "iterations", axes[0])
             ylabel, note = "test-time iterations", ""
-        heatmap(ax, grid, xlabels=xs, ylabels=ys, xlabel=axes[0], ylabel=ylabel, vmin=0.0, vmax=1.0,
-                colorbar="accuracy" if ax is fig.axes[-1] else "")
+        heatmap(
+            ax,
+            grid,
+            xlabels=xs,
+            ylabels=ys,
+            xlabel=axes[0],
+            ylabel=ylabel,
+            vmin=0.0,
+            vmax=1.0,
+            colorbar="accuracy" if ax is fig.axes[-1] else "",
+        )
         model = s.record.get("model", s.name)
         ax.set_title(f"{model}{note}")
         data[s.name] = {"rows": ys, "columns": xs, "accuracy": grid.tolist()}
-        sentences.append(f"{model}: accuracy from {fmt(float(np.nanmin(grid)), 3)} to "
-                         f"{fmt(float(np.nanmax(grid)), 3)}{note}")
+        sentences.append(
+            f"{model}: accuracy from {fmt(float(np.nanmin(grid)), 3)} to "
+            f"{fmt(float(np.nanmax(grid)), 3)}{note}"
+        )
     return Figure(
-        slug=slugify("extrapolation-" + "-".join(s.name for s in steps)), title="Accuracy over difficulty axes",
-        section="Extrapolation", mpl=fig, data=data, steps=tuple(s.name for s in steps),
+        slug=slugify("extrapolation-" + "-".join(s.name for s in steps)),
+        title="Accuracy over difficulty axes",
+        section="Extrapolation",
+        mpl=fig,
+        data=data,
+        steps=tuple(s.name for s in steps),
         alt="Heatmaps of exact-solve accuracy (0 to 1, value written in each cell) over the difficulty axes. "
-        + "; ".join(sentences) + ".",
+        + "; ".join(sentences)
+        + ".",
     )
 
 
@@ -100,16 +117,24 @@ def _iteration_curves(s: StepView) -> Figure:
         values, budgets, grid = _mean_grid(cells, axis, "iterations")
         for i, (value, row) in enumerate(zip(values, grid)):
             series(ax, budgets, row, i, f"{axis} = {fmt(value)}")
-            sentences.append(f"{axis} {fmt(value)}: {fmt(float(row[0]), 3)} at {budgets[0]} iterations, "
-                             f"{fmt(float(row[-1]), 3)} at {budgets[-1]}")
+            sentences.append(
+                f"{axis} {fmt(value)}: {fmt(float(row[0]), 3)} at {budgets[0]} iterations, "
+                f"{fmt(float(row[-1]), 3)} at {budgets[-1]}"
+            )
         ax.set(xlabel="test-time iterations", ylabel="accuracy", title=f"by {axis}", ylim=(-0.03, 1.03))
         if len(budgets) > 2 and min(budgets) > 0 and max(budgets) / min(budgets) >= 10:
             ax.set_xscale("log")
+            ax.set_xticks(budgets, [fmt(b) for b in budgets])
+            ax.minorticks_off()
         ax.legend(fontsize=7)
     model = s.record.get("model", s.name)
     return Figure(
-        slug=slugify(f"iterations-{s.name}"), title=f"{model}: accuracy vs test-time iterations",
-        section="Extrapolation", mpl=fig, data={"cells": cells}, steps=(s.name,),
+        slug=slugify(f"iterations-{s.name}"),
+        title=f"{model}: accuracy vs test-time iterations",
+        section="Extrapolation",
+        mpl=fig,
+        data={"cells": cells},
+        steps=(s.name,),
         alt=f"Accuracy of {model} against the iteration budget, one line per axis value (averaged over the "
         "other axes): " + "; ".join(sentences) + ".",
     )
@@ -119,7 +144,9 @@ def _iteration_curves(s: StepView) -> Figure:
 def extrapolation(study: StudyView, steps: list[StepView]) -> list[Figure]:
     steps = [s for s in steps if _cells(s.record)]
     out = [_heatmaps(steps[i : i + PANELS]) for i in range(0, len(steps), PANELS)]
-    return out + [_iteration_curves(s) for s in steps if len({c.get("iterations") for c in _cells(s.record)}) > 1]
+    return out + [
+        _iteration_curves(s) for s in steps if len({c.get("iterations") for c in _cells(s.record)}) > 1
+    ]
 
 
 def _instances(value: Any) -> list[list[float]]:
@@ -147,30 +174,50 @@ def dynamics(study: StudyView, steps: list[StepView]) -> list[Figure]:
         for i, r in enumerate(residuals):
             kind = labels[i] if i < len(labels) else ""
             st = style(kinds.index(kind))
-            res_ax.plot(range(start, start + len(r)), np.maximum(r, 1e-12), color=st["color"],
-                        linestyle=st["linestyle"], linewidth=0.8, alpha=0.8,
-                        label=kind if kind and kind not in labels[:i] else None)
-        res_ax.set(yscale="log", xlabel="iteration j", ylabel="‖u_{j+1} − u_j‖₂", title="residuals")
+            res_ax.plot(
+                range(start, start + len(r)),
+                np.maximum(r, 1e-12),
+                color=st["color"],
+                linestyle=st["linestyle"],
+                linewidth=0.8,
+                alpha=0.8,
+                label=kind if kind and kind not in labels[:i] else None,
+            )
+        res_ax.set(yscale="log", xlabel="iteration j", ylabel=r"$\|u_{j+1} - u_j\|_2$", title="residuals")
         if any(labels):
             res_ax.legend(fontsize=7)
         for i, t in enumerate(pca):
             st = style(kinds.index(labels[i]) if i < len(labels) else 0)
             pca_ax = fig.axes[1]
-            pca_ax.plot(t[:, 0], t[:, 1], color=st["color"], linestyle=st["linestyle"], linewidth=0.7, alpha=0.8)
+            pca_ax.plot(
+                t[:, 0], t[:, 1], color=st["color"], linestyle=st["linestyle"], linewidth=0.7, alpha=0.8
+            )
             pca_ax.plot(t[0, 0], t[0, 1], marker="o", color=st["color"], markersize=4)
             pca_ax.plot(t[-1, 0], t[-1, 1], marker="X", color="black", markersize=5)
         if pca:
             fig.axes[1].set(xlabel="PC 1", ylabel="PC 2", title="PCA trajectories (o start, X end)")
         counts = rec.get("counts") if isinstance(rec.get("counts"), dict) else {}
         finals = [r[-1] for r in residuals]
-        out.append(Figure(
-            slug=slugify(f"dynamics-{s.name}"), title=f"{model}: dynamics", section="Dynamics", mpl=fig,
-            data=rec, steps=(s.name,),
-            alt=f"Residual norms of {model}'s iterates on a log scale for {len(residuals)} instances"
-            + (f"; final residuals from {fmt(min(finals))} to {fmt(max(finals))}" if finals else "")
-            + (f"; limiting behaviour counts: {', '.join(f'{k} {v}' for k, v in counts.items())}" if counts else "")
-            + (f". Right: the first two principal components of {len(pca)} trajectories." if pca else "."),
-        ))
+        out.append(
+            Figure(
+                slug=slugify(f"dynamics-{s.name}"),
+                title=f"{model}: dynamics",
+                section="Dynamics",
+                mpl=fig,
+                data=rec,
+                steps=(s.name,),
+                alt=f"Residual norms of {model}'s iterates on a log scale for {len(residuals)} instances"
+                + (f"; final residuals from {fmt(min(finals))} to {fmt(max(finals))}" if finals else "")
+                + (
+                    f"; limiting behaviour counts: {', '.join(f'{k} {v}' for k, v in counts.items())}"
+                    if counts
+                    else ""
+                )
+                + (
+                    f". Right: the first two principal components of {len(pca)} trajectories." if pca else "."
+                ),
+            )
+        )
     return out
 
 
@@ -197,7 +244,7 @@ def maze_pictures(study: StudyView, steps: list[StepView]) -> list[Figure]:
         shown = sorted(mazes, key=lambda m: bool(m.get("correct")))[:MAZES]  # failures first
         if not shown:
             continue
-        fig = new_figure(6.0, 2.0 * len(shown), ncols=3, nrows=len(shown))
+        fig = new_figure(5.0, 1.7 * len(shown), ncols=3, nrows=len(shown))
         for row, maze in enumerate(shown):
             cells = fig.axes[3 * row : 3 * row + 3]
             verdict = "✓ solved" if maze.get("correct") else "✗ failed"
@@ -214,11 +261,18 @@ def maze_pictures(study: StudyView, steps: list[StepView]) -> list[Figure]:
                     ax.set_title(name, fontsize=8)
         failed = sum(1 for m in mazes if not m.get("correct"))
         model = s.record.get("model", s.name)
-        out.append(Figure(
-            slug=slugify(f"mazes-{s.name}"), title=f"{model}: example mazes", section="Mazes", mpl=fig,
-            data={"model": model, "mazes": shown}, steps=(s.name,),
-            alt=f"{len(shown)} of {len(mazes)} mazes solved by {model}, failures first ({failed} failed in all). "
-            "Each row: the input maze (black walls, green start, orange goal), the target path, and the "
-            "prediction with wrongly predicted cells crossed.",
-        ))
+        out.append(
+            Figure(
+                slug=slugify(f"mazes-{s.name}"),
+                title=f"{model}: example mazes",
+                section="Mazes",
+                mpl=fig,
+                data={"model": model, "mazes": shown},
+                steps=(s.name,),
+                alt=f"{len(shown)} of the {len(mazes)} mazes shown to {model}, failures first "
+                f"({failed} of {len(mazes)} failed). "
+                "Each row: the input maze (black walls, green start, orange goal), the target path, and the "
+                "prediction with wrongly predicted cells crossed.",
+            )
+        )
     return out

@@ -21,12 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from mlspec.report.draw import as_grid, contour_map, heatmap, series
 from mlspec.report.figures import Figure, figure, new_figure, slugify, style
 from mlspec.report.study import StepView, StudyView, fmt, number, numbers
 
-__all__ = ["training_curves", "interpolation_curves", "connectivity_curves", "planes", "task_vector_maps"]
+__all__ = ["connectivity_curves", "interpolation_curves", "planes", "task_vector_maps", "training_curves"]
 
 GROUP = 6  # curves per overlay figure; more become unreadable
 
@@ -52,11 +51,17 @@ def training_curves(study: StudyView, steps: list[StepView]) -> list[Figure]:
             finals.append(f"{s.name} ends at {fmt(loss[-1])} after {len(loss)} epochs")
         ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
         ax.legend()
-        out.append(Figure(
-            slug=_slug("training", chunk), title="Training loss", section="Training", mpl=fig,
-            alt="Mean training cross-entropy per epoch (log scale): " + "; ".join(finals) + ".",
-            data={s.name: s.record["train_loss"] for s in chunk}, steps=tuple(s.name for s in chunk),
-        ))
+        out.append(
+            Figure(
+                slug=_slug("training", chunk),
+                title="Training loss",
+                section="Training",
+                mpl=fig,
+                alt="Mean training cross-entropy per epoch (log scale): " + "; ".join(finals) + ".",
+                data={s.name: s.record["train_loss"] for s in chunk},
+                steps=tuple(s.name for s in chunk),
+            )
+        )
     return out
 
 
@@ -68,8 +73,9 @@ def _barrier_point(alphas: list[float], values: list[float]) -> tuple[float, flo
     return alphas[k], values[k], lifts[k]
 
 
-def _curve_panels(study: StudyView, chunk: list[StepView], xkey: str, title: str, section: str,
-                  prefix: str) -> Figure:
+def _curve_panels(
+    study: StudyView, chunk: list[StepView], xkey: str, title: str, section: str, prefix: str
+) -> Figure:
     """Loss and error along each path, the straight line between the ends drawn dotted and the
     barrier (largest lift above it) marked with a vertical bar and given in the legend."""
     fig = new_figure(8.0, 3.4, ncols=2)
@@ -94,32 +100,51 @@ def _curve_panels(study: StudyView, chunk: list[StepView], xkey: str, title: str
             line = numbers((rec.get("line") or {}).get(key))
             if line and len(line) == len(xs):
                 line = [1.0 - y for y in line] if transform == "error" else line
-                ax.plot(xs, line, color=st["color"], linestyle="--", marker="s", markersize=3,
-                        markevery=max(1, len(xs) // 8), label=f"{s.name}: straight line")
-            sentences.append(f"{label}: {transform or key} barrier {fmt(lift, 3)} at {xkey[:-1]} {fmt(a_star, 3)}")
+                ax.plot(
+                    xs,
+                    line,
+                    color=st["color"],
+                    linestyle="--",
+                    marker="s",
+                    markersize=3,
+                    markevery=max(1, len(xs) // 8),
+                    label=f"{s.name}: straight line",
+                )
+            sentences.append(
+                f"{label}: {transform or key} barrier {fmt(lift, 3)} at {xkey[:-1]} {fmt(a_star, 3)}"
+            )
     loss_ax.set(xlabel=xkey[:-1], ylabel="loss", title="loss")
     err_ax.set(xlabel=xkey[:-1], ylabel="error (1 − accuracy)", title="error")
     loss_ax.legend(fontsize=7)
     datasets = sorted({str(s.record.get("dataset", "?")) for s in chunk})
     return Figure(
-        slug=_slug(prefix, chunk), title=title, section=section, mpl=fig,
+        slug=_slug(prefix, chunk),
+        title=title,
+        section=section,
+        mpl=fig,
         alt=f"{title} on {', '.join(datasets)}, {xkey[:-1]} from the first model (0) to the second (1). "
-        + "; ".join(sentences) + ". Dotted lines join the endpoints; vertical bars mark each barrier.",
+        + "; ".join(sentences)
+        + ". Dotted lines join the endpoints; vertical bars mark each barrier.",
         caption="Barrier = largest rise above the straight line joining the endpoint values.",
-        data={s.name: s.record for s in chunk}, steps=tuple(s.name for s in chunk),
+        data={s.name: s.record for s in chunk},
+        steps=tuple(s.name for s in chunk),
     )
 
 
 @figure("interpolate", keys=("alphas", "barriers"))
 def interpolation_curves(study: StudyView, steps: list[StepView]) -> list[Figure]:
-    return [_curve_panels(study, c, "alphas", "Linear interpolation", "Loss landscape", "interpolation")
-            for c in _chunks(steps)]
+    return [
+        _curve_panels(study, c, "alphas", "Linear interpolation", "Loss landscape", "interpolation")
+        for c in _chunks(steps)
+    ]
 
 
 @figure("connect", "bezier", "chain", keys=("ts", "line"))
 def connectivity_curves(study: StudyView, steps: list[StepView]) -> list[Figure]:
-    return [_curve_panels(study, c, "ts", "Connecting path vs straight line", "Loss landscape", "connect")
-            for c in _chunks(steps)]
+    return [
+        _curve_panels(study, c, "ts", "Connecting path vs straight line", "Loss landscape", "connect")
+        for c in _chunks(steps)
+    ]
 
 
 @figure("plane", "surface", keys=("xs", "ys"))
@@ -128,12 +153,18 @@ def planes(study: StudyView, steps: list[StepView]) -> list[Figure]:
     for s in steps:
         rec = s.record
         xs, ys = numbers(rec.get("xs")), numbers(rec.get("ys"))
-        metrics = [(k, g) for k in ("loss", "error", "accuracy", "values", "z")
-                   if (g := as_grid(rec.get(k))) is not None and xs and ys and g.shape == (len(ys), len(xs))]
+        metrics = [
+            (k, g)
+            for k in ("loss", "error", "accuracy", "values", "z")
+            if (g := as_grid(rec.get(k))) is not None and xs and ys and g.shape == (len(ys), len(xs))
+        ]
         if not metrics:
             continue
-        points = [(str(p.get("name", "?")), number(p.get("x")), number(p.get("y")))
-                  for p in rec.get("points") or [] if isinstance(p, dict)]
+        points = [
+            (str(p.get("name", "?")), number(p.get("x")), number(p.get("y")))
+            for p in rec.get("points") or []
+            if isinstance(p, dict)
+        ]
         marked = [(n, x, y) for n, x, y in points if x is not None and y is not None]
         fig = new_figure(4.4 * len(metrics[:2]), 3.8, ncols=len(metrics[:2]))
         for ax, (key, grid) in zip(fig.axes, metrics):
@@ -141,13 +172,19 @@ def planes(study: StudyView, steps: list[StepView]) -> list[Figure]:
             ax.set(xlabel="x", ylabel="y", title=key)
         key, grid = metrics[0]
         at = [f"{n} at ({fmt(x, 3)}, {fmt(y, 3)})" for n, x, y in marked]
-        out.append(Figure(
-            slug=slugify(f"plane-{s.name}"), title=f"{s.name}: {key} over a plane", section="Loss landscape",
-            mpl=fig, data=rec, steps=(s.name,),
-            alt=f"Contour map of {key} on {rec.get('dataset', '?')} over a {len(xs)} by {len(ys)} grid; "
-            f"{key} ranges from {fmt(float(np.nanmin(grid)))} to {fmt(float(np.nanmax(grid)))}. "
-            + ("Models marked: " + ", ".join(at) + "." if at else ""),
-        ))
+        out.append(
+            Figure(
+                slug=slugify(f"plane-{s.name}"),
+                title=f"{s.name}: {key} over a plane",
+                section="Loss landscape",
+                mpl=fig,
+                data=rec,
+                steps=(s.name,),
+                alt=f"Contour map of {key} on {rec.get('dataset', '?')} over a {len(xs)} by {len(ys)} grid; "
+                f"{key} ranges from {fmt(float(np.nanmin(grid)))} to {fmt(float(np.nanmax(grid)))}. "
+                + ("Models marked: " + ", ".join(at) + "." if at else ""),
+            )
+        )
     return out
 
 
@@ -167,17 +204,35 @@ def task_vector_maps(study: StudyView, steps: list[StepView]) -> list[Figure]:
         sentences = []
         for ax, (key, grid) in zip(fig.axes, mats):
             signed = key == "cosine"
-            heatmap(ax, grid, xlabels=names, ylabels=names, cmap="RdBu_r" if signed else "viridis",
-                    vmin=-1.0 if signed else None, vmax=1.0 if signed else None, colorbar=key)
+            heatmap(
+                ax,
+                grid,
+                xlabels=names,
+                ylabels=names,
+                cmap="RdBu_r" if signed else "viridis",
+                vmin=-1.0 if signed else None,
+                vmax=1.0 if signed else None,
+                colorbar=key,
+                origin="upper",
+            )
             ax.set_title(key.replace("_", " "))
             off = grid[~np.eye(len(names), dtype=bool)]
             if off.size:
-                sentences.append(f"{key.replace('_', ' ')} between distinct models from "
-                                 f"{fmt(float(np.nanmin(off)), 3)} to {fmt(float(np.nanmax(off)), 3)}")
-        out.append(Figure(
-            slug=slugify(f"task-vectors-{s.name}"), title=f"{s.name}: task-vector geometry", mpl=fig,
-            section="Task vectors", data=s.record, steps=(s.name,),
-            alt=f"Heatmaps over the task vectors of {', '.join(names)} (cell values written in): "
-            + "; ".join(sentences) + ".",
-        ))
+                sentences.append(
+                    f"{key.replace('_', ' ')} between distinct models from "
+                    f"{fmt(float(np.nanmin(off)), 3)} to {fmt(float(np.nanmax(off)), 3)}"
+                )
+        out.append(
+            Figure(
+                slug=slugify(f"task-vectors-{s.name}"),
+                title=f"{s.name}: task-vector geometry",
+                mpl=fig,
+                section="Task vectors",
+                data=s.record,
+                steps=(s.name,),
+                alt=f"Heatmaps over the task vectors of {', '.join(names)} (cell values written in): "
+                + "; ".join(sentences)
+                + ".",
+            )
+        )
     return out

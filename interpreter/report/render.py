@@ -16,7 +16,6 @@ from typing import Any
 
 import jinja2
 from markupsafe import Markup
-
 from mlspec.report import graph, plots_extrap, plots_merge, sweeps  # noqa: F401  (they register figures)
 from mlspec.report.figures import STUDY_FIGURES, Figure, RenderedFigure, handler_for, render_figure
 from mlspec.report.study import StepView, StudyView, fmt
@@ -24,7 +23,9 @@ from mlspec.report.tables import (
     Fallback,
     Table,
     barrier_table,
+    dynamics_table,
     evaluation_table,
+    extrapolation_table,
     fallback,
     method_table,
     step_table,
@@ -32,8 +33,16 @@ from mlspec.report.tables import (
 
 __all__ = ["render_report"]
 
-SECTIONS = ("Training", "Sweeps", "Loss landscape", "Task vectors", "Extrapolation", "Dynamics", "Mazes",
-            "Results")
+SECTIONS = (
+    "Training",
+    "Sweeps",
+    "Loss landscape",
+    "Task vectors",
+    "Extrapolation",
+    "Dynamics",
+    "Mazes",
+    "Results",
+)
 FIGURE_FORMATS = (".svg", ".png", ".pdf")
 DRAWING_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError)
 
@@ -65,7 +74,17 @@ def render_report(bundle: dict[str, Any], out_dir: Path, *, report_name: str = "
         prov=study.provenance,
         fmt=fmt,
         css=Markup(_asset("report.css")),
-        tables=[t for t in (evaluation_table(study), barrier_table(study), method_table(study)) if t],
+        tables=[
+            t
+            for t in (
+                evaluation_table(study),
+                barrier_table(study),
+                method_table(study),
+                extrapolation_table(study),
+                dynamics_table(study),
+            )
+            if t
+        ],
         sections=_sections([r for r in rendered if r.section != "Provenance"]),
         provenance_figures=[r for r in rendered if r.section == "Provenance"],
         fallbacks=fallbacks,
@@ -89,8 +108,9 @@ def _collect(study: StudyView) -> tuple[list[Figure], list[Fallback]]:
         try:
             made = handler(study, steps)
         except DRAWING_ERRORS as err:
-            notes.update({s.name: f"{s.name}: figure could not be drawn ({type(err).__name__}: {err})"
-                          for s in steps})
+            notes.update(
+                {s.name: f"{s.name}: figure could not be drawn ({type(err).__name__}: {err})" for s in steps}
+            )
             continue
         figures += made
     for handler in STUDY_FIGURES:
@@ -100,8 +120,10 @@ def _collect(study: StudyView) -> tuple[list[Figure], list[Fallback]]:
     for s in study.steps:
         if s.name not in shown and s.record not in (None, {}, []):
             unshown.setdefault(s.op, []).append(s)
-    return figures, [fallback(op, steps, [notes[s.name] for s in steps if s.name in notes])
-                     for op, steps in unshown.items()]
+    return figures, [
+        fallback(op, steps, [notes[s.name] for s in steps if s.name in notes])
+        for op, steps in unshown.items()
+    ]
 
 
 def _unique_slugs(figures: list[Figure]) -> list[Figure]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["StepView", "StudyView", "Evaluation", "number", "numbers", "scalars", "fmt"]
+__all__ = ["Evaluation", "StepView", "StudyView", "fmt", "number", "numbers", "scalars"]
 
 
 def number(value: Any) -> float | None:
@@ -118,7 +118,9 @@ class StudyView:
         graph = bundle.get("graph") or {}
         self.nodes: list[str] = [str(n) for n in graph.get("nodes") or []]
         self.edges: list[tuple[str, str]] = [
-            (str(e[0]), str(e[1])) for e in graph.get("edges") or [] if isinstance(e, list | tuple) and len(e) == 2
+            (str(e[0]), str(e[1]))
+            for e in graph.get("edges") or []
+            if isinstance(e, list | tuple) and len(e) == 2
         ]
         steps = [StepView.from_bundle(s, self.results.get(s.get("name"))) for s in bundle.get("steps") or []]
         known = {s.name for s in steps}

@@ -16,7 +16,7 @@ from mlspec.report.draw import series
 from mlspec.report.figures import Figure, new_figure, slugify, study_figure
 from mlspec.report.study import StepView, StudyView, fmt, number, scalars
 
-__all__ = ["sweep_curves", "measurements"]
+__all__ = ["measurements", "sweep_curves"]
 
 MAX_PANELS = 4
 
@@ -43,7 +43,9 @@ def _axis(members: list[StepView]) -> tuple[str, dict[str, Any], dict[str, str]]
     numeric = [k for k in keys if all(number((m.sweep or {}).get(k)) is not None for m in members)]
     varying = [k for k in numeric if len({(m.sweep or {}).get(k) for m in members}) > 1]
     x = (varying or numeric or keys)[0]
-    rest = {m.name: ", ".join(f"{k} = {fmt(v)}" for k, v in (m.sweep or {}).items() if k != x) for m in members}
+    rest = {
+        m.name: ", ".join(f"{k} = {fmt(v)}" for k, v in (m.sweep or {}).items() if k != x) for m in members
+    }
     return x, {m.name: (m.sweep or {}).get(x) for m in members}, rest
 
 
@@ -57,8 +59,12 @@ def sweep_curves(study: StudyView) -> list[Figure]:
         x, xvalue, rest = _axis(members)
         categorical = any(number(v) is None for v in xvalue.values())
         chosen = list(panels.items())[:MAX_PANELS]
-        fig = new_figure(4.0 * min(2, len(chosen)), 3.2 * ((len(chosen) + 1) // 2),
-                         ncols=min(2, len(chosen)), nrows=(len(chosen) + 1) // 2)
+        fig = new_figure(
+            4.0 * min(2, len(chosen)),
+            3.2 * ((len(chosen) + 1) // 2),
+            ncols=min(2, len(chosen)),
+            nrows=(len(chosen) + 1) // 2,
+        )
         sentences = []
         for ax, (panel, lines) in zip(fig.axes, chosen):
             i = 0
@@ -79,14 +85,22 @@ def sweep_curves(study: StudyView) -> list[Figure]:
             ax.set(xlabel=x, ylabel=panel, title=panel)
             if i > 1 or any(lines):
                 ax.legend(fontsize=7)
-        for ax in fig.axes[len(chosen):]:
+        for ax in fig.axes[len(chosen) :]:
             ax.set_visible(False)
-        out.append(Figure(
-            slug=slugify(f"sweep-{family}"), title=f"Sweep {family}[{x}]", section="Sweeps", mpl=fig,
-            alt=f"{', '.join(p for p, _ in chosen)} against {x} over {len(members)} points of the "
-            f"{family} sweep. " + "; ".join(sentences) + ".",
-            data={"family": family, "parameter": x,
-                  "points": [{"step": m.name, **(m.sweep or {})} for m in members],
-                  "measurements": {p: {ln: dict(v) for ln, v in lines.items()} for p, lines in chosen}},
-        ))
+        out.append(
+            Figure(
+                slug=slugify(f"sweep-{family}"),
+                title=f"Sweep {family}[{x}]",
+                section="Sweeps",
+                mpl=fig,
+                alt=f"{', '.join(p for p, _ in chosen)} against {x} over {len(members)} points of the "
+                f"{family} sweep. " + "; ".join(sentences) + ".",
+                data={
+                    "family": family,
+                    "parameter": x,
+                    "points": [{"step": m.name, **(m.sweep or {})} for m in members],
+                    "measurements": {p: {ln: dict(v) for ln, v in lines.items()} for p, lines in chosen},
+                },
+            )
+        )
     return out

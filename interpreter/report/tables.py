@@ -13,7 +13,17 @@ from typing import Any
 
 from mlspec.report.study import StepView, StudyView, fmt, number, scalars
 
-__all__ = ["Table", "Cell", "evaluation_table", "barrier_table", "method_table", "step_table", "fallback"]
+__all__ = [
+    "Cell",
+    "Table",
+    "barrier_table",
+    "dynamics_table",
+    "evaluation_table",
+    "extrapolation_table",
+    "fallback",
+    "method_table",
+    "step_table",
+]
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,13 @@ def evaluation_table(study: StudyView) -> Table | None:
             row += [_num(cell.get((model, ds), {}).get(m)) for m in metrics]
         rows.append(row)
     columns = ["model"] + [f"{m} on {ds}" for ds in datasets for m in metrics]
-    return Table("Evaluation", columns, rows, id="summary",
-                 caption="Test-split scores of each model on each dataset; a sweep shows its best point.")
+    return Table(
+        "Evaluation",
+        columns,
+        rows,
+        id="summary",
+        caption="Test-split scores of each model on each dataset; a sweep shows its best point.",
+    )
 
 
 def barrier_table(study: StudyView) -> Table | None:
@@ -88,13 +103,23 @@ def barrier_table(study: StudyView) -> Table | None:
         rec = s.record
         if not isinstance(rec, dict) or not isinstance(rec.get("barriers"), dict):
             continue
-        rows.append([Cell(s.name), Cell(f"{rec.get('a', '?')} → {rec.get('b', '?')}"), Cell(str(rec.get("dataset", "")))]
-                    + [_num(rec["barriers"].get(k)) for k in keys])
+        rows.append(
+            [
+                Cell(s.name),
+                Cell(f"{rec.get('a', '?')} → {rec.get('b', '?')}"),
+                Cell(str(rec.get("dataset", ""))),
+            ]
+            + [_num(rec["barriers"].get(k)) for k in keys]
+        )
     if not rows:
         return None
-    return Table("Barriers", ["curve", "path", "dataset", "loss − line", "loss − mean", "error − line", "error − mean"],
-                 rows, caption="Largest rise of the loss (error) along the path above the straight line joining "
-                 "the endpoint values (− line) or above their mean (− mean).")
+    return Table(
+        "Barriers",
+        ["curve", "path", "dataset", "loss − line", "loss − mean", "error − line", "error − mean"],
+        rows,
+        caption="Largest rise of the loss (error) along the path above the straight line joining "
+        "the endpoint values (− line) or above their mean (− mean).",
+    )
 
 
 def method_table(study: StudyView) -> Table | None:
@@ -103,29 +128,114 @@ def method_table(study: StudyView) -> Table | None:
         return None
     keep = _representatives(study, [s.name for s in merges])
     mean = _mean_accuracy(study)
-    stats = list(dict.fromkeys(p for s in merges if s.name in keep for p, v in scalars(s.record)
-                               if number(v) is not None))[:4]
+    stats = list(
+        dict.fromkeys(
+            p for s in merges if s.name in keep for p, v in scalars(s.record) if number(v) is not None
+        )
+    )[:4]
     rows = []
     for s in merges:
         if s.name not in keep:
             continue
-        params = ", ".join(f"{k} = {fmt(v) if not isinstance(v, dict | list) else json.dumps(v)}"
-                           for k, v in s.params.items())
+        params = ", ".join(
+            f"{k} = {fmt(v) if not isinstance(v, dict | list) else json.dumps(v)}"
+            for k, v in s.params.items()
+        )
         info = dict(scalars(s.record))
-        rows.append([Cell(keep[s.name]), Cell(s.op), Cell(params), _num(mean.get(s.name))]
-                    + [_num(info.get(p)) for p in stats])
-    return Table("Merge methods", ["merge", "operator", "parameters", "mean accuracy"] + stats, rows, id="methods",
-                 caption="Mean accuracy over every dataset the merge was evaluated on, with the operator's "
-                 "own statistics.")
+        rows.append(
+            [Cell(keep[s.name]), Cell(s.op), Cell(params), _num(mean.get(s.name))]
+            + [_num(info.get(p)) for p in stats]
+        )
+    return Table(
+        "Merge methods",
+        ["merge", "operator", "parameters", "mean accuracy"] + stats,
+        rows,
+        id="methods",
+        caption="Mean accuracy over every dataset the merge was evaluated on, with the operator's "
+        "own statistics.",
+    )
+
+
+def extrapolation_table(study: StudyView) -> Table | None:
+    """Per model: accuracy on the easiest and the hardest cell of its grid, and the grid's mean."""
+    rows = []
+    for s in study.steps:
+        rec = s.record
+        cells = rec.get("cells") if isinstance(rec, dict) else None
+        if not isinstance(cells, list) or not cells or not all(isinstance(c, dict) for c in cells):
+            continue
+        axes = [str(a) for a in rec.get("axes") or []]
+        budget = max((number(c.get("iterations")) or 0.0 for c in cells), default=0.0)
+        top = [
+            c
+            for c in cells
+            if (number(c.get("iterations")) or 0.0) == budget and number(c.get("accuracy")) is not None
+        ]
+        if not top:
+            continue
+        ordered = sorted(top, key=lambda c: [number(c.get(a)) or 0.0 for a in axes])
+        where = [", ".join(f"{a} = {fmt(c.get(a))}" for a in axes) for c in (ordered[0], ordered[-1])]
+        mean = sum(float(c["accuracy"]) for c in top) / len(top)
+        rows.append(
+            [
+                Cell(str(rec.get("model", s.name))),
+                Cell(fmt(budget)),
+                _num(ordered[0]["accuracy"]),
+                Cell(where[0]),
+                _num(ordered[-1]["accuracy"]),
+                Cell(where[1]),
+                _num(mean),
+            ]
+        )
+    if not rows:
+        return None
+    return Table(
+        "Extrapolation",
+        ["model", "iterations", "easiest cell", "at", "hardest cell", "at", "mean"],
+        rows,
+        id="extrapolation",
+        caption="Exact-solve accuracy at the largest iteration budget.",
+    )
+
+
+def dynamics_table(study: StudyView) -> Table | None:
+    """Per model: how many instances settled into each limiting behaviour."""
+    counted = [
+        (s, s.record["counts"])
+        for s in study.steps
+        if isinstance(s.record, dict) and isinstance(s.record.get("counts"), dict)
+    ]
+    if not counted:
+        return None
+    kinds = list(dict.fromkeys(k for _, counts in counted for k in counts))
+    rows = [
+        [Cell(str(s.record.get("model", s.name)))] + [_num(counts.get(k, 0)) for k in kinds]
+        for s, counts in counted
+    ]
+    return Table(
+        "Limiting behaviour",
+        ["model"] + kinds,
+        rows,
+        id="dynamics",
+        caption="Number of instances whose iterates reached each kind of limit.",
+    )
 
 
 def step_table(study: StudyView) -> Table:
     rows = []
     for s in study.steps:
         cache = {True: "hit", False: "miss", None: "—"}[s.cached]
-        rows.append([Cell(s.name), Cell(s.op), Cell(s.kind), Cell(s.key[:12], title=s.key), Cell(cache),
-                     Cell(fmt(s.duration_s, 3) if s.duration_s is not None else "—", numeric=True),
-                     _num(s.seed)])
+        rows.append(
+            [
+                Cell(s.name),
+                Cell(s.op),
+                Cell(s.kind),
+                Cell(s.key[:12], title=s.key),
+                Cell(cache),
+                Cell(fmt(s.duration_s, 3) if s.duration_s is not None else "—", numeric=True),
+                _num(s.seed),
+            ]
+        )
     return Table("Steps", ["step", "operator", "kind", "key", "cache", "seconds", "seed"], rows, id="steps")
 
 
