@@ -1,0 +1,170 @@
+"""Streaming checkpoint merges: mlspec against mergekit 0.1.5, same machine, same run.
+
+Builds three Llama-architecture checkpoints of ~219M parameters in bf16 (hidden 1024, 12 layers,
+intermediate 2816, vocab 32000; a random base and two perturbed "fine-tunes"), then merges them
+with linear, task_arithmetic, TIES (density 0.5) and SLERP using both tools, each merge in its own
+process, and prints wall time and peak RSS (``os.wait4``'s rusage of that process), the floor (a
+process that only reads the three inputs and writes one output), and the largest absolute
+difference between the two tools' outputs, per tensor kind, with the semantics configured to
+match (float32 math, bf16 output; TIES per-tensor trim with weights before the sign election).
+
+mergekit is never an mlspec dependency: install it into its own environment, e.g.
+
+    python -m venv --system-site-packages benchmarks/_work/mergekit-venv
+    benchmarks/_work/mergekit-venv/bin/pip install mergekit==0.1.5
+
+Run:  python benchmarks/checkpoint_merge.py [--methods linear ties] [--mergekit PATH/TO/mergekit-yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORK = Path(__file__).resolve().parent / "_work" / "checkpoint_merge"
+MERGEKIT = Path(__file__).resolve().parent / "_work" / "mergekit-venv" / "bin" / "mergekit-yaml"
+METHODS = ("linear", "task_arithmetic", "ties", "slerp")
+
+#: method -> (mlspec operator, its parameters, uses base, mergekit YAML body)
+CONFIGS = {
+    "linear": ("average", {"weights": [0.5, 0.5]}, False,
+               "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+               "  - model: {b}\n    parameters: {{weight: 0.5}}\n"),
+    "task_arithmetic": ("task_arithmetic", {"scale": [0.5, 0.5]}, True,
+                        "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                        "  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n"),
+    "ties": ("ties", {"density": 0.5, "trim": "tensor", "weights_at": "before", "weights": [1.0, 1.0]}, True,
+             "merge_method: ties\nbase_model: {base}\nmodels:\n"
+             "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+             "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.5}}\n"),
+    "slerp": ("slerp", {"t": 0.5}, False,
+              "merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+              "parameters: {{t: 0.5}}\n"),
+}
+
+
+def build_inputs() -> dict[str, Path]:
+    from mlspec.checkpoints.synthetic import llama_config, write_llama
+
+    config = llama_config(hidden=1024, layers=12, intermediate=2816, vocab=32000, heads=16, dtype="bfloat16")
+    paths = {"base": WORK / "base", "a": WORK / "ft_a", "b": WORK / "ft_b"}
+    for key, seed in (("base", 0), ("a", 1), ("b", 2)):
+        if not (paths[key] / "config.json").is_file():
+            write_llama(paths[key], config, seed=seed, base_seed=None if key == "base" else 0, delta=0.05)
+    return paths
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run_mlspec(method: str, out: Path) -> None:
+    from mlspec.checkpoints.engine import StreamOptions, stream_merge
+
+    paths = build_inputs()
+    op, params, with_base, _ = CONFIGS[method]
+    stream_merge(op, paths["base"] if with_base else None, [paths["a"], paths["b"]], params, out,
+                 options=StreamOptions(out_dtype="bfloat16", stats=False))
+
+
+def run_floor(out: Path) -> None:
+    """Read every tensor of the three inputs, write one of them out: what any merge must do."""
+    from mlspec.checkpoints.source import Checkpoint
+    from mlspec.checkpoints.writer import ShardedWriter
+
+    paths = build_inputs()
+    cks = [Checkpoint.open(paths[k]) for k in ("base", "a", "b")]
+    plan = [cks[0].info(n) for n in cks[0].names]
+    from mlspec.checkpoints.writer import PlannedTensor
+
+    planned = [PlannedTensor(n, i.shape, i.dtype) for n, i in zip(cks[0].names, plan)]
+    out.mkdir(parents=True, exist_ok=True)
+    with ShardedWriter(out, planned, shard_bytes=5 * 10**9) as writer:
+        for name in cks[0].names:
+            tensors = [ck.tensor(name) for ck in cks]
+            writer.write(name, tensors[0])
+
+
+def _kind(name: str) -> str:
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
+def compare(ours: Path, theirs: Path) -> dict[str, float]:
+    """Largest |ours − theirs| per tensor kind (layers folded), and over everything."""
+    from mlspec.checkpoints.source import Checkpoint
+
+    worst: dict[str, float] = {}
+    with Checkpoint.open(ours) as a, Checkpoint.open(theirs) as b:
+        missing = set(a.names) ^ set(b.names)
+        if missing:
+            raise SystemExit(f"outputs differ in tensors: {sorted(missing)[:5]}")
+        for name in a.names:
+            diff = float((a.tensor(name).float() - b.tensor(name).float()).abs().max())
+            worst[_kind(name)] = max(worst.get(_kind(name), 0.0), diff)
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--mergekit", type=Path, default=MERGEKIT, help="the mergekit-yaml executable")
+    parser.add_argument("--child", nargs=2, metavar=("WHAT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        what, out = args.child
+        run_floor(Path(out)) if what == "floor" else run_mlspec(what, Path(out))
+        return
+    if not args.mergekit.exists():
+        raise SystemExit(f"mergekit-yaml not found at {args.mergekit}; see this file's docstring")
+    paths = build_inputs()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    me = [sys.executable, str(Path(__file__).resolve()), "--child"]
+    rows: list[tuple[str, str, float, float]] = []
+    floor_wall, floor_rss = measure([*me, "floor", str(WORK / "out-floor")], env)
+    floor_wall, floor_rss = measure([*me, "floor", str(WORK / "out-floor")], env)  # second run: warm cache
+    diffs: dict[str, dict[str, float]] = {}
+    for method in args.methods:
+        op, _, _, body = CONFIGS[method]
+        config = WORK / f"{method}.yml"
+        config.write_text(body.format(base=paths["base"], a=paths["a"], b=paths["b"])
+                          + "dtype: float32\nout_dtype: bfloat16\n")
+        theirs, ours = WORK / f"out-mergekit-{method}", WORK / f"out-mlspec-{method}"
+        for out in (theirs, ours):
+            shutil.rmtree(out, ignore_errors=True)
+        mk = measure([str(args.mergekit), str(config), str(theirs), "--no-copy-tokenizer", "--quiet",
+                      "--no-write-model-card"], env)
+        ml = measure([*me, method, str(ours)], env)
+        rows.append((method, "mergekit 0.1.5", *mk))
+        rows.append((method, f"mlspec ({op})", *ml))
+        diffs[method] = compare(ours, theirs)
+    print(f"\ninputs: 3 x {sum(f.stat().st_size for f in paths['base'].glob('*.safetensors')) / 2**20:.0f} MiB bf16"
+          f" (Llama, hidden 1024, 12 layers); CPU threads: {os.cpu_count()}")
+    print(f"floor (read 3 inputs, write 1 output): {floor_wall:6.1f} s   peak RSS {floor_rss:7.0f} MiB\n")
+    print(f"{'method':<16} {'tool':<26} {'wall s':>8} {'peak RSS MiB':>13} {'x floor':>8} {'speed-up':>9}")
+    for i, (method, tool, wall, rss) in enumerate(rows):
+        speed = f"{rows[i - 1][2] / wall:8.1f}x" if i % 2 else ""
+        print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {wall / floor_wall:8.1f} {speed:>9}")
+    print("\nlargest |mlspec - mergekit| per tensor kind (bf16 outputs):")
+    for method, worst in diffs.items():
+        top = sorted(worst.items(), key=lambda kv: -kv[1])
+        print(f"  {method:<16} max {top[0][1]:.3g} ({top[0][0]}); " + ", ".join(f"{k} {v:.2g}" for k, v in top[1:4]))
+    (WORK / "results.json").write_text(json.dumps({"floor": [floor_wall, floor_rss], "rows": rows, "diffs": diffs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
