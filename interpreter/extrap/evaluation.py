@@ -1,0 +1,89 @@
+"""Evaluating an iterative net at many iteration budgets, every budget read from ONE unrolled pass.
+
+Correctness per sample:
+
+- ``exact`` — the masked argmax equals the target at every pixel (DeepThinking's accuracy).
+- ``valid_path`` — exact, *or* the prediction is a minimal valid path (as in Knutson et al.): every
+  2x2 tile uniform, only open pixels used, start and end included, one 4-connected component, and as
+  many pixels as the target. A connected set that holds both endpoints and is no larger than a
+  shortest path *is* a shortest path, so mazes with several shortest paths (percolation) count any.
+
+Per-pixel accuracy is measured over the masked (non-wall) pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from mlspec.extrap.batches import Batch, autocast, batches, is_maze, prepare_model
+from mlspec.extrap.mazes import END, START
+from mlspec.extrap.models import IterativeNet
+from mlspec.extrap.training import solved
+
+__all__ = ["CORRECTNESS", "evaluate", "minimal_paths", "predictions"]
+
+CORRECTNESS = ("exact", "valid_path")
+_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity inside each maze, none across
+
+
+def predictions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, ...) int64 0/1: the argmax, with masked-out (wall) pixels forced to 0."""
+    return logits.argmax(1) * mask
+
+
+def minimal_paths(pred: torch.Tensor, target: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: each prediction (B, 2n+6, 2n+6) is a minimal valid start→end path in its grid."""
+    tiles = pred[:, 1:-1, 1:-1].unflatten(1, (-1, 2)).unflatten(3, (-1, 2))  # (B, S, 2, S, 2)
+    uniform = (tiles.amax((2, 4)) == tiles.amin((2, 4))).flatten(1).all(1)
+    cells = tiles[:, :, 0, :, 0].bool()  # (B, S, S) the compact picture of the prediction
+    grid = grid.to(cells.device)
+    inside = ~(cells & (grid == 0)).flatten(1).any(1)
+    ends = cells[grid == START].view(-1, 1).all(1) & cells[grid == END].view(-1, 1).all(1)
+    same_size = cells.flatten(1).sum(1) * 4 == target.flatten(1).sum(1)
+    labels, _ = ndimage.label(cells.cpu().numpy(), structure=_PLANE)
+    components = [len(np.unique(plane[plane > 0])) for plane in labels]
+    connected = torch.tensor(components, device=cells.device) == 1
+    return uniform & inside & ends & same_size & connected
+
+
+def evaluate(
+    model: IterativeNet, tensors: dict[str, torch.Tensor], *, budgets: Sequence[int],
+    correctness: str = "exact", batch_size: int = 256, device: str = "cpu",
+) -> dict[str, Any]:
+    """Solved fraction and per-pixel accuracy at every budget; a JSON-able dict."""
+    if correctness not in CORRECTNESS:
+        raise ValueError(f"correctness must be one of {', '.join(CORRECTNESS)} (not {correctness!r})")
+    if correctness == "valid_path" and not is_maze(tensors):
+        raise ValueError("correctness valid_path applies to mazes only; use exact")
+    budgets = sorted(set(int(b) for b in budgets))
+    model = prepare_model(model, device).eval()
+    hits = np.zeros(len(budgets))
+    right_pixels = np.zeros(len(budgets))
+    n = pixels = 0
+    with torch.no_grad(), autocast(device):
+        for b in batches(tensors, batch_size, device):
+            for i, logits in enumerate(model(b.x, at=budgets)):
+                hits[i] += int(_correct(logits, b, correctness).sum())
+                right_pixels[i] += int(((predictions(logits, b.mask) == b.y) & b.mask).sum())
+            n += len(b.x)
+            pixels += int(b.mask.sum())
+    return {
+        "iterations": budgets,
+        "accuracy": (hits / max(n, 1)).tolist(),
+        "pixel_accuracy": (right_pixels / max(pixels, 1)).tolist(),
+        "count": n,
+        "correctness": correctness,
+    }
+
+
+def _correct(logits: torch.Tensor, b: Batch, correctness: str) -> torch.Tensor:
+    exact = solved(logits, b.y, b.mask)
+    if correctness == "exact" or b.grid is None:
+        return exact
+    return exact | minimal_paths(predictions(logits, b.mask), b.y, b.grid)
