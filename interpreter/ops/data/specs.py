@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mlspec.registry import Kind, OpSpec, Params, Port, register
 
@@ -17,6 +17,11 @@ class DigitsParams(Params):
 class ClassesParams(Params):
     classes: list[int] = Field(min_length=1, description="labels to keep, e.g. 0 .. 4")
     relabel: bool = Field(default=False, description="renumber kept labels 0..k-1 (off: heads stay shared)")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _one_class(cls, v: object) -> object:
+        return [v] if isinstance(v, int) else v
 
 
 register(

@@ -1,0 +1,77 @@
+"""Planning: sweep expansion, content keys, derived seeds, and what a change re-runs."""
+
+from __future__ import annotations
+
+import mlspec
+from mlspec.plan.graph import derive_seed
+
+SPEC = """\
+study "p" (seed = 3)
+data digits = digits()
+data low = digits.classes(0 .. 4)
+model init = mlp(in = 64, hidden = [16], out = 10)
+model a = train(init, on = low, epochs = 2)
+model b = train(init, on = digits, epochs = 2)
+merge ta[s] = task_arithmetic(base = init, models = [a, b], scale = s) for s in 0.5 .. 1.5 step 0.5
+evaluate [a, ta] on [low, digits]
+curve ab = interpolate(a, b, steps = 3) on digits
+"""
+
+
+def plan_of(text: str):
+    return mlspec.loads(text, "p.merge").plan
+
+
+def test_sweeps_expand_into_named_steps() -> None:
+    plan = plan_of(SPEC)
+    assert plan.families["ta"] == ["ta[0.5]", "ta[1.0]", "ta[1.5]"]
+    assert [plan.step(n).params["scale"] for n in plan.families["ta"]] == [0.5, 1.0, 1.5]
+    assert plan.step("ta[1.0]").sweep == {"s": 1.0}
+    evals = [s.name for s in plan.steps if s.op == "evaluate"]
+    assert len(evals) == 4 * 2 and "evaluate ta[1.5] on digits" in evals
+
+
+def test_method_call_and_range_become_parameters() -> None:
+    plan = plan_of(SPEC)
+    low = plan.step("low")
+    assert low.op == "classes" and low.params["classes"] == [0, 1, 2, 3, 4] and low.inputs == {"data": "digits"}
+
+
+def test_graph_edges_follow_inputs() -> None:
+    plan = plan_of(SPEC)
+    assert set(plan.graph.predecessors("ab")) == {"a", "b", "digits"}
+    assert plan.downstream("a") >= {"ta[0.5]", "ab", "evaluate a on low"}
+    order = [s.name for s in plan.steps]
+    assert order.index("init") < order.index("a") < order.index("ta[0.5]")
+
+
+def test_keys_are_stable_and_change_only_downstream() -> None:
+    before = {s.name: s.key for s in plan_of(SPEC).steps}
+    assert before == {s.name: s.key for s in plan_of(SPEC).steps}
+    after = {s.name: s.key for s in plan_of(SPEC.replace("model b = train(init, on = digits, epochs = 2)",
+                                                         "model b = train(init, on = digits, epochs = 3)")).steps}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"b", "ta[0.5]", "ta[1.0]", "ta[1.5]", "ab",
+                       *(f"evaluate ta[{s}] on {d}" for s in ("0.5", "1.0", "1.5") for d in ("low", "digits"))}
+
+
+def test_seeds_derive_from_study_seed_and_name() -> None:
+    plan = plan_of(SPEC)
+    assert plan.step("a").seed == derive_seed(3, "a") and plan.step("a").seed != plan.step("b").seed
+    assert plan.step("ta[0.5]").seed is None  # deterministic operators keep seeds out of their keys
+    # Adding a step changes no other step's key.
+    more = plan_of(SPEC + "model extra = train(init, on = low, epochs = 1)\n")
+    assert all(more.step(s.name).key == s.key for s in plan.steps)
+
+
+def test_identical_calls_share_a_cache_key() -> None:
+    plan = plan_of(SPEC + "merge t1 = task_arithmetic(base = init, models = [a, b], scale = 1.0)\n")
+    assert plan.step("t1").key == plan.step("ta[1.0]").key
+
+
+def test_graph_formats() -> None:
+    plan = plan_of(SPEC)
+    assert plan.to_dot().startswith("digraph") and '"init" -> "a"' in plan.to_dot()
+    mermaid = plan.to_mermaid()
+    assert mermaid.startswith("graph LR") and mermaid.count("-->") == plan.graph.number_of_edges()
+    assert "ab  [interpolate]  <- a, b, digits" in plan.to_text()

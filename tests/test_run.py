@@ -1,0 +1,165 @@
+"""Running studies: the quickstart end to end, caching, determinism, parallel jobs, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import mlspec
+from mlspec.cli import main
+from mlspec.run.cache import Cache
+from mlspec.values import Record
+
+SMALL = """\
+# A small study for run tests.
+study "small" (seed = 1)
+data digits = digits()
+data low = digits.classes(0 .. 4)
+model init = mlp(in = 64, hidden = [16], out = 10)
+model a = train(init, on = low, epochs = 2)
+model b = train(init, on = digits, epochs = 2)
+merge avg = average(a, b)
+evaluate [a, b, avg] on [low, digits]
+curve ab = interpolate(a, b, steps = 3) on digits
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "small.merge") -> Path:
+    spec = tmp_path / name
+    spec.write_text(text)
+    return spec
+
+
+def test_quickstart_writes_report_and_results(quickstart_run) -> None:
+    results, base = quickstart_run
+    out = base / "out"
+    assert results.ok, results.failures()
+    data = json.loads((out / "results.json").read_text())
+    assert data["study"]["name"] == "quickstart"
+    evals = {k: v for k, v in data["results"].items() if k.startswith("evaluate ")}
+    assert len(evals) == 11 * 3  # base, a, b, avg, 7 sweep members × 3 datasets
+    for v in evals.values():
+        assert 0.0 <= v["accuracy"] <= 1.0 and v["loss"] > 0
+    # Each specialist knows its half; the average recovers much of both (the quickstart's finding).
+    r = data["results"]
+    assert r["evaluate a on low"]["accuracy"] > 0.9 and r["evaluate a on high"]["accuracy"] < 0.5
+    assert r["evaluate avg on digits"]["accuracy"] > max(r["evaluate a on digits"]["accuracy"],
+                                                          r["evaluate b on digits"]["accuracy"])
+    curve = r["ab"]
+    assert len(curve["alphas"]) == 21 and set(curve["barriers"]) >= {"loss_max_minus_mean", "error_max_minus_linear"}
+    report = (out / "report.html").read_text()
+    assert "<svg" in report and "quickstart" in report
+    exported = load_file(str(out / "avg.safetensors"))
+    a, b = (Cache(base / "cache").load(data["steps"][n]["key"]) for n in ("a", "b"))
+    for name, tensor in exported.items():  # the file holds the averaged weights
+        torch.testing.assert_close(tensor, (a.state[name] + b.state[name]) / 2)
+    assert (out / "provenance.json").exists()
+
+
+def test_warm_rerun_does_no_work(quickstart_run) -> None:
+    results, base = quickstart_run
+    again = mlspec.load(Path(__file__).parent.parent / "specs" / "quickstart.merge").run(
+        out=base / "out2", cache_dir=base / "cache")
+    states = {o.state for n, o in again.outcomes.items() if not n.startswith("export ")}
+    assert states == {"cached"}
+    assert json.loads((base / "out" / "results.json").read_text()) == json.loads(
+        (base / "out2" / "results.json").read_text())
+
+
+def test_same_spec_twice_from_cold_caches_gives_identical_results(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL)
+    mlspec.load(spec).run(out=tmp_path / "o1", cache_dir=tmp_path / "c1", report=False)
+    mlspec.load(spec).run(out=tmp_path / "o2", cache_dir=tmp_path / "c2", report=False)
+    assert (tmp_path / "o1" / "results.json").read_bytes() == (tmp_path / "o2" / "results.json").read_bytes()
+
+
+def test_parallel_jobs_match_serial(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL)
+    serial = mlspec.load(spec).run(out=tmp_path / "s", cache_dir=tmp_path / "cs", report=False)
+    parallel = mlspec.load(spec).run(out=tmp_path / "p", cache_dir=tmp_path / "cp", jobs=2, report=False)
+    assert parallel.ok, parallel.failures()
+    assert parallel["evaluate avg on digits"]["accuracy"] == pytest.approx(serial["evaluate avg on digits"]["accuracy"])
+    assert parallel["ab"]["loss"] == pytest.approx(serial["ab"]["loss"], rel=1e-5)
+
+
+def test_changing_one_parameter_reruns_only_dependents(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL)
+    mlspec.load(spec).run(out=tmp_path / "o", cache_dir=tmp_path / "c", report=False)
+    spec.write_text(SMALL.replace("model b = train(init, on = digits, epochs = 2)",
+                                  "model b = train(init, on = digits, epochs = 3)"))
+    result = mlspec.load(spec).run(out=tmp_path / "o", cache_dir=tmp_path / "c", report=False)
+    ran = {n for n, o in result.outcomes.items() if o.state == "ran"}
+    assert ran == {"b", "avg", "ab", "evaluate b on low", "evaluate b on digits",
+                   "evaluate avg on low", "evaluate avg on digits"}
+
+
+def test_dry_run_lists_state_and_reason(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL)
+    cache = tmp_path / "c"
+    mlspec.load(spec).run(out=tmp_path / "o", cache_dir=cache, report=False)
+    spec.write_text(SMALL.replace("steps = 3", "steps = 4"))
+    out = CliRunner().invoke(main, ["run", str(spec), "--dry-run", "--cache-dir", str(cache)])
+    assert out.exit_code == 0, out.output
+    lines = {line.split()[1]: line for line in out.output.splitlines() if line.startswith(("run", "cached"))}
+    assert lines["ab"].startswith("run") and "parameter changed: steps: 3 → 4" in lines["ab"]
+    assert lines["avg"].startswith("cached")
+    assert "1 to run" in out.output
+
+
+def test_a_failing_step_keeps_everything_else(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL + "data none = digits.classes(11)\nmodel c = train(init, on = none)\n")
+    out = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "o"),
+                                    "--cache-dir", str(tmp_path / "c")])
+    assert out.exit_code == 1
+    assert "class 11 does not occur" in out.stderr and "'c'" in out.stderr and "Traceback" not in out.output
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert "evaluate avg on digits" in data["results"] and "c" not in data["results"]
+    assert (tmp_path / "o" / "report.html").exists()
+
+
+def test_cache_never_trusts_a_half_written_artifact(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    key = "ab" * 32
+    partial = cache.path(key)
+    partial.mkdir(parents=True)
+    (partial / "tensors.safetensors").write_bytes(b"\0\0")  # a crash before meta.json
+    assert not cache.has(key)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    cache.save("cd" * 32, Record({"x": 1}))
+    assert cache.has("cd" * 32) and cache.load("cd" * 32) == Record({"x": 1})
+    assert not any((tmp_path / "tmp").iterdir())
+
+
+def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write(tmp_path, 'data d = digits()\nmodel m = mlp(in = 64, hidden = [4], out = 10)\n')
+    monkeypatch.setenv("MLSPEC_CACHE_DIR", str(tmp_path / "envcache"))
+    out = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "o")])
+    assert out.exit_code == 0, out.output
+    assert any((tmp_path / "envcache").rglob("meta.json"))
+
+
+def test_export_refuses_to_escape_at_run_time(tmp_path: Path) -> None:
+    spec = write(tmp_path, 'model m = mlp(in = 64, hidden = [4], out = 10)\nexport m to "/tmp/x.safetensors"\n')
+    out = CliRunner().invoke(main, ["check", str(spec)])
+    assert out.exit_code == 2 and "leaves the output directory" in out.stderr
+    target = tmp_path / "elsewhere" / "x.safetensors"
+    spec.write_text(f'model m = mlp(in = 64, hidden = [4], out = 10)\nexport m to "{target}"\n')
+    out = CliRunner().invoke(main, ["run", str(spec), "--allow-outside-out", "--out", str(tmp_path / "o"),
+                                    "--cache-dir", str(tmp_path / "c")])
+    assert out.exit_code == 0, out.output
+    assert set(load_file(str(target))) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
+
+
+def test_python_api_returns_results(tmp_path: Path) -> None:
+    study = mlspec.load(write(tmp_path, SMALL))
+    results = study.run(out=tmp_path / "o", cache_dir=tmp_path / "c", report=False)
+    assert "evaluate a on low" in results and 0 <= results["evaluate a on low"]["accuracy"] <= 1
+    assert results["ab"]["a"] == "a" and results["ab"]["dataset"] == "digits"
+    assert os.path.exists(tmp_path / "o" / "results.json")
+    assert torch.get_num_threads() >= 1
