@@ -10,6 +10,7 @@ written to ``tests/artifacts/``.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -52,13 +53,21 @@ FLAGS = [
 ]
 
 
+def _high(fd: int) -> int:
+    """``fd`` moved to a number >= 10 (close-on-exec, like every fd Python makes)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
 class Browser:
     """A headless Chromium and one page, spoken to over the DevTools pipe."""
 
     def __init__(self, profile: Path) -> None:
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-        # DevTools reads fd 3 and writes fd 4 of the browser; bash moves the pipe ends there.
+        to_child_r, self._to_child = (_high(fd) for fd in os.pipe())
+        self._from_child, from_child_w = (_high(fd) for fd in os.pipe())
+        # DevTools reads fd 3 and writes fd 4 of the browser; bash moves the pipe ends (all >= 10,
+        # so none is already 3 or 4) there.
         wire = f'exec "$@" 3<&{to_child_r} 4>&{from_child_w} {to_child_r}<&- {from_child_w}>&-'
         self.proc = subprocess.Popen(
             [
@@ -198,9 +207,11 @@ def check_report(report: Path, results: dict[str, Any], screenshot: Path, tmp_pa
     for fig in probe["figures"]:
         assert fig["width"] > 100 and fig["height"] > 50, fig
         assert fig["hasData"] and len(fig["label"]) > 40, fig
-    evaluations = [r for r in results.values() if isinstance(r, dict) and "accuracy" in r and "model" in r]
-    for record in evaluations[:5]:
-        assert fmt(record["accuracy"]) in probe["text"], record
+    for record in results.values():  # sweep members (``ta[0.2]``) are summarised by their best point
+        if isinstance(record, dict) and "accuracy" in record and "[" not in str(record.get("model", "[")):
+            assert fmt(record["accuracy"]) in probe["text"], record
+        if isinstance(record, dict) and isinstance(record.get("barriers"), dict):
+            assert fmt(record["barriers"]["loss_max_minus_linear"]) in probe["text"], record
     assert screenshot.stat().st_size > 10_000
     return probe
 
@@ -227,3 +238,13 @@ def test_the_browser_check_sees_script_errors_and_requests(tmp_path: Path) -> No
     probe = open_report(page, tmp_path / "bad.png", tmp_path)
     assert len(probe["errors"]) >= 2
     assert "http://example.com/x.png" in probe["requests"]
+
+
+def test_quickstart_report_opens_offline_and_shows_its_numbers(quickstart_run: Any, tmp_path: Path) -> None:
+    _, base = quickstart_run
+    report = base / "out" / "report.html"
+    data = json.loads((base / "out" / "results.json").read_text())
+    probe = check_report(report, data["results"], ARTIFACTS / "report-quickstart-merge.png", tmp_path)
+    assert report.stat().st_size < 5_000_000
+    assert data["study"]["spec_sha256"] in probe["text"]
+    assert len(probe["figures"]) >= 4  # training, sweep, interpolation, execution graph

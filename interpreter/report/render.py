@@ -90,6 +90,7 @@ def render_report(bundle: dict[str, Any], out_dir: Path, *, report_name: str = "
         fallbacks=fallbacks,
         steps=step_table(study),
         seeds=sorted({s.seed for s in study.steps if s.seed is not None}),
+        failures=[s for s in study.steps if s.error],
     )
     path = out_dir / report_name
     _write_atomic(path, html)
@@ -118,7 +119,7 @@ def _collect(study: StudyView) -> tuple[list[Figure], list[Fallback]]:
     shown = {name for f in figures for name in f.steps} | {s.name for s in study.by_op("evaluate")}
     unshown: dict[str, list[StepView]] = {}
     for s in study.steps:
-        if s.name not in shown and s.record not in (None, {}, []):
+        if s.name not in shown and s.record not in (None, {}, []) and s.kind not in ("Dataset", "Task"):
             unshown.setdefault(s.op, []).append(s)
     return figures, [
         fallback(op, steps, [notes[s.name] for s in steps if s.name in notes])
@@ -170,10 +171,14 @@ def _template() -> jinja2.Template:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Temp file + rename: a crash never leaves half a report. Readable like any other file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

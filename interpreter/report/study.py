@@ -77,10 +77,14 @@ class StepView:
     family: str | None = None
     sweep: dict[str, Any] | None = None
     record: Any = None
+    state: str = ""  # "cached" | "ran" | "failed" | "skipped" when the runner says
+    error: str | None = None
 
     @classmethod
     def from_bundle(cls, step: dict[str, Any], record: Any) -> StepView:
         sweep = step.get("sweep")
+        if isinstance(record, dict) and "arch" in record:  # a Model's architecture is not a result
+            record = {k: v for k, v in record.items() if k != "arch"}
         return cls(
             name=str(step.get("name", "?")),
             op=str(step.get("op", "")),
@@ -95,6 +99,8 @@ class StepView:
             family=step.get("family") or None,
             sweep=dict(sweep) if isinstance(sweep, dict) and sweep else None,
             record=record,
+            state=str(step.get("state") or ""),
+            error=str(step["error"]) if step.get("error") else None,
         )
 
 

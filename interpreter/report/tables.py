@@ -122,6 +122,15 @@ def barrier_table(study: StudyView) -> Table | None:
     )
 
 
+def _is_stat(path: str) -> bool:
+    """A merge statistic worth a column (its parameters have their own; sizes say nothing)."""
+    return not path.startswith("merge.params.") and not path.endswith("numel")
+
+
+def _stat_label(path: str) -> str:
+    return path.removeprefix("merge.total.").removeprefix("merge.").replace("_", " ")
+
+
 def method_table(study: StudyView) -> Table | None:
     merges = [s for s in study.steps if s.statement.split()[:1] == ["merge"]]
     if not merges:
@@ -130,7 +139,11 @@ def method_table(study: StudyView) -> Table | None:
     mean = _mean_accuracy(study)
     stats = list(
         dict.fromkeys(
-            p for s in merges if s.name in keep for p, v in scalars(s.record) if number(v) is not None
+            p
+            for s in merges
+            if s.name in keep
+            for p, v in scalars(s.record)
+            if number(v) is not None and _is_stat(p)
         )
     )[:4]
     rows = []
@@ -148,11 +161,11 @@ def method_table(study: StudyView) -> Table | None:
         )
     return Table(
         "Merge methods",
-        ["merge", "operator", "parameters", "mean accuracy"] + stats,
+        ["merge", "operator", "parameters", "mean accuracy"] + [_stat_label(p) for p in stats],
         rows,
         id="methods",
         caption="Mean accuracy over every dataset the merge was evaluated on, with the operator's "
-        "own statistics.",
+        "own statistics (over all tensors).",
     )
 
 
@@ -224,7 +237,9 @@ def dynamics_table(study: StudyView) -> Table | None:
 def step_table(study: StudyView) -> Table:
     rows = []
     for s in study.steps:
-        cache = {True: "hit", False: "miss", None: "—"}[s.cached]
+        cache = (
+            s.state if s.state in ("failed", "skipped") else {True: "hit", False: "miss", None: "—"}[s.cached]
+        )
         rows.append(
             [
                 Cell(s.name),
