@@ -1,0 +1,75 @@
+"""The command line: ops, check, graph, fmt, report, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mlspec.cli import main
+
+SPEC = """\
+# Which half is easier?
+study "cli" (seed = 0)
+data digits = digits()
+model m = mlp(in = 64, hidden = [8], out = 10)
+model t = train(m, on = digits, epochs = 1)
+evaluate [t] on [digits]
+"""
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_ops_lists_operators_with_kinds() -> None:
+    out = invoke("ops")
+    assert out.exit_code == 0
+    names = {line.split()[0] for line in out.output.splitlines()}
+    assert {"digits", "classes", "mlp", "train", "average", "task_arithmetic", "interpolate", "evaluate",
+            "export"} <= names
+
+
+def test_ops_name_shows_parameters_defaults_and_docs() -> None:
+    out = invoke("ops", "train")
+    assert out.exit_code == 0
+    assert "train  ->  Model" in out.output and "cross-entropy" in out.output
+    assert "epochs" in out.output and "default 20" in out.output and "model" in out.output
+    mlp = invoke("ops", "mlp").output
+    assert "in " in mlp and "required" in mlp  # aliases shown as written in specs
+    bad = CliRunner().invoke(main, ["ops", "averge"])
+    assert bad.exit_code == 2 and "did you mean 'average'?" in bad.stderr
+
+
+def test_check_graph_and_fmt(tmp_path: Path) -> None:
+    spec = tmp_path / "s.merge"
+    spec.write_text(SPEC)
+    assert "ok — 4 steps" in invoke("check", str(spec)).output
+    assert "t  [train]  <- m, digits" in invoke("graph", str(spec)).output
+    assert '"m" -> "t"' in invoke("graph", str(spec), "--format", "dot").output
+    assert invoke("graph", str(spec), "--format", "mermaid").output.startswith("graph LR")
+    formatted = invoke("fmt", str(spec)).output
+    assert formatted.startswith("# Which half is easier?\n\nstudy \"cli\" (seed = 0)")
+    spec.write_text(formatted)
+    assert invoke("fmt", str(spec)).output == formatted
+
+
+def test_report_rerenders_from_cache_and_compare(tmp_path: Path) -> None:
+    spec = tmp_path / "s.merge"
+    spec.write_text(SPEC)
+    out, cache = tmp_path / "o", tmp_path / "c"
+    assert invoke("run", str(spec), "--out", str(out), "--cache-dir", str(cache)).exit_code == 0
+    (out / "report.html").unlink()
+    rerender = invoke("report", str(spec), "--out", str(out), "--cache-dir", str(cache))
+    assert rerender.exit_code == 0 and (out / "report.html").exists()
+    other = json.loads((out / "results.json").read_text())
+    other["results"]["evaluate t on digits"]["accuracy"] = 0.5
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    cmp = invoke("compare", str(out / "results.json"), str(tmp_path / "b.json"))
+    assert cmp.exit_code == 0 and "evaluate t on digits" in cmp.output and "0.5" in cmp.output
+
+
+def test_missing_file_is_a_clean_error(tmp_path: Path) -> None:
+    out = CliRunner().invoke(main, ["check", str(tmp_path / "nope.merge")])
+    assert out.exit_code == 2 and "no such spec file" in out.stderr and "Traceback" not in out.output
