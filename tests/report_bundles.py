@@ -272,68 +272,106 @@ def merge_bundle() -> dict[str, Any]:
 
 
 def extrap_bundle() -> dict[str, Any]:
+    """Shapes as ``evaluate_extrap`` and ``dynamics`` write them (one record per model and axis point)."""
     rng = np.random.default_rng(1)
     sizes, percolations, budgets = [9, 13, 17, 25], [0.0, 0.01, 0.1], [30, 100, 300]
-    steps = [_step("mazes", "maze", "Task", statement="task mazes", params={"size": 9}, cached=True)]
-    results: dict[str, Any] = {"mazes": {}}
-    for model, size_decay, perc_decay in (("dt", 0.09, 6.0), ("it", 0.16, 2.5)):
-        steps.append(
-            _step(model, "train", "Model", statement=f"model {model}", inputs={"on": "mazes"}, seconds=41.0)
-        )
-        results[model] = {"train_loss": [0.02 + 0.6 * math.exp(-e / 3) for e in range(20)]}
-        cells = []
-        for size in sizes:
-            for p in percolations:
-                for it in budgets:
-                    boost = 1.0 if it >= 100 or size <= 13 else 0.7
-                    acc = boost * math.exp(-size_decay * (size - 9)) * math.exp(-perc_decay * p)
-                    cells.append(
-                        {
-                            "size": size,
-                            "percolation": p,
-                            "iterations": it,
-                            "accuracy": round(acc, 3),
-                            "count": 100,
-                        }
-                    )
-        name = f"extrapolate({model})"
+    steps = [_step("mazes", "maze", "Dataset", statement="data mazes", params={"size": 9}, cached=True)]
+    results: dict[str, Any] = {"mazes": {"task": "maze", "size": 9}}
+    for model, arch, size_decay, perc_decay in (
+        ("dt", "dt_net", 0.09, 6.0),
+        ("it", "implicit_net", 0.16, 2.5),
+    ):
         steps.append(
             _step(
-                name,
-                "extrapolate",
-                "Table",
-                statement="evaluate along",
-                inputs={"model": model},
-                seconds=12.5,
+                model,
+                "train_recurrent",
+                "Model",
+                statement="train",
+                inputs={"model": model, "on": "mazes"},
+                seconds=41.0,
+            )
+        )
+        results[model] = {"train_loss": [0.02 + 0.6 * math.exp(-e / 3) for e in range(20)], "iterations": 30}
+        for size in sizes:
+            for p in percolations:
+                point = f"size = {size}, percolation = {p}"
+                data = f"mazes({point})"
+                if data not in results:
+                    steps.append(_step(data, "maze", "Dataset", statement=f"data {data}", cached=True))
+                    results[data] = {
+                        "task": "maze",
+                        "size": size,
+                        "percolation": p,
+                        "count": 100,
+                        "seed": size,
+                    }
+                acc = [
+                    round(
+                        (1.0 if it >= 100 or size <= 13 else 0.7)
+                        * math.exp(-size_decay * (size - 9) - perc_decay * p),
+                        2,
+                    )
+                    for it in budgets
+                ]
+                name = f"evaluate {model} on {data} @ {point}"
+                steps.append(
+                    _step(
+                        name,
+                        "evaluate_extrap",
+                        "Metrics",
+                        statement="evaluate",
+                        inputs={"model": model, "on": data},
+                        sweep={"size": size, "percolation": p},
+                        seconds=1.5,
+                    )
+                )
+                results[name] = {
+                    "iterations": budgets,
+                    "accuracy": acc,
+                    "pixel_accuracy": [min(1, a + 0.05) for a in acc],
+                    "count": 100,
+                    "correctness": "exact",
+                    "model": arch,
+                    "task": {"task": "maze", "size": size, "percolation": p, "seed": size},
+                }
+        iterations, window = 400, 100
+        j = np.arange(1, iterations + 1)
+        residual = 0.3 + 2.0 * np.exp(-j / 20) if model == "dt" else 2.0 * np.exp(-j / 35) + 1e-7
+        kind = "cycle" if model == "dt" else "fixed_point"
+        pca = []
+        for i in range(6):
+            angle = np.linspace(0, 6 * np.pi, window)
+            radius = np.exp(-angle / 6) if model == "it" else np.ones(window)
+            pts = np.stack([radius * np.cos(angle) + i * 0.2, radius * np.sin(angle)], axis=1).round(4)
+            pca.append({"points": pts.tolist(), "explained": [0.61, 0.27]})
+        name = f"dynamics {model} on mazes"
+        steps.append(
+            _step(
+                name, "dynamics", "Trajectories", statement="dynamics", inputs={"model": model, "on": "mazes"}
             )
         )
         results[name] = {
-            "model": model,
-            "task": "mazes",
-            "axes": ["size", "percolation"],
-            "iterations": budgets,
-            "cells": cells,
-        }
-        labels = ["cycle_2" if model == "dt" else "fixed_point"] * 6
-        res, pca = [], []
-        for i in range(6):
-            j = np.arange(400)
-            r = (0.3 + 0.05 * i) * np.ones(400) if model == "dt" else 2.0 * np.exp(-j / (30 + 5 * i)) + 1e-7
-            res.append((r * (1 + 0.01 * rng.standard_normal(400))).tolist())
-            angle = np.linspace(0, 6 * np.pi, 60)
-            radius = np.exp(-angle / 6) if model == "it" else np.ones(60)
-            pca.append(
-                np.stack([radius * np.cos(angle) + i * 0.2, radius * np.sin(angle)], axis=1).round(4).tolist()
-            )
-        name = f"dynamics({model})"
-        steps.append(_step(name, "dynamics", "Trajectories", statement="dynamics", inputs={"model": model}))
-        results[name] = {
-            "model": model,
-            "start": 3001,
-            "residuals": res,
+            "iterations": iterations,
+            "window": window,
+            "count": 6,
+            "residual": {
+                "mean": (residual * 1.1).tolist(),
+                "median": residual.tolist(),
+                "final": (residual[-1] * (1 + 0.01 * rng.standard_normal(6))).tolist(),
+            },
+            "limit": {
+                "kind": [kind] * 6,
+                "period": [2 if kind == "cycle" else 0] * 6,
+                "counts": {
+                    "fixed_point": 6 * (kind == "fixed_point"),
+                    "cycle": 6 * (kind == "cycle"),
+                    "none": 0,
+                },
+            },
             "pca": pca,
-            "labels": labels,
-            "counts": {labels[0]: 6},
+            "deadend": {"iterations": [30, 100, 400], "agreement": [0.91, 0.97, 0.988]},
+            "model": arch,
+            "task": {"task": "maze", "size": 33},
         }
         mazes = []
         for k in range(3):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from mlspec.report import render_report
-from mlspec.report.study import fmt
+from mlspec.report.study import fmt, number
 from report_bundles import extrap_bundle, merge_bundle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -208,9 +208,11 @@ def check_report(report: Path, results: dict[str, Any], screenshot: Path, tmp_pa
         assert fig["width"] > 100 and fig["height"] > 50, fig
         assert fig["hasData"] and len(fig["label"]) > 40, fig
     for record in results.values():  # sweep members (``ta[0.2]``) are summarised by their best point
-        if isinstance(record, dict) and "accuracy" in record and "[" not in str(record.get("model", "[")):
+        if not isinstance(record, dict):
+            continue
+        if number(record.get("accuracy")) is not None and "[" not in str(record.get("model", "[")):
             assert fmt(record["accuracy"]) in probe["text"], record
-        if isinstance(record, dict) and isinstance(record.get("barriers"), dict):
+        if isinstance(record.get("barriers"), dict):
             assert fmt(record["barriers"]["loss_max_minus_linear"]) in probe["text"], record
     assert screenshot.stat().st_size > 10_000
     return probe
@@ -224,6 +226,11 @@ def test_rendered_fixture_reports_open_offline_without_errors(make: Any, tmp_pat
     probe = check_report(report, bundle["results"], ARTIFACTS / f"report-fixture-{dialect}.png", tmp_path)
     assert bundle["study"]["question"] in probe["text"]
     assert bundle["study"]["spec_sha256"] in probe["text"]
+    if dialect == "extrap":  # the hardest cell of dt's grid, at its largest budget, in the summary
+        hardest = bundle["results"][
+            "evaluate dt on mazes(size = 25, percolation = 0.1) @ size = 25, percolation = 0.1"
+        ]
+        assert fmt(hardest["accuracy"][-1]) in probe["text"]
     if dialect == "merge":
         barrier = bundle["results"]["raw"]["barriers"]["loss_max_minus_linear"]
         assert fmt(barrier) in probe["text"]

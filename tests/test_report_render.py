@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from mlspec.report import render_report
 from mlspec.report.graph import collapsed_graph
+from mlspec.report.plots_extrap import grids
 from mlspec.report.plots_merge import _barrier_point
 from mlspec.report.study import StudyView, fmt
 from mlspec.report.sweeps import measurements
@@ -88,6 +89,7 @@ def test_extrap_report_has_every_extrap_figure(rendered: dict[str, Any]) -> None
     ):
         assert title in html
     assert "✗ failed" in (path.parent / "figures" / "mazes-predict-dt.svg").read_text()
+    assert "agreement with dead-end filling" in html
 
 
 def test_unknown_operator_results_are_still_shown(rendered: dict[str, Any]) -> None:
@@ -128,10 +130,19 @@ def test_an_empty_bundle_renders_a_page(tmp_path: Path) -> None:
 def test_records_are_recognised_by_shape_when_the_operator_is_new(tmp_path: Path) -> None:
     bundle = extrap_bundle()
     for step in bundle["steps"]:
-        if step["op"] == "extrapolate":
-            step["op"] = "evaluate_grid_v2"
+        if step["op"] == "dynamics":
+            step["op"] = "dynamics_v2"
     html = render_report(bundle, tmp_path).read_text()
-    assert "Accuracy over difficulty axes" in html
+    assert "dt: dynamics" in html and '<section id="other">' not in html  # drawn, not left to the fallback
+
+
+def test_extrap_grid_collects_one_model_across_axis_points() -> None:
+    dt, it = grids(StudyView(extrap_bundle()))
+    assert dt.model == "dt" and dt.axes == ["size", "percolation"]
+    assert len(dt.cells) == 4 * 3 * 3 and len(dt.steps) == 12
+    cell = next(c for c in dt.cells if c["size"] == 9 and c["percolation"] == 0.0 and c["iterations"] == 300)
+    assert cell["accuracy"] == 1.0
+    assert it.model == "it" and len(it.cells) == len(dt.cells)
 
 
 def test_barrier_point_is_the_largest_rise_above_the_chord() -> None:

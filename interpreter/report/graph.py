@@ -42,6 +42,13 @@ def _group_of(study: StudyView) -> dict[str, tuple[str, str]]:
     for (statement, op), names in by_statement.items():
         if len(names) >= 3:
             out.update({n: (f"{statement}:{op}", f"{statement} ×{len(names)}") for n in names})
+    by_call: dict[tuple[str, str], list[str]] = {}  # data made at each point of an axis grid
+    for s in study.steps:
+        if s.name not in out and "(" in s.name:
+            by_call.setdefault((s.name.split("(")[0], s.op), []).append(s.name)
+    for (stem, op), names in by_call.items():
+        if len(names) >= 3:
+            out.update({n: (f"{stem}(…):{op}", f"{stem}(…) ×{len(names)}") for n in names})
     return out
 
 
@@ -85,23 +92,10 @@ def execution_graph(study: StudyView) -> list[Figure]:
     pos, columns, tallest = _layout(graph)
     fig = new_figure(min(2.0 + 1.9 * columns, 16.0), min(1.2 + 0.42 * tallest, 24.0))
     ax = fig.axes[0]
-    for src, dst in graph.edges:
-        ax.add_patch(
-            FancyArrowPatch(
-                pos[src],
-                pos[dst],
-                arrowstyle="-|>",
-                mutation_scale=8,
-                color="#777777",
-                linewidth=0.7,
-                shrinkA=22,
-                shrinkB=22,
-                connectionstyle="arc3,rad=0.05",
-            )
-        )
+    boxes = {}
     for node, (x, y) in pos.items():
         box, line, colour = LOOKS.get(graph.nodes[node]["kind"], RESULT_LOOK)
-        ax.text(
+        text = ax.text(
             x,
             y,
             graph.nodes[node]["label"],
@@ -109,6 +103,24 @@ def execution_graph(study: StudyView) -> list[Figure]:
             va="center",
             fontsize=7,
             bbox={"boxstyle": f"{box},pad=0.3", "fc": "white", "ec": colour, "lw": 1.2, "ls": line},
+        )
+        boxes[node] = text.get_bbox_patch()
+    for src, dst in graph.edges:  # clipped to the boxes' outlines, so arrows meet the boxes' edges
+        ax.add_patch(
+            FancyArrowPatch(
+                pos[src],
+                pos[dst],
+                patchA=boxes[src],
+                patchB=boxes[dst],
+                arrowstyle="-|>",
+                mutation_scale=8,
+                color="#777777",
+                linewidth=0.7,
+                shrinkA=1,
+                shrinkB=1,
+                connectionstyle="arc3,rad=0.05",
+                zorder=0,
+            )
         )
     ax.set_xlim(-0.7, columns - 0.3)
     ax.set_ylim(-tallest / 2 - 0.2, tallest / 2 + 0.2)

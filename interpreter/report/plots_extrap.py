@@ -1,16 +1,18 @@
 """Figures for ``.extrap`` studies: accuracy over difficulty axes, dynamics, and mazes as pictures.
 
-Record shapes these handlers read (operators producing them should conform; missing optional keys
-only drop a panel):
+Record shapes these handlers read (missing optional keys only drop a panel):
 
-- ``extrapolate`` (a model evaluated along axes and iteration budgets), one record per model:
-  ``{"model": "dt", "task": "mazes", "axes": ["size", "percolation"], "iterations": [30, 100],
-  "cells": [{"size": 9, "percolation": 0.0, "iterations": 30, "accuracy": 0.98, "count": 1000}, ...]}``
-  — one flat cell per (axis values, budget); ``accuracy`` is the fraction solved exactly.
-- ``dynamics``: ``{"model": "dt", "start": 3001 (first iterate index, optional),
-  "residuals": [[r_j per iterate] per instance], "pca": [[[pc1, pc2, ...] per iterate] per instance]
-  (optional), "labels": ["fixed_point" | "cycle" | ... per instance] (optional),
-  "counts": {"fixed_point": 15, ...} (optional)}``; r_j = ‖u_{j+1} − u_j‖₂.
+- ``evaluate_extrap``, one record per (model, point on the axes): ``{"model": arch type,
+  "task": {dataset meta, e.g. "size": 9, "percolation": 0.0}, "iterations": [30, 100, ...],
+  "accuracy": [solved fraction per budget], "pixel_accuracy": [...], "count": n}``. The step's
+  ``sweep`` (``{"size": 9, "percolation": 0.0}`` from ``along size x percolation``) names the axes;
+  without one, the task-meta keys that differ between a model's records do. The model is the step's
+  ``model`` input.
+- ``dynamics``: ``{"iterations": n, "window": w, "residual": {"mean": [per iteration], "median":
+  [...], "final": [per instance]}, "limit": {"kind": ["fixed_point" | "cycle" | "none", ...],
+  "period": [...], "counts": {...}} (optional), "pca": [{"points": [[pc1, pc2] per iterate in the
+  window], "explained": [r1, r2]} per instance] (optional), "deadend": {"iterations": [...],
+  "agreement": [...]} (optional)}``; residual r_j = ‖u_j − u_{j−1}‖₂.
 - ``predict`` / ``mazes`` (solved examples): ``{"model": "dt", "mazes": [{"input": H×W ints
   (0 wall, 1 open, 2 start, 3 goal) or H×W×3 floats in [0, 1], "target": H×W 0/1 path,
   "prediction": H×W 0/1, "correct": bool, "size": 9 (optional)}, ...]}``.
@@ -19,6 +21,7 @@ only drop a panel):
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,24 +30,53 @@ from mlspec.report.draw import heatmap, series
 from mlspec.report.figures import COLOURS, Figure, figure, new_figure, slugify, style
 from mlspec.report.study import StepView, StudyView, fmt, number, numbers
 
-__all__ = ["dynamics", "extrapolation", "maze_pictures"]
+__all__ = ["Grid", "dynamics", "extrapolation", "grids", "maze_pictures"]
 
 PANELS = 4  # models per heatmap figure
 MAZES = 6  # examples drawn per model
 TRAJECTORIES = 16  # instances drawn per dynamics figure
 MAZE_COLOURS = ListedColormap(["#000000", "#ffffff", COLOURS[2], COLOURS[1], COLOURS[0]])
 PATH_COLOURS = ListedColormap(["#ffffff", COLOURS[0]])
+NOT_AXES = {"seed", "count", "task", "generator"}
 
 
-def _cells(rec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        c for c in rec.get("cells") or [] if isinstance(c, dict) and number(c.get("accuracy")) is not None
-    ]
+@dataclass
+class Grid:
+    """One model's accuracy over the difficulty axes and iteration budgets, as flat cells."""
+
+    model: str
+    axes: list[str]
+    cells: list[dict[str, Any]]  # {axis: value, ..., "iterations": b, "accuracy": a}
+    steps: list[str]
 
 
-def _axes(rec: dict[str, Any], cells: list[dict[str, Any]]) -> list[str]:
-    named = [str(a) for a in rec.get("axes") or []]
-    return named or [k for k in cells[0] if k not in ("iterations", "accuracy", "count", "loss")]
+def _axis_values(step: StepView, varying: list[str]) -> dict[str, Any]:
+    if step.sweep:
+        return dict(step.sweep)
+    task = step.record.get("task") if isinstance(step.record.get("task"), dict) else {}
+    return {k: task.get(k) for k in varying}
+
+
+def grids(study: StudyView) -> list[Grid]:
+    """Every model's ``evaluate_extrap`` records gathered into one grid per model."""
+    by_model: dict[str, list[StepView]] = defaultdict(list)
+    for s in study.by_op("evaluate_extrap"):
+        if isinstance(s.record, dict) and numbers(s.record.get("accuracy")):
+            by_model[str(s.inputs.get("model") or s.record.get("model", s.name))].append(s)
+    out = []
+    for model, steps in by_model.items():
+        tasks = [s.record.get("task") if isinstance(s.record.get("task"), dict) else {} for s in steps]
+        keys = list(dict.fromkeys(k for t in tasks for k in t if k not in NOT_AXES))
+        varying = [k for k in keys if len({repr(t.get(k)) for t in tasks}) > 1]
+        cells = []
+        for s in steps:
+            point = _axis_values(s, varying)
+            budgets = s.record.get("iterations") or []
+            for b, acc in zip(budgets, numbers(s.record["accuracy"]) or []):
+                cells.append({**point, "iterations": b, "accuracy": acc})
+        axes = list(steps[0].sweep) if steps[0].sweep else varying
+        out.append(Grid(model, axes, cells, [s.name for s in steps]))
+    return out
 
 
 def _mean_grid(cells: list[dict[str, Any]], row: str, col: str) -> tuple[list[Any], list[Any], np.ndarray]:
@@ -63,141 +95,158 @@ def _order(value: Any) -> tuple[int, Any]:
     return (0, n) if n is not None else (1, str(value))
 
 
-def _heatmaps(steps: list[StepView]) -> Figure:
-    fig = new_figure(3.9 * len(steps), 3.6, ncols=len(steps))
+def _heatmaps(chunk: list[Grid]) -> Figure:
+    fig = new_figure(3.9 * len(chunk), 3.6, ncols=len(chunk))
     sentences, data = [], {}
-    for ax, s in zip(fig.axes, steps):
-        cells = _cells(s.record)
-        axes = _axes(s.record, cells)
-        budget = max((c.get("iterations", 0) for c in cells), default=0)
-        if len(axes) >= 2:
-            chosen = [c for c in cells if c.get("iterations", 0) == budget]
-            ys, xs, grid = _mean_grid(chosen, axes[1], axes[0])
-            ylabel, note = axes[1], f" at {budget} iterations"
+    for ax, g in zip(fig.axes, chunk):
+        budget = max(c["iterations"] for c in g.cells)
+        if len(g.axes) >= 2:
+            chosen = [c for c in g.cells if c["iterations"] == budget]
+            ys, xs, grid = _mean_grid(chosen, g.axes[1], g.axes[0])
+            ylabel, note = g.axes[1], f" at {budget} iterations"
         else:
-            ys, xs, grid = _mean_grid(cells, "iterations", axes[0])
+            ys, xs, grid = _mean_grid(g.cells, "iterations", g.axes[0])
             ylabel, note = "test-time iterations", ""
         heatmap(
             ax,
             grid,
             xlabels=xs,
             ylabels=ys,
-            xlabel=axes[0],
+            xlabel=g.axes[0],
             ylabel=ylabel,
             vmin=0.0,
             vmax=1.0,
             colorbar="accuracy" if ax is fig.axes[-1] else "",
         )
-        model = s.record.get("model", s.name)
-        ax.set_title(f"{model}{note}")
-        data[s.name] = {"rows": ys, "columns": xs, "accuracy": grid.tolist()}
+        ax.set_title(f"{g.model}{note}")
+        data[g.model] = {"rows": ys, "columns": xs, "accuracy": grid.tolist()}
         sentences.append(
-            f"{model}: accuracy from {fmt(float(np.nanmin(grid)), 3)} to "
-            f"{fmt(float(np.nanmax(grid)), 3)}{note}"
+            f"{g.model}: accuracy from {fmt(float(np.nanmin(grid)), 3)} to {fmt(float(np.nanmax(grid)), 3)}{note}"
         )
     return Figure(
-        slug=slugify("extrapolation-" + "-".join(s.name for s in steps)),
+        slug=slugify("extrapolation-" + "-".join(g.model for g in chunk)),
         title="Accuracy over difficulty axes",
         section="Extrapolation",
         mpl=fig,
         data=data,
-        steps=tuple(s.name for s in steps),
+        steps=tuple(n for g in chunk for n in g.steps),
         alt="Heatmaps of exact-solve accuracy (0 to 1, value written in each cell) over the difficulty axes. "
         + "; ".join(sentences)
         + ".",
     )
 
 
-def _iteration_curves(s: StepView) -> Figure:
-    cells = _cells(s.record)
-    axes = _axes(s.record, cells)[:3]
-    fig = new_figure(3.8 * len(axes), 3.2, ncols=len(axes))
+def _iteration_curves(g: Grid) -> Figure:
+    """One panel per axis (one line per value, the other axes averaged), or one line without axes."""
+    panels = g.axes[:3] or [""]
+    fig = new_figure(3.8 * len(panels), 3.2, ncols=len(panels))
     sentences = []
-    for ax, axis in zip(fig.axes, axes):
-        values, budgets, grid = _mean_grid(cells, axis, "iterations")
+    for ax, axis in zip(fig.axes, panels):
+        cells = g.cells if axis else [{**c, "_": g.model} for c in g.cells]
+        values, budgets, grid = _mean_grid(cells, axis or "_", "iterations")
         for i, (value, row) in enumerate(zip(values, grid)):
-            series(ax, budgets, row, i, f"{axis} = {fmt(value)}")
+            label = f"{axis} = {fmt(value)}" if axis else g.model
+            series(ax, budgets, row, i, label)
             sentences.append(
-                f"{axis} {fmt(value)}: {fmt(float(row[0]), 3)} at {budgets[0]} iterations, "
+                f"{label}: {fmt(float(row[0]), 3)} at {budgets[0]} iterations, "
                 f"{fmt(float(row[-1]), 3)} at {budgets[-1]}"
             )
-        ax.set(xlabel="test-time iterations", ylabel="accuracy", title=f"by {axis}", ylim=(-0.03, 1.03))
+        ax.set(
+            xlabel="test-time iterations",
+            ylabel="accuracy",
+            title=f"by {axis}" if axis else g.model,
+            ylim=(-0.03, 1.03),
+        )
         if len(budgets) > 2 and min(budgets) > 0 and max(budgets) / min(budgets) >= 10:
             ax.set_xscale("log")
             ax.set_xticks(budgets, [fmt(b) for b in budgets])
             ax.minorticks_off()
         ax.legend(fontsize=7)
-    model = s.record.get("model", s.name)
     return Figure(
-        slug=slugify(f"iterations-{s.name}"),
-        title=f"{model}: accuracy vs test-time iterations",
+        slug=slugify(f"iterations-{g.model}"),
+        title=f"{g.model}: accuracy vs test-time iterations",
         section="Extrapolation",
         mpl=fig,
-        data={"cells": cells},
-        steps=(s.name,),
-        alt=f"Accuracy of {model} against the iteration budget, one line per axis value (averaged over the "
-        "other axes): " + "; ".join(sentences) + ".",
+        data={"axes": g.axes, "cells": g.cells},
+        steps=tuple(g.steps),
+        alt=f"Accuracy of {g.model} against the iteration budget"
+        + (", one line per axis value (averaged over the other axes): " if g.axes else ": ")
+        + "; ".join(sentences)
+        + ".",
     )
 
 
-@figure("extrapolate", "evaluate_along", keys=("cells",))
+@figure("evaluate_extrap")
 def extrapolation(study: StudyView, steps: list[StepView]) -> list[Figure]:
-    steps = [s for s in steps if _cells(s.record)]
-    out = [_heatmaps(steps[i : i + PANELS]) for i in range(0, len(steps), PANELS)]
-    return out + [
-        _iteration_curves(s) for s in steps if len({c.get("iterations") for c in _cells(s.record)}) > 1
-    ]
+    found = grids(study)
+    with_axes = [g for g in found if g.axes and g.cells]
+    out = [_heatmaps(with_axes[i : i + PANELS]) for i in range(0, len(with_axes), PANELS)]
+    return out + [_iteration_curves(g) for g in found if len({c["iterations"] for c in g.cells}) > 1]
 
 
-def _instances(value: Any) -> list[list[float]]:
-    """Residuals as one list per instance (a single flat list is one instance)."""
-    flat = numbers(value)
-    if flat is not None:
-        return [flat]
-    return [r for r in (numbers(v) for v in value or []) if r]
-
-
-@figure("dynamics", keys=("residuals",))
+@figure("dynamics", keys=("residual", "window"))
 def dynamics(study: StudyView, steps: list[StepView]) -> list[Figure]:
     out = []
     for s in steps:
         rec = s.record
-        model = rec.get("model", s.name)
-        residuals = _instances(rec.get("residuals"))[:TRAJECTORIES]
-        labels = [str(x) for x in rec.get("labels") or []]
-        kinds = list(dict.fromkeys(labels)) or [""]
-        pca = [np.asarray(t, dtype=float) for t in (rec.get("pca") or [])[:TRAJECTORIES]]
+        model = str(s.inputs.get("model") or rec.get("model", s.name))
+        residual = rec.get("residual") if isinstance(rec.get("residual"), dict) else {}
+        limit = rec.get("limit") if isinstance(rec.get("limit"), dict) else {}
+        kinds = [str(k) for k in limit.get("kind") or []]
+        order = list(dict.fromkeys(kinds)) or [""]
+        pca = [
+            np.asarray(p.get("points"), dtype=float)
+            for p in (rec.get("pca") or [])[:TRAJECTORIES]
+            if isinstance(p, dict)
+        ]
         pca = [t for t in pca if t.ndim == 2 and t.shape[1] >= 2 and len(t) > 1]
-        fig = new_figure(8.0 if pca else 5.0, 3.4, ncols=2 if pca else 1)
-        start = int(number(rec.get("start")) or 0)
-        res_ax = fig.axes[0]
-        for i, r in enumerate(residuals):
-            kind = labels[i] if i < len(labels) else ""
-            st = style(kinds.index(kind))
-            res_ax.plot(
-                range(start, start + len(r)),
-                np.maximum(r, 1e-12),
-                color=st["color"],
-                linestyle=st["linestyle"],
-                linewidth=0.8,
-                alpha=0.8,
-                label=kind if kind and kind not in labels[:i] else None,
+        deadend = rec.get("deadend") if isinstance(rec.get("deadend"), dict) else {}
+        agreement = numbers(deadend.get("agreement"))
+        ncols = 1 + bool(pca) + bool(agreement)
+        fig = new_figure(3.9 * ncols, 3.3, ncols=ncols)
+        res_ax, *rest = fig.axes
+        for i, key in enumerate(("median", "mean")):
+            ys = numbers(residual.get(key))
+            if ys:
+                series(res_ax, range(1, len(ys) + 1), np.maximum(ys, 1e-12), i, key)
+        window = number(rec.get("window"))
+        iterations = number(rec.get("iterations"))
+        if window and iterations:
+            res_ax.axvspan(
+                iterations - window, iterations, color="#cccccc", alpha=0.4, label="analysed window"
             )
-        res_ax.set(yscale="log", xlabel="iteration j", ylabel=r"$\|u_{j+1} - u_j\|_2$", title="residuals")
-        if any(labels):
-            res_ax.legend(fontsize=7)
-        for i, t in enumerate(pca):
-            st = style(kinds.index(labels[i]) if i < len(labels) else 0)
-            pca_ax = fig.axes[1]
-            pca_ax.plot(
-                t[:, 0], t[:, 1], color=st["color"], linestyle=st["linestyle"], linewidth=0.7, alpha=0.8
-            )
-            pca_ax.plot(t[0, 0], t[0, 1], marker="o", color=st["color"], markersize=4)
-            pca_ax.plot(t[-1, 0], t[-1, 1], marker="X", color="black", markersize=5)
+        res_ax.set(yscale="log", xlabel="iteration j", ylabel=r"$\|u_j - u_{j-1}\|_2$", title="residuals")
+        res_ax.legend(fontsize=7)
         if pca:
-            fig.axes[1].set(xlabel="PC 1", ylabel="PC 2", title="PCA trajectories (o start, X end)")
-        counts = rec.get("counts") if isinstance(rec.get("counts"), dict) else {}
-        finals = [r[-1] for r in residuals]
+            pca_ax = rest.pop(0)
+            for i, t in enumerate(pca):
+                kind = kinds[i] if i < len(kinds) else ""
+                st = style(order.index(kind))
+                pca_ax.plot(
+                    t[:, 0],
+                    t[:, 1],
+                    color=st["color"],
+                    linestyle=st["linestyle"],
+                    linewidth=0.7,
+                    alpha=0.8,
+                    label=kind if kind and kind not in kinds[:i] else None,
+                )
+                pca_ax.plot(t[0, 0], t[0, 1], marker="o", color=st["color"], markersize=4)
+                pca_ax.plot(t[-1, 0], t[-1, 1], marker="X", color="black", markersize=5)
+            pca_ax.set(xlabel="PC 1", ylabel="PC 2", title="window in PCA (o start, X end)")
+            if any(kinds):
+                pca_ax.legend(fontsize=7)
+        if agreement:
+            de_ax = rest.pop(0)
+            series(de_ax, deadend.get("iterations") or list(range(len(agreement))), agreement, 0, model)
+            de_ax.set(
+                xlabel="iteration",
+                ylabel="agreement",
+                title="agreement with dead-end filling",
+                ylim=(-0.03, 1.03),
+            )
+        counts = limit.get("counts") if isinstance(limit.get("counts"), dict) else {}
+        finals = numbers(residual.get("final")) or []
         out.append(
             Figure(
                 slug=slugify(f"dynamics-{s.name}"),
@@ -206,16 +255,16 @@ def dynamics(study: StudyView, steps: list[StepView]) -> list[Figure]:
                 mpl=fig,
                 data=rec,
                 steps=(s.name,),
-                alt=f"Residual norms of {model}'s iterates on a log scale for {len(residuals)} instances"
+                alt=f"Median and mean residual norm of {model}'s iterates per iteration on a log scale"
                 + (f"; final residuals from {fmt(min(finals))} to {fmt(max(finals))}" if finals else "")
+                + (f"; limits reached: {', '.join(f'{k} {v}' for k, v in counts.items())}" if counts else "")
                 + (
-                    f"; limiting behaviour counts: {', '.join(f'{k} {v}' for k, v in counts.items())}"
-                    if counts
+                    f". Trajectories of {len(pca)} instances in their first two principal components"
+                    if pca
                     else ""
                 )
-                + (
-                    f". Right: the first two principal components of {len(pca)} trajectories." if pca else "."
-                ),
+                + (f". Agreement with dead-end filling ends at {fmt(agreement[-1], 3)}" if agreement else "")
+                + ".",
             )
         )
     return out

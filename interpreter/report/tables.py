@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlspec.report.plots_extrap import grids
 from mlspec.report.study import StepView, StudyView, fmt, number, scalars
 
 __all__ = [
@@ -172,30 +173,22 @@ def method_table(study: StudyView) -> Table | None:
 def extrapolation_table(study: StudyView) -> Table | None:
     """Per model: accuracy on the easiest and the hardest cell of its grid, and the grid's mean."""
     rows = []
-    for s in study.steps:
-        rec = s.record
-        cells = rec.get("cells") if isinstance(rec, dict) else None
-        if not isinstance(cells, list) or not cells or not all(isinstance(c, dict) for c in cells):
-            continue
-        axes = [str(a) for a in rec.get("axes") or []]
-        budget = max((number(c.get("iterations")) or 0.0 for c in cells), default=0.0)
-        top = [
-            c
-            for c in cells
-            if (number(c.get("iterations")) or 0.0) == budget and number(c.get("accuracy")) is not None
-        ]
+    for g in grids(study):
+        budget = max((c["iterations"] for c in g.cells), default=None)
+        top = sorted(
+            (c for c in g.cells if c["iterations"] == budget), key=lambda c: [_rank(c.get(a)) for a in g.axes]
+        )
         if not top:
             continue
-        ordered = sorted(top, key=lambda c: [number(c.get(a)) or 0.0 for a in axes])
-        where = [", ".join(f"{a} = {fmt(c.get(a))}" for a in axes) for c in (ordered[0], ordered[-1])]
-        mean = sum(float(c["accuracy"]) for c in top) / len(top)
+        where = [", ".join(f"{a} = {fmt(c.get(a))}" for a in g.axes) or "—" for c in (top[0], top[-1])]
+        mean = sum(c["accuracy"] for c in top) / len(top)
         rows.append(
             [
-                Cell(str(rec.get("model", s.name))),
+                Cell(g.model),
                 Cell(fmt(budget)),
-                _num(ordered[0]["accuracy"]),
+                _num(top[0]["accuracy"]),
                 Cell(where[0]),
-                _num(ordered[-1]["accuracy"]),
+                _num(top[-1]["accuracy"]),
                 Cell(where[1]),
                 _num(mean),
             ]
@@ -207,27 +200,32 @@ def extrapolation_table(study: StudyView) -> Table | None:
         ["model", "iterations", "easiest cell", "at", "hardest cell", "at", "mean"],
         rows,
         id="extrapolation",
-        caption="Exact-solve accuracy at the largest iteration budget.",
+        caption="Exact-solve accuracy at the largest iteration budget; easiest and hardest by the axes' order.",
     )
+
+
+def _rank(value: Any) -> float:
+    """Axis values in difficulty order: numbers ascending, ``true`` (e.g. a dead-end start) first."""
+    if isinstance(value, bool):
+        return 0.0 if value else 1.0
+    n = number(value)
+    return n if n is not None else 0.0
 
 
 def dynamics_table(study: StudyView) -> Table | None:
     """Per model: how many instances settled into each limiting behaviour."""
-    counted = [
-        (s, s.record["counts"])
-        for s in study.steps
-        if isinstance(s.record, dict) and isinstance(s.record.get("counts"), dict)
-    ]
+    counted = []
+    for s in study.by_op("dynamics"):
+        limit = s.record.get("limit") if isinstance(s.record, dict) else None
+        if isinstance(limit, dict) and isinstance(limit.get("counts"), dict):
+            counted.append((str(s.inputs.get("model") or s.record.get("model", s.name)), limit["counts"]))
     if not counted:
         return None
     kinds = list(dict.fromkeys(k for _, counts in counted for k in counts))
-    rows = [
-        [Cell(str(s.record.get("model", s.name)))] + [_num(counts.get(k, 0)) for k in kinds]
-        for s, counts in counted
-    ]
+    rows = [[Cell(model)] + [_num(counts.get(k, 0)) for k in kinds] for model, counts in counted]
     return Table(
         "Limiting behaviour",
-        ["model"] + kinds,
+        ["model"] + [k.replace("_", " ") for k in kinds],
         rows,
         id="dynamics",
         caption="Number of instances whose iterates reached each kind of limit.",
