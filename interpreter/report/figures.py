@@ -200,11 +200,14 @@ def render_figure(fig: Figure, index: int, figures_dir: Path | None) -> Rendered
         files: dict[str, str] = {}
         if figures_dir is not None:
             figures_dir.mkdir(parents=True, exist_ok=True)
-            (figures_dir / f"{fig.slug}.svg").write_text(raw, encoding="utf-8")
-            fig.mpl.savefig(
-                figures_dir / f"{fig.slug}.png", format="png", dpi=150, metadata={"Software": None}
-            )
-            fig.mpl.savefig(figures_dir / f"{fig.slug}.pdf", format="pdf", metadata={"CreationDate": None})
+            paths = {ext: figures_dir / f"{fig.slug}.{ext}" for ext in ("svg", "png", "pdf")}
+            # The SVG is deterministic, so an unchanged SVG means unchanged PNG and PDF files: a warm
+            # re-run skips the two slowest renders.
+            unchanged = all(p.exists() for p in paths.values()) and paths["svg"].read_text(encoding="utf-8") == raw
+            if not unchanged:
+                paths["svg"].write_text(raw, encoding="utf-8")
+                fig.mpl.savefig(paths["png"], format="png", dpi=150, metadata={"Software": None})
+                fig.mpl.savefig(paths["pdf"], format="pdf", metadata={"CreationDate": None})
             files = {ext: f"{figures_dir.name}/{fig.slug}.{ext}" for ext in ("svg", "png", "pdf")}
     return RenderedFigure(
         id=fig_id,
