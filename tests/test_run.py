@@ -163,3 +163,21 @@ def test_python_api_returns_results(tmp_path: Path) -> None:
     assert results["ab"]["a"] == "a" and results["ab"]["dataset"] == "digits"
     assert os.path.exists(tmp_path / "o" / "results.json")
     assert torch.get_num_threads() >= 1
+
+
+def test_progress_reports_steps_and_training_epochs(tmp_path: Path) -> None:
+    import contextlib
+
+    events: list[object] = []
+
+    @contextlib.contextmanager
+    def bar(total: int, description: str):
+        events.append((total, description))
+        yield lambda *a, **fields: events.append(fields)
+
+    spec = write(tmp_path, "data d = digits()\nmodel m = mlp(in = 64, hidden = [4], out = 10)\n"
+                           "model t = train(m, on = d, epochs = 3)\n")
+    mlspec.load(spec).run(out=tmp_path / "o", cache_dir=tmp_path / "c", progress=bar, report=False)
+    assert (3, "small: steps") in events and (3, "t: train") in events
+    losses = [e["loss"] for e in events if isinstance(e, dict) and "loss" in e]
+    assert len(losses) == 3 and all(isinstance(v, float) for v in losses)

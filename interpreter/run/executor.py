@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -175,14 +177,24 @@ class Runner:
         for s in steps:
             if s not in todo:
                 result.outcomes[s.name] = StepOutcome(s.name, "cached")
-        if self.jobs == 1 or len(todo) <= 1:
-            self._run_serial(todo, result)
-        else:
-            self._run_parallel(todo, result)
+        with self._overall(len(todo)) as advance:
+            if self.jobs == 1 or len(todo) <= 1:
+                self._run_serial(todo, result, advance)
+            else:
+                self._run_parallel(todo, result, advance)
         self.cache.write_index(self.plan.study.name, {s.name: s.key_parts for s in steps
                                                        if result.outcomes[s.name].state in ("cached", "ran")})
         result.duration_s = time.perf_counter() - start
         return result
+
+    @contextmanager
+    def _overall(self, total: int) -> Iterator[Callable[..., None]]:
+        """One bar over all steps to run, beside each long step's own bar."""
+        if self.progress is None or total == 0:
+            yield lambda *a, **k: None
+            return
+        with self.progress(total, f"{self.plan.study.name}: steps") as advance:
+            yield advance
 
     def _blocked(self, step: Step, result: RunResult) -> str | None:
         for up in step.upstream():
@@ -191,13 +203,14 @@ class Runner:
                 return up
         return None
 
-    def _run_serial(self, todo: list[Step], result: RunResult) -> None:
+    def _run_serial(self, todo: list[Step], result: RunResult, advance: Callable[..., None]) -> None:
         remaining_uses: dict[str, int] = {}
         for s in todo:
             for up in s.upstream():
                 key = self.plan.step(up).key
                 remaining_uses[key] = remaining_uses.get(key, 0) + 1
         for step in todo:
+            advance(step=step.name)
             blocker = self._blocked(step, result)
             if blocker is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "skipped", error=f"'{blocker}' did not finish")
@@ -219,7 +232,7 @@ class Runner:
                 if remaining_uses[key] == 0:
                     self.values.pop(key, None)
 
-    def _run_parallel(self, todo: list[Step], result: RunResult) -> None:
+    def _run_parallel(self, todo: list[Step], result: RunResult, advance: Callable[..., None]) -> None:
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         waiting = {s.name: s for s in todo}
         running: dict[Future[tuple[float, str | None]], Step] = {}
@@ -247,3 +260,4 @@ class Runner:
                         duration, error = 0.0, _describe_crash(exc)
                     state = "failed" if error else "ran"
                     result.outcomes[step.name] = StepOutcome(step.name, state, duration, error)
+                    advance(step=step.name)
