@@ -56,7 +56,8 @@ def test_task_merging_beats_the_specialists_on_the_joint_task(tmp_path: Path) ->
 @pytest.mark.slow
 def test_connectivity_curve_removes_the_line_barrier(tmp_path: Path) -> None:
     r = run_reduced("connectivity", tmp_path, [
-        ("hidden = [64, 64]", "hidden = [32, 32]"), ("epochs = 30", "epochs = 10"), ("epochs = 40", "epochs = 5"),
+        ("hidden = [64, 64]", "hidden = [32, 32]"), ("epochs = 30", "epochs = 10"),
+        ("epochs = 40, lr = 1e-3", "epochs = 6, lr = 1e-2"),
         ("steps = 25", "steps = 7"),
     ])
     line = r["line"]["barriers"]["loss_max_minus_mean"]
