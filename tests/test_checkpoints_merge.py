@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from mlspec.checkpoints import is_checkpoint
 from mlspec.checkpoints import settings as st
+from mlspec.checkpoints import engine
 from mlspec.checkpoints.engine import StreamOptions, stream_merge
 from mlspec.checkpoints.layout import CheckpointError
 from mlspec.checkpoints.ops import load, merge_checkpoints, streamed
@@ -72,8 +73,13 @@ CASES: list[tuple[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("chunk", [1 << 21, 100], ids=["whole", "chunked"])
 @pytest.mark.parametrize(("op", "params"), CASES, ids=[f"{op}-{i}" for i, (op, _) in enumerate(CASES)])
-def test_streamed_merge_equals_in_memory_operator(ckpts: dict[str, Path], tmp_path: Path, op: str, params: Any) -> None:
+def test_streamed_merge_equals_in_memory_operator(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, params: Any, chunk: int
+) -> None:
+    """Large tensors of element-wise methods are merged in row chunks: the numbers must not change."""
+    monkeypatch.setattr(engine, "CHUNK", chunk)
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
     mem = {k: _memory(p) for k, p in ckpts.items()}
     impl = getattr(elementwise, op)

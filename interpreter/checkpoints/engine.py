@@ -12,10 +12,14 @@ DARE draws from one generator in tensor order, as the in-memory operator does, s
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +34,7 @@ from mlspec.checkpoints.specs import METHODS, method_params, per_model_fields, v
 from mlspec.checkpoints.validate import Job, TensorPlan, plan_tensors
 from mlspec.checkpoints.writer import ShardedWriter
 from mlspec.ops.merge import kernels
-from mlspec.ops.merge.sparsify import MagnitudeThreshold
+from mlspec.ops.merge.sparsify import MagnitudeThreshold, magnitude_threshold
 from mlspec.ops.merge.stats import MergeStats
 
 __all__ = ["StreamOptions", "stream_merge", "DTYPES", "BASE_POLICY"]
@@ -48,6 +52,11 @@ BASE_POLICY = {
     "model_stock": "required",
 }
 Advance = Callable[..., None]
+#: Methods whose kernels are element-wise (TIES once its trim thresholds are known): large tensors are
+#: merged CHUNK elements at a time, which bounds the kernels' temporaries and gives the same numbers.
+ELEMENTWISE = {"average", "task_arithmetic", "ties"}
+CHUNK = 1 << 19
+_Merged = tuple[Tensor, list[Tensor], Tensor | None]  # the output, the models' tensors, the base's
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class StreamOptions:
     extra: Literal["error", "base", "drop"] = "error"
     tied: Literal["error", "untie"] = "error"
     stats: bool = True
+    #: Tensors merged side by side, each on one thread: per-tensor kernels are short memory-bound
+    #: passes, so threads across tensors beat torch's intra-op threads (which stall on a busy CPU).
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
 
 
 def _per_tensor(params: dict[str, Any], method: str, n: int) -> Callable[[str, float], dict[str, Any]]:
@@ -193,12 +205,30 @@ def stream_merge(
             stats = MergeStats(method, full) if options.stats else None
             out_dir.mkdir(parents=True, exist_ok=True)
             metadata = {"mlspec.method": method}
-            with ShardedWriter(out_dir, [j.planned for j in plan.jobs], shard_bytes=parse_size(options.shard_size),
-                               metadata=metadata) as writer:
-                for job in plan.jobs:
-                    writer.write(job.name, _merge_one(job, inputs, plan, method, resolve, compute, extra, stats,
-                                                      has_base=base is not None))
+            # DARE draws from one generator in tensor order: only a single worker keeps that order.
+            workers = 1 if method == "dare" else max(1, options.workers)
+            with _one_thread_per_worker(), ShardedWriter(out_dir, [j.planned for j in plan.jobs], shard_bytes=parse_size(options.shard_size),
+                               metadata=metadata) as writer, ThreadPoolExecutor(workers) as pool:
+                pending: deque[tuple[Job, Future[_Merged]]] = deque()
+
+                def finish_one() -> None:
+                    job, future = pending.popleft()
+                    merged, xs, b = future.result()
+                    if stats is not None and job.copy_from is None:
+                        stats.add(job.name, merged, xs, b)
+                    writer.write(job.name, merged)
                     advance()
+
+                # Tensors run side by side only while they add up to no more than the largest one.
+                budget = max(math.prod(j.shape) for j in plan.jobs)
+                for job in plan.jobs:
+                    size = math.prod(job.shape)
+                    while pending and (len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget):
+                        finish_one()
+                    pending.append((job, pool.submit(_merge_one, job, inputs, plan, method, resolve, compute, extra,
+                                                     has_base=base is not None)))
+                while pending:
+                    finish_one()
         reference = inputs[0]
         written = {j.out_dtype for j in plan.merged}
         hfdir.write_config(out_dir, reference.config, dtype=_dtype_name(written), untied=bool(plan.notes.get("untied")))
@@ -211,6 +241,13 @@ def stream_merge(
     return info
 
 
+def _tensor_threshold(base: Tensor, x: Tensor, density: float, dtype: torch.dtype) -> float:
+    """TIES' per-tensor trim threshold of one task vector (what the kernel computes for itself)."""
+    delta = x.to(dtype, copy=True)
+    delta.sub_(base.to(dtype)).abs_()
+    return magnitude_threshold(delta, density)
+
+
 def _merge_one(
     job: Job,
     inputs: list[Checkpoint],
@@ -219,28 +256,47 @@ def _merge_one(
     resolve: Callable[[str, float], dict[str, Any]],
     compute: torch.dtype,
     extra: dict[str, Any],
-    stats: MergeStats | None,
     *,
     has_base: bool,
-) -> Tensor:
+) -> _Merged:
     if job.copy_from is not None:
-        return inputs[job.copy_from].tensor(job.sources[0] if len(job.sources) == 1 else job.sources[job.copy_from])
-    tensors = [_read(ck, source, compute) for ck, source in zip(inputs, job.sources)]
-    base, xs = (tensors[0], tensors[1:]) if has_base else (None, tensors)
+        source = job.sources[0] if len(job.sources) == 1 else job.sources[job.copy_from]
+        return inputs[job.copy_from].tensor(source), [], None
     p = resolve(job.name, st.depth(job.layer, plan.num_layers))
+    chunked = method in ELEMENTWISE and len(job.shape) > 1 and math.prod(job.shape) > CHUNK
+    tensors = [ck.tensor(s) if chunked else _read(ck, s, compute) for ck, s in zip(inputs, job.sources)]
+    base, xs = (tensors[0], tensors[1:]) if has_base else (None, tensors)
     try:
         with torch.no_grad():
-            merged = _call(method, p, base, xs, **extra)
+            if not chunked:
+                return _call(method, p, base, xs, **extra), xs, base
+            if method == "ties" and extra.get("thresholds") is None:
+                assert base is not None
+                extra = {**extra, "thresholds": [_tensor_threshold(base, x, p["density"], compute) for x in xs]}
+            merged = torch.empty(job.shape, dtype=job.out_dtype)
+            rows = max(1, CHUNK // math.prod(job.shape[1:]))
+            for start in range(0, job.shape[0], rows):
+                part = [t[start : start + rows].to(compute) for t in tensors]
+                pb, px = (part[0], part[1:]) if has_base else (None, part)
+                merged[start : start + rows] = _call(method, p, pb, px, **extra)
+            return merged, xs, base
     except ValueError as exc:  # the kernels' own parameter checks
         raise CheckpointError(f"{method}: tensor {job.name!r}: {exc}") from None
-    if stats is not None:
-        stats.add(job.name, merged, xs, base)
-    return merged
 
 
 def _dtype_name(dtypes: set[torch.dtype]) -> str | None:
     names = {n for n, d in DTYPES.items() if d in dtypes}
     return names.pop() if len(names) == 1 else None
+
+
+@contextmanager
+def _one_thread_per_worker() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Silent:

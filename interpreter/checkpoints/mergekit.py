@@ -66,7 +66,7 @@ def _value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
-        return repr(float(v)) if isinstance(v, float) and not float(v).is_integer() else str(int(v))
+        return str(int(v)) if float(v).is_integer() else f"{v:.12g}"  # 0.4, not 0.39999999999999997
     if isinstance(v, str):
         return v
     if st.is_rules(v):

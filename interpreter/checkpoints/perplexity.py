@@ -2,8 +2,9 @@
 
 ``transformers`` is an optional extra (``pip install 'mlspec[lm]'``), imported only when a spec
 asks for perplexity. Long texts are scored with a sliding window: each window of ``context``
-tokens advances by ``stride`` and only the tokens not scored by an earlier window count, so every
-token after the first is predicted exactly once, with up to ``context - stride`` tokens of history.
+tokens advances by ``stride`` (but never past the last scored token, which the next window needs as
+history) and only the tokens not scored by an earlier window count, so every token after the first
+is predicted exactly once, with at least ``context - stride`` tokens of history after the first window.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def sliding_window_nll(logits_of: Callable[[Tensor], Tensor], ids: Tensor, *, co
         total += float(F.cross_entropy(rows, ids[first:end], reduction="sum"))
         count += end - first
         scored_to = end
-        begin += stride
+        begin = min(begin + stride, end - 1)  # keep one token of history: every token gets scored
     return total, count
 
 

@@ -1,0 +1,193 @@
+"""Exporting Hugging Face directories, perplexity, and importing mergekit configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from mlspec.checkpoints.export import export_hf
+from mlspec.checkpoints.mergekit import MergekitImportError, mergekit_to_spec
+from mlspec.checkpoints.ops import load, streamed
+from mlspec.checkpoints.perplexity import perplexity, sliding_window_nll
+from mlspec.checkpoints.specs import LoadParams, PerplexityParams
+from mlspec.checkpoints.synthetic import llama_config, write_llama
+from mlspec.errors import StepError
+from mlspec.ops.merge import specs as ms
+from mlspec.run.context import StepContext
+from mlspec.values import Model
+
+TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    out = {
+        "base": write_llama(root / "base", TINY, seed=0),
+        "a": write_llama(root / "a", TINY, seed=1, base_seed=0, delta=0.2),
+        "b": write_llama(root / "b", TINY, seed=2, base_seed=0, delta=0.2),
+    }
+    (out["base"] / "tokenizer.json").write_text('{"version": "1.0"}')
+    (out["base"] / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    return out
+
+
+def _ctx(tmp_path: Path) -> StepContext:
+    return StepContext(name="m", key="m", seed=0, device="cpu", out_dir=tmp_path / "out", work_dir=tmp_path / "work",
+                       input_names={"models": ["a", "b"], "model": "m"})
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for file in directory.glob("*.safetensors"):
+        out.update(load_file(file))
+    return out
+
+
+def test_export_hf_writes_a_loadable_directory_with_config_tokenizer_and_card(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
+    merged = streamed("ties")(_ctx(tmp_path), ms.TiesParams(density=0.5), base=refs["base"], models=[refs["a"], refs["b"]])
+    out = export_hf(merged, tmp_path / "exported", spec="merge m = ties(base = base, models = [a, b])", shard_size=9000)
+    files = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors.index.json" in files and "model-00001-of-00012.safetensors" in files
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= set(files)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["torch_dtype"] == "float32"
+    card = (out / "README.md").read_text()
+    assert "Method: `ties`" in card and "merge m = ties(base = base, models = [a, b])" in card
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    got, want = _weights(out), _weights(Path(merged.arch["path"]))
+    assert set(index["weight_map"]) == set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported.")]  # staging removed
+
+
+def test_export_hf_of_a_model_in_memory_takes_the_base_config(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    state = _weights(ckpts["a"])
+    out = export_hf(Model(arch={"type": "llama"}, state=state), tmp_path / "mem", ckpts["base"])
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 32
+    assert (out / "tokenizer.json").is_file()
+    with pytest.raises(StepError, match="needs a config.json"):
+        export_hf(Model(arch={"type": "mlp"}, state=state), tmp_path / "nowhere")
+
+
+def test_failed_export_leaves_nothing_behind(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlspec.checkpoints import hfdir
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hfdir, "write_card", broken)
+    ref = load(_ctx(tmp_path), LoadParams.model_validate({"path": str(ckpts["a"])}))
+    with pytest.raises(OSError, match="disk full"):
+        export_hf(ref, tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
+
+
+class _Bigram(nn.Module):
+    """logits[i] depend on token i only, so any window must give the same perplexity."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.table = nn.Embedding(vocab, vocab)
+        nn.init.normal_(self.table.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids)
+
+
+def test_sliding_window_nll_matches_the_formula() -> None:
+    ids = torch.randint(0, 17, (101,), generator=torch.Generator().manual_seed(1))
+    uniform = lambda x: torch.zeros(*x.shape, 17)  # noqa: E731
+    total, count = sliding_window_nll(uniform, ids, context=16, stride=5)
+    assert count == 100 and math.exp(total / count) == pytest.approx(17.0)
+    net = _Bigram(17)
+    logp = torch.log_softmax(net.table.weight.detach().double(), dim=-1)
+    exact = -sum(float(logp[ids[i - 1], ids[i]]) for i in range(1, 101))
+    for context, stride in [(101, 101), (8, 8), (16, 3), (2, 1)]:
+        total, count = sliding_window_nll(net, ids, context=context, stride=stride)
+        assert count == 100
+        assert total == pytest.approx(exact, rel=1e-5)
+
+
+def test_perplexity_without_transformers_says_how_to_install(ckpts: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    text = tmp_path / "t.txt"
+    text.write_text("hello world")
+    ref = load(_ctx(tmp_path), LoadParams.model_validate({"path": str(ckpts["a"])}))
+    with pytest.raises(StepError, match=r"pip install 'mlspec\[lm\]'"):
+        perplexity(_ctx(tmp_path), PerplexityParams(text=str(text)), model=ref)
+    with pytest.raises(StepError, match="text file not found"):
+        perplexity(_ctx(tmp_path), PerplexityParams(text=str(tmp_path / "nope.txt")), model=ref)
+    with pytest.raises(ValueError, match="stride must not exceed context"):
+        PerplexityParams(text="t.txt", context=8, stride=9)
+
+
+def test_mergekit_ties_config_becomes_a_spec_that_checks(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    from mlspec.check.lower import lower
+    from mlspec.syntax.parser import parse
+
+    yaml_text = f"""
+models:
+  - model: {ckpts['a']}
+    parameters: {{density: [1, 0.7, 0.1], weight: 1.0}}
+  - model: {ckpts['b']}
+    parameters:
+      density: [1, 0.7, 0.1]
+      weight: [{{filter: mlp, value: 0.5}}, {{filter: layers.0., value: 0.2}}, {{value: 0}}]
+merge_method: ties
+base_model: {ckpts['base']}
+parameters: {{normalize: true, int8_mask: true, lambda: 0.8}}
+dtype: bfloat16
+"""
+    spec = mergekit_to_spec(yaml_text)
+    lowered = lower(parse(spec, file="imported.merge"))
+    merge = next(s for s in lowered.steps.values() if s.op == "merge_checkpoints")
+    p = merge.params
+    assert (p["method"], p["trim"], p["weights_at"], p["elect"], p["scale"]) == ("ties", "tensor", "before", "mass", 0.8)
+    assert p["density"] == [1.0, 0.7, 0.1] and p["dtype"] == "bfloat16"
+    assert p["weights"][1] == [{"filter": "mlp", "value": 0.5}, {"filter": "layers.0.", "value": 0.2},
+                               {"filter": None, "value": 0.0}]
+    assert any(s.op == "export" for s in lowered.steps.values())
+
+
+def test_mergekit_slerp_and_task_arithmetic_map_their_semantics(ckpts: dict[str, Path]) -> None:
+    slerp = mergekit_to_spec(f"""
+merge_method: slerp
+base_model: {ckpts['b']}
+models: [{{model: {ckpts['a']}}}, {{model: {ckpts['b']}}}]
+parameters: {{t: [{{filter: self_attn, value: [0, 1]}}, {{value: 0.5}}]}}
+""")
+    assert "models = [b, a]" in slerp and "t = by_name(self_attn = [0, 1], default = 0.5)" in slerp
+    ta = mergekit_to_spec(f"""
+merge_method: task_arithmetic
+base_model: {ckpts['base']}
+models: [{{model: {ckpts['a']}, parameters: {{weight: 2}}}}, {{model: {ckpts['b']}, parameters: {{weight: 1}}}}]
+parameters: {{normalize: true, lambda: 0.6}}
+""")
+    assert "scale = [0.4, 0.2]" in ta
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("merge_method: della\nmodels: [{model: a}]", "'della' has no mlspec equivalent"),
+        ("merge_method: linear\nslices: [{sources: []}]", "'slices'"),
+        ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {density: 0.5}}, "
+         "{model: c, parameters: {density: 0.3}}]", "different 'density' values"),
+        ("merge_method: linear\nmodels: [{model: org/m+org/lora}]", "LoRA adapters"),
+        ("merge_method: [unclosed", "not valid YAML"),
+        ("just: text", "no 'merge_method'"),
+    ],
+)
+def test_mergekit_configs_without_an_equivalent_are_refused_clearly(yaml_text: str, message: str) -> None:
+    with pytest.raises(MergekitImportError, match=message):
+        mergekit_to_spec(yaml_text)
