@@ -191,3 +191,29 @@ parameters: {{normalize: true, lambda: 0.6}}
 def test_mergekit_configs_without_an_equivalent_are_refused_clearly(yaml_text: str, message: str) -> None:
     with pytest.raises(MergekitImportError, match=message):
         mergekit_to_spec(yaml_text)
+
+
+def test_perplexity_of_a_merged_llama_with_transformers(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """The optional path end to end: merge, add a character tokenizer, score a text file."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    alphabet = sorted(set("the quick brown fox jumps over a lazy dog. "))
+    vocab = {"[UNK]": 0, **{ch: i + 1 for i, ch in enumerate(alphabet)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
+    merged = streamed("average")(_ctx(tmp_path), ms.AverageParams(), models=[refs["a"], refs["b"]])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(merged.arch["path"])
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over a lazy dog. " * 3)
+    whole = perplexity(_ctx(tmp_path), PerplexityParams(text=str(text), context=512, stride=512), model=merged)
+    windowed = perplexity(_ctx(tmp_path), PerplexityParams(text=str(text), context=16, stride=8), model=merged)
+    net = transformers.AutoModelForCausalLM.from_pretrained(merged.arch["path"], local_files_only=True)
+    ids = torch.tensor([vocab[ch] for ch in text.read_text()])
+    with torch.no_grad():
+        logits = net(input_ids=ids[None]).logits[0]
+    full = float(torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
+    assert whole.data["tokens"] == windowed.data["tokens"] == len(ids) - 1
+    assert whole.data["perplexity"] == pytest.approx(math.exp(full), rel=1e-4)
+    assert windowed.data["perplexity"] != whole.data["perplexity"]  # less history per token
