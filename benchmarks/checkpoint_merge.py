@@ -34,19 +34,35 @@ METHODS = ("linear", "task_arithmetic", "ties", "slerp")
 
 #: method -> (mlspec operator, its parameters, uses base, mergekit YAML body)
 CONFIGS = {
-    "linear": ("average", {"weights": [0.5, 0.5]}, False,
-               "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
-               "  - model: {b}\n    parameters: {{weight: 0.5}}\n"),
-    "task_arithmetic": ("task_arithmetic", {"scale": [0.5, 0.5]}, True,
-                        "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-                        "  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n"),
-    "ties": ("ties", {"density": 0.5, "trim": "tensor", "weights_at": "before", "weights": [1.0, 1.0]}, True,
-             "merge_method: ties\nbase_model: {base}\nmodels:\n"
-             "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
-             "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.5}}\n"),
-    "slerp": ("slerp", {"t": 0.5}, False,
-              "merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
-              "parameters: {{t: 0.5}}\n"),
+    "linear": (
+        "average",
+        {"weights": [0.5, 0.5]},
+        False,
+        "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+        "  - model: {b}\n    parameters: {{weight: 0.5}}\n",
+    ),
+    "task_arithmetic": (
+        "task_arithmetic",
+        {"scale": [0.5, 0.5]},
+        True,
+        "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+        "  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n",
+    ),
+    "ties": (
+        "ties",
+        {"density": 0.5, "trim": "tensor", "weights_at": "before", "weights": [1.0, 1.0]},
+        True,
+        "merge_method: ties\nbase_model: {base}\nmodels:\n"
+        "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+        "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.5}}\n",
+    ),
+    "slerp": (
+        "slerp",
+        {"t": 0.5},
+        False,
+        "merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+        "parameters: {{t: 0.5}}\n",
+    ),
 }
 
 
@@ -74,12 +90,20 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
 
 
 def run_mlspec(method: str, out: Path) -> None:
+    """``method`` or ``method+stats`` (mlspec's default: also record per-tensor merge statistics)."""
     from mlspec.checkpoints.engine import StreamOptions, stream_merge
 
     paths = build_inputs()
+    method, _, stats = method.partition("+")
     op, params, with_base, _ = CONFIGS[method]
-    stream_merge(op, paths["base"] if with_base else None, [paths["a"], paths["b"]], params, out,
-                 options=StreamOptions(out_dtype="bfloat16", stats=False))
+    stream_merge(
+        op,
+        paths["base"] if with_base else None,
+        [paths["a"], paths["b"]],
+        params,
+        out,
+        options=StreamOptions(out_dtype="bfloat16", stats=bool(stats)),
+    )
 
 
 def run_floor(out: Path) -> None:
@@ -104,19 +128,22 @@ def _kind(name: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", name)
 
 
-def compare(ours: Path, theirs: Path) -> dict[str, float]:
-    """Largest |ours − theirs| per tensor kind (layers folded), and over everything."""
+def compare(ours: Path, theirs: Path) -> dict[str, list[float]]:
+    """Per tensor kind (layers folded): [largest |ours − theirs|, entries that differ, entries]."""
     from mlspec.checkpoints.source import Checkpoint
 
-    worst: dict[str, float] = {}
+    kinds: dict[str, list[float]] = {}
     with Checkpoint.open(ours) as a, Checkpoint.open(theirs) as b:
         missing = set(a.names) ^ set(b.names)
         if missing:
             raise SystemExit(f"outputs differ in tensors: {sorted(missing)[:5]}")
         for name in a.names:
-            diff = float((a.tensor(name).float() - b.tensor(name).float()).abs().max())
-            worst[_kind(name)] = max(worst.get(_kind(name), 0.0), diff)
-    return worst
+            diff = (a.tensor(name).float() - b.tensor(name).float()).abs()
+            row = kinds.setdefault(_kind(name), [0.0, 0, 0])
+            row[0] = max(row[0], float(diff.max()))
+            row[1] += int((diff > 0).sum())
+            row[2] += diff.numel()
+    return kinds
 
 
 def main() -> None:
@@ -137,33 +164,59 @@ def main() -> None:
     rows: list[tuple[str, str, float, float]] = []
     floor_wall, floor_rss = measure([*me, "floor", str(WORK / "out-floor")], env)
     floor_wall, floor_rss = measure([*me, "floor", str(WORK / "out-floor")], env)  # second run: warm cache
-    diffs: dict[str, dict[str, float]] = {}
+    diffs: dict[str, dict[str, list[float]]] = {}
+    extra_rows: list[tuple[str, str, float, float]] = []
     for method in args.methods:
         op, _, _, body = CONFIGS[method]
         config = WORK / f"{method}.yml"
-        config.write_text(body.format(base=paths["base"], a=paths["a"], b=paths["b"])
-                          + "dtype: float32\nout_dtype: bfloat16\n")
+        config.write_text(
+            body.format(base=paths["base"], a=paths["a"], b=paths["b"])
+            + "dtype: float32\nout_dtype: bfloat16\n"
+        )
         theirs, ours = WORK / f"out-mergekit-{method}", WORK / f"out-mlspec-{method}"
         for out in (theirs, ours):
             shutil.rmtree(out, ignore_errors=True)
-        mk = measure([str(args.mergekit), str(config), str(theirs), "--no-copy-tokenizer", "--quiet",
-                      "--no-write-model-card"], env)
+        mk = measure(
+            [
+                str(args.mergekit),
+                str(config),
+                str(theirs),
+                "--no-copy-tokenizer",
+                "--quiet",
+                "--no-write-model-card",
+            ],
+            env,
+        )
         ml = measure([*me, method, str(ours)], env)
         rows.append((method, "mergekit 0.1.5", *mk))
         rows.append((method, f"mlspec ({op})", *ml))
         diffs[method] = compare(ours, theirs)
-    print(f"\ninputs: 3 x {sum(f.stat().st_size for f in paths['base'].glob('*.safetensors')) / 2**20:.0f} MiB bf16"
-          f" (Llama, hidden 1024, 12 layers); CPU threads: {os.cpu_count()}")
+        if method == "ties":  # mlspec's default also records merge statistics: what that costs
+            shutil.rmtree(ours)
+            extra_rows.append(
+                (method, "mlspec (ties, + statistics)", *measure([*me, "ties+stats", str(ours)], env))
+            )
+    print(
+        f"\ninputs: 3 x {sum(f.stat().st_size for f in paths['base'].glob('*.safetensors')) / 2**20:.0f} MiB"
+        f" (Llama, hidden 1024, 12 layers); CPU threads: {os.cpu_count()}"
+    )
     print(f"floor (read 3 inputs, write 1 output): {floor_wall:6.1f} s   peak RSS {floor_rss:7.0f} MiB\n")
     print(f"{'method':<16} {'tool':<26} {'wall s':>8} {'peak RSS MiB':>13} {'x floor':>8} {'speed-up':>9}")
     for i, (method, tool, wall, rss) in enumerate(rows):
         speed = f"{rows[i - 1][2] / wall:8.1f}x" if i % 2 else ""
         print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {wall / floor_wall:8.1f} {speed:>9}")
-    print("\nlargest |mlspec - mergekit| per tensor kind (bf16 outputs):")
-    for method, worst in diffs.items():
-        top = sorted(worst.items(), key=lambda kv: -kv[1])
-        print(f"  {method:<16} max {top[0][1]:.3g} ({top[0][0]}); " + ", ".join(f"{k} {v:.2g}" for k, v in top[1:4]))
-    (WORK / "results.json").write_text(json.dumps({"floor": [floor_wall, floor_rss], "rows": rows, "diffs": diffs}, indent=2))
+    for method, tool, wall, rss in extra_rows:
+        print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {wall / floor_wall:8.1f}")
+    print("\n|mlspec - mergekit| on the bf16 outputs: largest, and the share of entries that differ at all")
+    for method, kinds in diffs.items():
+        worst = max(kinds.items(), key=lambda kv: kv[1][0])
+        share = sum(v[1] for v in kinds.values()) / sum(v[2] for v in kinds.values())
+        print(f"  {method:<16} max {worst[1][0]:.3g} (in {worst[0]}); {100 * share:.4f}% of entries differ")
+        for kind, (top, n, total) in sorted(kinds.items(), key=lambda kv: -kv[1][0])[:3]:
+            print(f"  {'':<16}   {kind:<48} max {top:.3g}  {n:>9} / {total} differ")
+    (WORK / "results.json").write_text(
+        json.dumps({"floor": [floor_wall, floor_rss], "rows": rows + extra_rows, "diffs": diffs}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from torch import nn
-
 from mlspec.checkpoints.export import export_hf
 from mlspec.checkpoints.mergekit import MergekitImportError, mergekit_to_spec
 from mlspec.checkpoints.ops import load, streamed
@@ -22,6 +19,8 @@ from mlspec.errors import StepError
 from mlspec.ops.merge import specs as ms
 from mlspec.run.context import StepContext
 from mlspec.values import Model
+from safetensors.torch import load_file
+from torch import nn
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
@@ -40,8 +39,15 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _ctx(tmp_path: Path) -> StepContext:
-    return StepContext(name="m", key="m", seed=0, device="cpu", out_dir=tmp_path / "out", work_dir=tmp_path / "work",
-                       input_names={"models": ["a", "b"], "model": "m"})
+    return StepContext(
+        name="m",
+        key="m",
+        seed=0,
+        device="cpu",
+        out_dir=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        input_names={"models": ["a", "b"], "model": "m"},
+    )
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -51,10 +57,16 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_export_hf_writes_a_loadable_directory_with_config_tokenizer_and_card(ckpts: dict[str, Path], tmp_path: Path) -> None:
+def test_export_hf_writes_a_loadable_directory_with_config_tokenizer_and_card(
+    ckpts: dict[str, Path], tmp_path: Path
+) -> None:
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    merged = streamed("ties")(_ctx(tmp_path), ms.TiesParams(density=0.5), base=refs["base"], models=[refs["a"], refs["b"]])
-    out = export_hf(merged, tmp_path / "exported", spec="merge m = ties(base = base, models = [a, b])", shard_size=9000)
+    merged = streamed("ties")(
+        _ctx(tmp_path), ms.TiesParams(density=0.5), base=refs["base"], models=[refs["a"], refs["b"]]
+    )
+    out = export_hf(
+        merged, tmp_path / "exported", spec="merge m = ties(base = base, models = [a, b])", shard_size=9000
+    )
     files = sorted(p.name for p in out.iterdir())
     assert "model.safetensors.index.json" in files and "model-00001-of-00012.safetensors" in files
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= set(files)
@@ -78,7 +90,9 @@ def test_export_hf_of_a_model_in_memory_takes_the_base_config(ckpts: dict[str, P
         export_hf(Model(arch={"type": "mlp"}, state=state), tmp_path / "nowhere")
 
 
-def test_failed_export_leaves_nothing_behind(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_export_leaves_nothing_behind(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlspec.checkpoints import hfdir
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -105,7 +119,10 @@ class _Bigram(nn.Module):
 
 def test_sliding_window_nll_matches_the_formula() -> None:
     ids = torch.randint(0, 17, (101,), generator=torch.Generator().manual_seed(1))
-    uniform = lambda x: torch.zeros(*x.shape, 17)  # noqa: E731
+
+    def uniform(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*x.shape, 17)
+
     total, count = sliding_window_nll(uniform, ids, context=16, stride=5)
     assert count == 100 and math.exp(total / count) == pytest.approx(17.0)
     net = _Bigram(17)
@@ -117,8 +134,9 @@ def test_sliding_window_nll_matches_the_formula() -> None:
         assert total == pytest.approx(exact, rel=1e-5)
 
 
-def test_perplexity_without_transformers_says_how_to_install(ckpts: dict[str, Path], tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_perplexity_without_transformers_says_how_to_install(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)
     text = tmp_path / "t.txt"
     text.write_text("hello world")
@@ -137,14 +155,14 @@ def test_mergekit_ties_config_becomes_a_spec_that_checks(ckpts: dict[str, Path],
 
     yaml_text = f"""
 models:
-  - model: {ckpts['a']}
+  - model: {ckpts["a"]}
     parameters: {{density: [1, 0.7, 0.1], weight: 1.0}}
-  - model: {ckpts['b']}
+  - model: {ckpts["b"]}
     parameters:
       density: [1, 0.7, 0.1]
       weight: [{{filter: mlp, value: 0.5}}, {{filter: layers.0., value: 0.2}}, {{value: 0}}]
 merge_method: ties
-base_model: {ckpts['base']}
+base_model: {ckpts["base"]}
 parameters: {{normalize: true, int8_mask: true, lambda: 0.8}}
 dtype: bfloat16
 """
@@ -152,25 +170,36 @@ dtype: bfloat16
     lowered = lower(parse(spec, file="imported.merge"))
     merge = next(s for s in lowered.steps.values() if s.op == "merge_checkpoints")
     p = merge.params
-    assert (p["method"], p["trim"], p["weights_at"], p["elect"], p["scale"]) == ("ties", "tensor", "before", "mass", 0.8)
+    assert (p["method"], p["trim"], p["weights_at"], p["elect"], p["scale"]) == (
+        "ties",
+        "tensor",
+        "before",
+        "mass",
+        0.8,
+    )
     assert p["density"] == [1.0, 0.7, 0.1] and p["dtype"] == "bfloat16"
-    assert p["weights"][1] == [{"filter": "mlp", "value": 0.5}, {"filter": "layers.0.", "value": 0.2},
-                               {"filter": None, "value": 0.0}]
+    assert p["weights"][1] == [
+        {"filter": "mlp", "value": 0.5},
+        {"filter": "layers.0.", "value": 0.2},
+        {"filter": None, "value": 0.0},
+    ]
     assert any(s.op == "export" for s in lowered.steps.values())
 
 
 def test_mergekit_slerp_and_task_arithmetic_map_their_semantics(ckpts: dict[str, Path]) -> None:
     slerp = mergekit_to_spec(f"""
 merge_method: slerp
-base_model: {ckpts['b']}
-models: [{{model: {ckpts['a']}}}, {{model: {ckpts['b']}}}]
+base_model: {ckpts["b"]}
+models: [{{model: {ckpts["a"]}}}, {{model: {ckpts["b"]}}}]
 parameters: {{t: [{{filter: self_attn, value: [0, 1]}}, {{value: 0.5}}]}}
 """)
     assert "models = [b, a]" in slerp and "t = by_name(self_attn = [0, 1], default = 0.5)" in slerp
     ta = mergekit_to_spec(f"""
 merge_method: task_arithmetic
-base_model: {ckpts['base']}
-models: [{{model: {ckpts['a']}, parameters: {{weight: 2}}}}, {{model: {ckpts['b']}, parameters: {{weight: 1}}}}]
+base_model: {ckpts["base"]}
+models:
+  - {{model: {ckpts["a"]}, parameters: {{weight: 2}}}}
+  - {{model: {ckpts["b"]}, parameters: {{weight: 1}}}}
 parameters: {{normalize: true, lambda: 0.6}}
 """)
     assert "scale = [0.4, 0.2]" in ta
@@ -181,8 +210,11 @@ parameters: {{normalize: true, lambda: 0.6}}
     [
         ("merge_method: della\nmodels: [{model: a}]", "'della' has no mlspec equivalent"),
         ("merge_method: linear\nslices: [{sources: []}]", "'slices'"),
-        ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {density: 0.5}}, "
-         "{model: c, parameters: {density: 0.3}}]", "different 'density' values"),
+        (
+            "merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {density: 0.5}}, "
+            "{model: c, parameters: {density: 0.3}}]",
+            "different 'density' values",
+        ),
         ("merge_method: linear\nmodels: [{model: org/m+org/lora}]", "LoRA adapters"),
         ("merge_method: [unclosed", "not valid YAML"),
         ("just: text", "no 'merge_method'"),
@@ -204,11 +236,17 @@ def test_perplexity_of_a_merged_llama_with_transformers(ckpts: dict[str, Path], 
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
     merged = streamed("average")(_ctx(tmp_path), ms.AverageParams(), models=[refs["a"], refs["b"]])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(merged.arch["path"])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(
+        merged.arch["path"]
+    )
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over a lazy dog. " * 3)
-    whole = perplexity(_ctx(tmp_path), PerplexityParams(text=str(text), context=512, stride=512), model=merged)
-    windowed = perplexity(_ctx(tmp_path), PerplexityParams(text=str(text), context=16, stride=8), model=merged)
+    whole = perplexity(
+        _ctx(tmp_path), PerplexityParams(text=str(text), context=512, stride=512), model=merged
+    )
+    windowed = perplexity(
+        _ctx(tmp_path), PerplexityParams(text=str(text), context=16, stride=8), model=merged
+    )
     net = transformers.AutoModelForCausalLM.from_pretrained(merged.arch["path"], local_files_only=True)
     ids = torch.tensor([vocab[ch] for ch in text.read_text()])
     with torch.no_grad():

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
 from mlspec.checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
 from mlspec.checkpoints.source import Checkpoint, layer_index
 from mlspec.checkpoints.synthetic import llama_config, llama_shapes, write_llama
 from mlspec.checkpoints.writer import INDEX_NAME, PlannedTensor, ShardedWriter
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
@@ -112,8 +111,14 @@ def test_refuses_pickles_that_are_not_plain_state_dicts(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda d: d / "missing", "checkpoint not found"),
-        (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "expected a Hugging Face model directory"),
-        (lambda d: (d / "x.safetensors").write_bytes(b"\x00" * 20) and d / "x.safetensors", "not a valid safetensors"),
+        (
+            lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt",
+            "expected a Hugging Face model directory",
+        ),
+        (
+            lambda d: (d / "x.safetensors").write_bytes(b"\x00" * 20) and d / "x.safetensors",
+            "not a valid safetensors",
+        ),
         (lambda d: d, "has no config.json"),
         (lambda d: (d / "config.json").write_text("{}") and d, "has a config.json but no weights"),
     ],

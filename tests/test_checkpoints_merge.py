@@ -11,11 +11,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as hs
-from safetensors.torch import load_file, save_file
-
-from mlspec.checkpoints import is_checkpoint
+from mlspec.checkpoints import engine, is_checkpoint
 from mlspec.checkpoints import settings as st
-from mlspec.checkpoints import engine
 from mlspec.checkpoints.engine import StreamOptions, stream_merge
 from mlspec.checkpoints.layout import CheckpointError
 from mlspec.checkpoints.ops import load, merge_checkpoints, streamed
@@ -27,6 +24,7 @@ from mlspec.ops.merge import elementwise, kernels
 from mlspec.ops.merge import specs as ms
 from mlspec.run.context import StepContext
 from mlspec.values import Model
+from safetensors.torch import load_file, save_file
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
@@ -43,8 +41,15 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _ctx(tmp_path: Path, name: str = "m") -> StepContext:
-    return StepContext(name=name, key=name, seed=7, device="cpu", out_dir=tmp_path / "out",
-                       work_dir=tmp_path / "work" / name, input_names={"models": ["a", "b"]})
+    return StepContext(
+        name=name,
+        key=name,
+        seed=7,
+        device="cpu",
+        out_dir=tmp_path / "out",
+        work_dir=tmp_path / "work" / name,
+        input_names={"models": ["a", "b"]},
+    )
 
 
 def _memory(path: Path) -> Model:
@@ -66,7 +71,10 @@ CASES: list[tuple[str, Any]] = [
     ("slerp", ms.SlerpParams(t=0.3)),
     ("spherical_mean", ms.SphericalMeanParams(weights=[1.0, 2.0])),
     ("ties", ms.TiesParams(density=0.3)),  # whole-model trim: two streamed threshold passes
-    ("ties", ms.TiesParams(density=0.4, trim="tensor", weights=[1.0, 0.5], weights_at="before", elect="count")),
+    (
+        "ties",
+        ms.TiesParams(density=0.4, trim="tensor", weights=[1.0, 0.5], weights_at="before", elect="count"),
+    ),
     ("dare", ms.DareParams(density=0.6, merge="ties", rescale="l1")),
     ("breadcrumbs", ms.BreadcrumbsParams(density=0.8, gamma=0.05)),
     ("model_stock", ms.ModelStockParams()),
@@ -103,18 +111,33 @@ def test_streamed_merge_equals_in_memory_operator(
 def test_settings_vary_by_name_and_depth_as_resolved_by_hand(ckpts: dict[str, Path], tmp_path: Path) -> None:
     """ties with a density gradient and a by_name weight: each tensor equals the kernel called with
     the hand-resolved values (layer 0 → t = 0, layer 1 → t = 1, non-layer tensors → t = 0)."""
-    params = MergeCheckpointsParams.model_validate({
-        "method": "ties", "trim": "tensor", "density": [0.2, 0.6],
-        "weights": [{"type": "by_name", "mlp": 2.0, "default": 1.0}, 0.5], "out_dtype": "float64",
-    })
+    params = MergeCheckpointsParams.model_validate(
+        {
+            "method": "ties",
+            "trim": "tensor",
+            "density": [0.2, 0.6],
+            "weights": [{"type": "by_name", "mlp": 2.0, "default": 1.0}, 0.5],
+            "out_dtype": "float64",
+        }
+    )
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    got = _written(merge_checkpoints(_ctx(tmp_path), params, base=refs["base"], models=[refs["a"], refs["b"]]))
+    got = _written(
+        merge_checkpoints(_ctx(tmp_path), params, base=refs["base"], models=[refs["a"], refs["b"]])
+    )
     mem = {k: _memory(p).state for k, p in ckpts.items()}
     for name, tensor in got.items():
         density = 0.6 if ".layers.1." in name else 0.2
         weights = [2.0 if "mlp" in name else 1.0, 0.5]
-        expected = kernels.ties(mem["base"][name], [mem["a"][name], mem["b"][name]], density=density,
-                                weights=weights, elect="mass", weights_at="after", normalize=True, scale=1.0)
+        expected = kernels.ties(
+            mem["base"][name],
+            [mem["a"][name], mem["b"][name]],
+            density=density,
+            weights=weights,
+            elect="mass",
+            weights_at="after",
+            normalize=True,
+            scale=1.0,
+        )
         assert tensor.dtype == torch.float64
         torch.testing.assert_close(tensor, expected.double(), msg=name)
 
@@ -131,7 +154,11 @@ def test_settings_resolution_oracle() -> None:
     with pytest.raises(LookupError, match="no rule matches tensor 'norm'"):
         st.resolve(first_wins, "norm", 0)
     assert st.depth(None, 12) == 0.0 and st.depth(11, 12) == 1.0 and st.depth(0, 1) == 1.0
-    for bad, msg in [("x", "must be a number"), ([], "at least one point"), ({"type": "gradient"}, "by_name")]:
+    for bad, msg in [
+        ("x", "must be a number"),
+        ([], "at least one point"),
+        ({"type": "gradient"}, "by_name"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             st.normalise(bad)
 
@@ -144,7 +171,9 @@ def test_gradient_stays_between_its_points_and_hits_its_ends(points: list[float]
     assert st.resolve(points, "w", 1.0) == pytest.approx(points[-1])
 
 
-def test_mismatched_checkpoints_fail_before_merging_naming_tensor_and_shapes(ckpts: dict[str, Path], tmp_path: Path) -> None:
+def test_mismatched_checkpoints_fail_before_merging_naming_tensor_and_shapes(
+    ckpts: dict[str, Path], tmp_path: Path
+) -> None:
     state = load_file(ckpts["a"] / "model.safetensors")
     state["model.layers.0.mlp.up_proj.weight"] = torch.zeros(40, 32)
     del state["model.norm.weight"]
@@ -171,23 +200,33 @@ def test_extra_tensors_are_an_explicit_choice(ckpts: dict[str, Path], tmp_path: 
     (more / "config.json").write_text(json.dumps(TINY))
     with pytest.raises(CheckpointError, match="tensor 'extra.bias' is missing from model"):
         stream_merge("average", None, [ckpts["b"], more], {}, tmp_path / "o1")
-    info = stream_merge("average", None, [more, ckpts["b"]], {}, tmp_path / "o2", options=StreamOptions(extra="base"))
+    info = stream_merge(
+        "average", None, [more, ckpts["b"]], {}, tmp_path / "o2", options=StreamOptions(extra="base")
+    )
     assert info["notes"]["copied"] == ["extra.bias"]
     assert torch.equal(load_file(tmp_path / "o2" / "model.safetensors")["extra.bias"], torch.ones(3))
-    info = stream_merge("average", None, [more, ckpts["b"]], {}, tmp_path / "o3", options=StreamOptions(extra="drop"))
+    info = stream_merge(
+        "average", None, [more, ckpts["b"]], {}, tmp_path / "o3", options=StreamOptions(extra="drop")
+    )
     assert info["notes"]["dropped"] == ["extra.bias"]
 
 
 def test_tied_embeddings_are_refused_or_untied_on_request(ckpts: dict[str, Path], tmp_path: Path) -> None:
     tied_cfg = {**TINY, "tie_word_embeddings": True}
     tied = write_llama(tmp_path / "tied", tied_cfg, seed=5, base_seed=0, delta=0.2)
-    with pytest.raises(CheckpointError, match="'lm_head.weight' is missing from model .*tie_word_embeddings.*tied = untie"):
+    with pytest.raises(
+        CheckpointError, match="'lm_head.weight' is missing from model .*tie_word_embeddings.*tied = untie"
+    ):
         stream_merge("average", None, [ckpts["a"], tied], {}, tmp_path / "o")
-    info = stream_merge("average", None, [ckpts["a"], tied], {}, tmp_path / "o", options=StreamOptions(tied="untie"))
+    info = stream_merge(
+        "average", None, [ckpts["a"], tied], {}, tmp_path / "o", options=StreamOptions(tied="untie")
+    )
     assert info["notes"]["untied"] == ["lm_head.weight"]
     merged = load_file(tmp_path / "o" / "model.safetensors")
     a, t = load_file(ckpts["a"] / "model.safetensors"), load_file(tied / "model.safetensors")
-    torch.testing.assert_close(merged["lm_head.weight"], (a["lm_head.weight"] + t["model.embed_tokens.weight"]) / 2)
+    torch.testing.assert_close(
+        merged["lm_head.weight"], (a["lm_head.weight"] + t["model.embed_tokens.weight"]) / 2
+    )
     assert json.loads((tmp_path / "o" / "config.json").read_text())["tie_word_embeddings"] is False
 
 
@@ -212,6 +251,8 @@ def test_merge_checkpoints_params_validate_against_the_operator() -> None:
     with pytest.raises(ValueError, match="ties has no parameter 't'"):
         MergeCheckpointsParams.model_validate({"method": "ties", "t": 0.5})
     with pytest.raises(ValueError, match="less than or equal to 1"):
-        MergeCheckpointsParams.model_validate({"method": "ties", "density": {"type": "by_name", "mlp": 1.5, "default": 0.1}})
+        MergeCheckpointsParams.model_validate(
+            {"method": "ties", "density": {"type": "by_name", "mlp": 1.5, "default": 0.1}}
+        )
     with pytest.raises(ValueError, match="checkpoint not found"):
         LoadParams.model_validate({"path": "/nonexistent/model"})

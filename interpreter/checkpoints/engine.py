@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
-
 from mlspec.checkpoints import hfdir
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.layout import CheckpointError, parse_size
@@ -36,10 +34,16 @@ from mlspec.checkpoints.writer import ShardedWriter
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.sparsify import MagnitudeThreshold, magnitude_threshold
 from mlspec.ops.merge.stats import MergeStats
+from torch import Tensor
 
 __all__ = ["StreamOptions", "stream_merge", "DTYPES", "BASE_POLICY"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 #: Whether each method needs a base ("required"), may take one ("optional") or takes none.
 BASE_POLICY = {
     "average": "none",
@@ -79,7 +83,9 @@ def _per_tensor(params: dict[str, Any], method: str, n: int) -> Callable[[str, f
     for key in many:
         value = params.get(key)
         if isinstance(value, list) and not st.is_rules(value) and len(value) != n:
-            raise CheckpointError(f"{method}: {key} needs one value per model ({n}), not {len(value)} ({value!r})")
+            raise CheckpointError(
+                f"{method}: {key} needs one value per model ({n}), not {len(value)} ({value!r})"
+            )
 
     def resolve(name: str, t: float) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -118,12 +124,22 @@ def _call(method: str, p: dict[str, Any], base: Tensor | None, xs: list[Tensor],
     shared = dict(weights=weights, weights_at=p["weights_at"], normalize=p["normalize"], scale=p["scale"])
     assert base is not None
     if method == "ties":
-        return kernels.ties(base, xs, density=p["density"], elect=p["elect"], thresholds=extra.get("thresholds"), **shared)
+        return kernels.ties(
+            base, xs, density=p["density"], elect=p["elect"], thresholds=extra.get("thresholds"), **shared
+        )
     if method == "dare":
         return kernels.dare(
-            base, xs, density=p["density"], rescale=p["rescale"], consensus=consensus, generator=extra.get("generator"), **shared
+            base,
+            xs,
+            density=p["density"],
+            rescale=p["rescale"],
+            consensus=consensus,
+            generator=extra.get("generator"),
+            **shared,
         )
-    return kernels.breadcrumbs(base, xs, density=p["density"], gamma=p["gamma"], consensus=consensus, **shared)
+    return kernels.breadcrumbs(
+        base, xs, density=p["density"], gamma=p["gamma"], consensus=consensus, **shared
+    )
 
 
 def _read(ck: Checkpoint, name: str, dtype: torch.dtype) -> Tensor:
@@ -190,11 +206,15 @@ def stream_merge(
     with ExitStack() as stack:
         inputs = [stack.enter_context(Checkpoint.open(p)) for p in paths]
         out_dtype = DTYPES[options.out_dtype] if options.out_dtype else None
-        plan = plan_tensors(list(zip(labelled, inputs)), extra=options.extra, tied=options.tied, out_dtype=out_dtype)
+        plan = plan_tensors(
+            list(zip(labelled, inputs)), extra=options.extra, tied=options.tied, out_dtype=out_dtype
+        )
         trim_model = method == "ties" and full["trim"] == "model"
         if trim_model and not st.is_uniform(full["density"]):
-            raise CheckpointError("ties: trim = model ranks a whole task vector at one density; a density that "
-                                  "varies by tensor needs trim = tensor")
+            raise CheckpointError(
+                "ties: trim = model ranks a whole task vector at one density; a density that "
+                "varies by tensor needs trim = tensor"
+            )
         passes = len(plan.merged) * 2 if trim_model else 0
         track = progress or (lambda total, desc: _Silent())
         with track(len(plan.jobs) + passes, f"{method} (streaming)") as advance:
@@ -207,8 +227,16 @@ def stream_merge(
             metadata = {"mlspec.method": method}
             # DARE draws from one generator in tensor order: only a single worker keeps that order.
             workers = 1 if method == "dare" else max(1, options.workers)
-            with _one_thread_per_worker(), ShardedWriter(out_dir, [j.planned for j in plan.jobs], shard_bytes=parse_size(options.shard_size),
-                               metadata=metadata) as writer, ThreadPoolExecutor(workers) as pool:
+            with (
+                _one_thread_per_worker(),
+                ShardedWriter(
+                    out_dir,
+                    [j.planned for j in plan.jobs],
+                    shard_bytes=parse_size(options.shard_size),
+                    metadata=metadata,
+                ) as writer,
+                ThreadPoolExecutor(workers) as pool,
+            ):
                 pending: deque[tuple[Job, Future[_Merged]]] = deque()
 
                 def finish_one() -> None:
@@ -223,19 +251,42 @@ def stream_merge(
                 budget = max(math.prod(j.shape) for j in plan.jobs)
                 for job in plan.jobs:
                     size = math.prod(job.shape)
-                    while pending and (len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget):
+                    while pending and (
+                        len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget
+                    ):
                         finish_one()
-                    pending.append((job, pool.submit(_merge_one, job, inputs, plan, method, resolve, compute, extra,
-                                                     has_base=base is not None)))
+                    pending.append(
+                        (
+                            job,
+                            pool.submit(
+                                _merge_one,
+                                job,
+                                inputs,
+                                plan,
+                                method,
+                                resolve,
+                                compute,
+                                extra,
+                                has_base=base is not None,
+                            ),
+                        )
+                    )
                 while pending:
                     finish_one()
         reference = inputs[0]
         written = {j.out_dtype for j in plan.merged}
-        hfdir.write_config(out_dir, reference.config, dtype=_dtype_name(written), untied=bool(plan.notes.get("untied")))
+        hfdir.write_config(
+            out_dir, reference.config, dtype=_dtype_name(written), untied=bool(plan.notes.get("untied"))
+        )
         hfdir.copy_companions(reference.layout.directory, out_dir)
     info: dict[str, Any] = stats.summary() if stats is not None else {"method": method, "params": full}
-    info.update(streamed=True, seconds=round(time.perf_counter() - started, 3), notes=plan.notes,
-                inputs=[str(Path(p).resolve()) for p in paths], written=len(plan.jobs))
+    info.update(
+        streamed=True,
+        seconds=round(time.perf_counter() - started, 3),
+        notes=plan.notes,
+        inputs=[str(Path(p).resolve()) for p in paths],
+        written=len(plan.jobs),
+    )
     if trim_model:
         info["thresholds"] = extra["thresholds"]
     return info
@@ -272,7 +323,10 @@ def _merge_one(
                 return _call(method, p, base, xs, **extra), xs, base
             if method == "ties" and extra.get("thresholds") is None:
                 assert base is not None
-                extra = {**extra, "thresholds": [_tensor_threshold(base, x, p["density"], compute) for x in xs]}
+                extra = {
+                    **extra,
+                    "thresholds": [_tensor_threshold(base, x, p["density"], compute) for x in xs],
+                }
             merged = torch.empty(job.shape, dtype=job.out_dtype)
             rows = max(1, CHUNK // math.prod(job.shape[1:]))
             for start in range(0, job.shape[0], rows):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from mlspec.checkpoints import hfdir, is_checkpoint
 from mlspec.checkpoints.layout import CheckpointError, locate, parse_size
 from mlspec.checkpoints.source import Checkpoint
@@ -79,12 +78,18 @@ def export_hf(
         config, dtypes = _write_weights(model, staging, parse_size(shard_size))
         names = {str(d).removeprefix("torch.") for d in dtypes if d.is_floating_point}
         untied = bool(model.info.get("merge", {}).get("notes", {}).get("untied"))
-        hfdir.write_config(staging, config or base_layout.config, dtype=names.pop() if len(names) == 1 else None,
-                           untied=untied)
+        hfdir.write_config(
+            staging,
+            config or base_layout.config,
+            dtype=names.pop() if len(names) == 1 else None,
+            untied=untied,
+        )
         hfdir.copy_companions(base_layout.directory, staging)
         merge = model.info.get("merge")
         sources = list(merge.get("inputs", [])) if merge else [str(model.arch.get("path", ""))]
-        hfdir.write_card(staging, title=title or out_path.name, merge=merge, sources=[s for s in sources if s], spec=spec)
+        hfdir.write_card(
+            staging, title=title or out_path.name, merge=merge, sources=[s for s in sources if s], spec=spec
+        )
         if out_path.exists():
             shutil.rmtree(out_path)
         staging.rename(out_path)

@@ -62,12 +62,20 @@ def _fence(text: str) -> str:
     return "~~~~\n" + text.rstrip("\n") + "\n~~~~"
 
 
-def write_card(out_dir: Path, *, title: str, merge: dict[str, Any] | None, sources: list[str], spec: str | None) -> None:
+def write_card(
+    out_dir: Path, *, title: str, merge: dict[str, Any] | None, sources: list[str], spec: str | None
+) -> None:
     """README.md with a model-card header, the merge method and parameters, the inputs and the spec."""
     lines = ["---", "library_name: transformers", "tags:", "- merge", "- mlspec", "---", "", f"# {title}", ""]
     lines += ["Made with mlspec, a declarative language for model-merging studies.", ""]
     if merge:
-        lines += [f"Method: `{merge.get('method')}`", "", "Parameters:", "", _fence(json.dumps(merge.get("params"), indent=2))]
+        lines += [
+            f"Method: `{merge.get('method')}`",
+            "",
+            "Parameters:",
+            "",
+            _fence(json.dumps(merge.get("params"), indent=2)),
+        ]
         lines.append("")
     if sources:
         lines += ["Inputs:", ""] + [f"- `{s}`" for s in sources] + [""]

@@ -52,8 +52,16 @@ SUPPORTED: dict[str, tuple[str, dict[str, Any], bool | None]] = {
     "model_stock": ("model_stock", {"mean": "cosine"}, None),
     "karcher": ("spherical_mean", {}, None),
 }
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+}
 _KEYWORDS = {"true", "false", "step", "on", "for", "in", "to", "as", "study", "use", "export", "report"}
 
 
@@ -70,12 +78,23 @@ def _value(v: Any) -> str:
     if isinstance(v, str):
         return v
     if st.is_rules(v):
-        if all(r["filter"] is None or (r["filter"].isidentifier() and r["filter"] not in _KEYWORDS
-                                       and not keyword.iskeyword(r["filter"])) for r in v):
+        if all(
+            r["filter"] is None
+            or (
+                r["filter"].isidentifier()
+                and r["filter"] not in _KEYWORDS
+                and not keyword.iskeyword(r["filter"])
+            )
+            for r in v
+        ):
             parts = [f"{r['filter'] or 'default'} = {_value(r['value'])}" for r in v]
             return f"by_name({', '.join(parts)})"
-        rules = [f"rule(filter = \"{r['filter']}\", value = {_value(r['value'])})" if r["filter"] is not None
-                 else f"rule(value = {_value(r['value'])})" for r in v]
+        rules = [
+            f'rule(filter = "{r["filter"]}", value = {_value(r["value"])})'
+            if r["filter"] is not None
+            else f"rule(value = {_value(r['value'])})"
+            for r in v
+        ]
         return f"[{', '.join(rules)}]"
     return f"[{', '.join(_value(x) for x in v)}]"
 
@@ -112,8 +131,10 @@ def _shared(models: list[dict[str, Any]], key: str, default: Any) -> Any:
     """A per-model mergekit parameter that mlspec takes once: all models must agree."""
     values = [m.get("parameters", {}).get(key, default) for m in models]
     if any(v != values[0] for v in values):
-        raise _fail(f"the models give different '{key}' values ({values}); mlspec uses one {key} for all "
-                    "models (it may vary by tensor)")
+        raise _fail(
+            f"the models give different '{key}' values ({values}); mlspec uses one {key} for all "
+            "models (it may vary by tensor)"
+        )
     return values[0]
 
 
@@ -132,7 +153,9 @@ def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
         raise _fail(f"merge_method {method!r} has no mlspec equivalent (supported: {', '.join(SUPPORTED)})")
     for key in ("slices", "modules"):
         if config.get(key):
-            raise _fail(f"'{key}' (layer ranges, frankenmerges, multi-module models) are not supported; use 'models'")
+            raise _fail(
+                f"'{key}' (layer ranges, frankenmerges, multi-module models) are not supported; use 'models'"
+            )
     ours, fixed, normalize_default = SUPPORTED[method]
     models = config.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, dict) and "model" in m for m in models):
@@ -140,7 +163,9 @@ def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
     base_ref = config.get("base_model")
     for ref in [base_ref, *(m["model"] for m in models)]:
         if ref is not None and ("+" in str(ref) or "@" in str(ref)):
-            raise _fail(f"model reference {ref!r}: LoRA adapters and revisions are not supported (use a local path)")
+            raise _fail(
+                f"model reference {ref!r}: LoRA adapters and revisions are not supported (use a local path)"
+            )
     glob = dict(config.get("parameters") or {})
     params: dict[str, Any] = dict(fixed)
     others = [m for m in models if m["model"] != base_ref] if ours != "slerp" else models
@@ -156,8 +181,10 @@ def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
             params["max_iter"] = int(glob["max_iter"])
     else:
         lam = float(glob.get("lambda", 1.0))
-        weights = [_setting(m.get("parameters", {}).get("weight", glob.get("weight", 1.0)), f"{m['model']}: weight")
-                   for m in others]
+        weights = [
+            _setting(m.get("parameters", {}).get("weight", glob.get("weight", 1.0)), f"{m['model']}: weight")
+            for m in others
+        ]
         normalize = bool(glob.get("normalize", normalize_default))
         if ours == "task_arithmetic":
             total = sum(w for w in weights if isinstance(w, float)) if normalize else 1.0
@@ -182,15 +209,32 @@ def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
             if str(config[key]) not in _DTYPES:
                 raise _fail(f"{key} {config[key]!r} is not one of {', '.join(sorted(_DTYPES))}")
             params[key] = _DTYPES[str(config[key])]
-    return _render(method, ours, base_ref if ours not in ("average", "spherical_mean", "slerp") else None,
-                   [m["model"] for m in others], params, config, name)
+    return _render(
+        method,
+        ours,
+        base_ref if ours not in ("average", "spherical_mean", "slerp") else None,
+        [m["model"] for m in others],
+        params,
+        config,
+        name,
+    )
 
 
-def _render(method: str, ours: str, base: str | None, models: list[str], params: dict[str, Any],
-            config: dict[str, Any], name: str) -> str:
+def _render(
+    method: str,
+    ours: str,
+    base: str | None,
+    models: list[str],
+    params: dict[str, Any],
+    config: dict[str, Any],
+    name: str,
+) -> str:
     taken: set[str] = {name}
-    lines = [f"# Imported from a mergekit config (merge_method: {method}).",
-             "# Checkpoints are read from local paths only: replace hub ids with downloaded directories.", ""]
+    lines = [
+        f"# Imported from a mergekit config (merge_method: {method}).",
+        "# Checkpoints are read from local paths only: replace hub ids with downloaded directories.",
+        "",
+    ]
     if config.get("tokenizer_source") or config.get("tokenizer") or config.get("chat_template"):
         lines.insert(2, "# The tokenizer settings were not imported: the base model's tokenizer is copied.")
     lines += [f'study "{name}" (seed = 0)', ""]
@@ -199,7 +243,11 @@ def _render(method: str, ours: str, base: str | None, models: list[str], params:
         lines.append(f'model {base_name} = load("{base}")')
     names = [_identifier(m, taken) for m in models]
     lines += [f'model {n} = load("{m}")' for n, m in zip(names, models)]
-    args = [f"method = {ours}"] + ([f"base = {base_name}"] if base_name else []) + [f"models = [{', '.join(names)}]"]
+    args = (
+        [f"method = {ours}"]
+        + ([f"base = {base_name}"] if base_name else [])
+        + [f"models = [{', '.join(names)}]"]
+    )
     args += [f"{k} = {_value(v)}" for k, v in params.items()]
     lines += ["", f"merge {name} = merge_checkpoints(", *[f"    {a}," for a in args], ")"]
     lines += [f'export {name} to "{name}" as hf', ""]

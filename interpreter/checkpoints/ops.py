@@ -24,17 +24,24 @@ __all__ = ["load", "merge_checkpoints", "streamed", "reference", "checkpoint_pat
 def reference(path: str | Path, **info: Any) -> Model:
     """A checkpoint reference: the weights stay on disk; the fingerprint keys downstream caches."""
     layout = locate(path)
-    arch = {"type": CHECKPOINT, "path": str(layout.path), "format": layout.kind, "fingerprint": fingerprint(layout)}
+    arch = {
+        "type": CHECKPOINT,
+        "path": str(layout.path),
+        "format": layout.kind,
+        "fingerprint": fingerprint(layout),
+    }
     return Model(arch=arch, state={}, info=info)
 
 
 def checkpoint_path(model: Model, what: str) -> Path:
     """The directory or file a checkpoint reference points at, or a StepError saying why not."""
     if not is_checkpoint(model):
-        raise StepError(f"{what} is a model held in memory, not a checkpoint (make it with load(\"path\"))")
+        raise StepError(f'{what} is a model held in memory, not a checkpoint (make it with load("path"))')
     path = Path(model.arch["path"])
     if not path.exists():
-        raise StepError(f"checkpoint {str(path)!r} of {what} no longer exists (clear the cache entry or run --force)")
+        raise StepError(
+            f"checkpoint {str(path)!r} of {what} no longer exists (clear the cache entry or run --force)"
+        )
     return path
 
 
@@ -61,7 +68,11 @@ def _labels(ctx: StepContext, n: int) -> list[str]:
 
 
 def _run(
-    ctx: StepContext, method: str, method_params: dict[str, Any], base: Model | None, models: list[Model],
+    ctx: StepContext,
+    method: str,
+    method_params: dict[str, Any],
+    base: Model | None,
+    models: list[Model],
     options: StreamOptions,
 ) -> Model:
     base_path = checkpoint_path(base, "base") if base is not None else None
@@ -71,20 +82,35 @@ def _run(
     if out_dir.exists():  # a run that did not finish: start again
         shutil.rmtree(out_dir)
     try:
-        info = stream_merge(method, base_path, paths, method_params, out_dir, options=options, labels=labels,
-                            generator=ctx.generator(), progress=ctx.progress)
+        info = stream_merge(
+            method,
+            base_path,
+            paths,
+            method_params,
+            out_dir,
+            options=options,
+            labels=labels,
+            generator=ctx.generator(),
+            progress=ctx.progress,
+        )
     except CheckpointError as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise StepError(str(exc)) from None
     return reference(out_dir, merge=info)
 
 
-def merge_checkpoints(ctx: StepContext, params: Params, *, models: list[Model], base: Model | None = None) -> Model:
-    method = str(getattr(params, "method"))
+def merge_checkpoints(
+    ctx: StepContext, params: Params, *, models: list[Model], base: Model | None = None
+) -> Model:
+    method = str(params.method)
     given = {k: getattr(params, k) for k in METHODS[method].model_fields if getattr(params, k) is not None}
     options = StreamOptions(
-        dtype=getattr(params, "dtype"), out_dtype=getattr(params, "out_dtype"), shard_size=getattr(params, "shard_size"),
-        extra=getattr(params, "extra"), tied=getattr(params, "tied"), stats=getattr(params, "stats"),
+        dtype=params.dtype,
+        out_dtype=params.out_dtype,
+        shard_size=params.shard_size,
+        extra=params.extra,
+        tied=params.tied,
+        stats=params.stats,
     )
     return _run(ctx, method, given, base, models, options)
 
@@ -95,12 +121,21 @@ def streamed(op: str) -> Callable[..., Model]:
     if op not in METHODS:
         raise KeyError(f"{op!r} has no streaming implementation (streamed: {', '.join(METHODS)})")
 
-    def run(ctx: StepContext, params: Params, *, models: list[Model] | None = None, base: Model | None = None,
-            a: Model | None = None, b: Model | None = None) -> Model:
+    def run(
+        ctx: StepContext,
+        params: Params,
+        *,
+        models: list[Model] | None = None,
+        base: Model | None = None,
+        a: Model | None = None,
+        b: Model | None = None,
+    ) -> Model:
         inputs = [a, b] if op == "slerp" else list(models or [])
         everyone = [m for m in [base, *inputs] if m is not None]
         if not all(is_checkpoint(m) for m in everyone):
-            raise StepError(f"{op}: cannot merge checkpoints with models held in memory; load them all with load(...)")
+            raise StepError(
+                f"{op}: cannot merge checkpoints with models held in memory; load them all with load(...)"
+            )
         return _run(ctx, op, params.model_dump(), base, [m for m in inputs if m is not None], StreamOptions())
 
     run.__name__ = f"streamed_{op}"

@@ -15,20 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.nn import functional as F
-
 from mlspec.checkpoints.layout import CheckpointError, locate
 from mlspec.checkpoints.specs import PerplexityParams
 from mlspec.errors import StepError
 from mlspec.run.context import StepContext
 from mlspec.values import Model, Record
+from torch import Tensor
+from torch.nn import functional as F
 
 __all__ = ["sliding_window_nll", "perplexity", "require_transformers"]
 
 
 @torch.no_grad()
-def sliding_window_nll(logits_of: Callable[[Tensor], Tensor], ids: Tensor, *, context: int, stride: int) -> tuple[float, int]:
+def sliding_window_nll(
+    logits_of: Callable[[Tensor], Tensor], ids: Tensor, *, context: int, stride: int
+) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) and the number of tokens scored.
 
     ``logits_of`` maps token ids ``(1, L)`` to logits ``(1, L, vocab)``; ``ids`` is 1-D."""
@@ -67,7 +68,9 @@ def _model_dir(model: Model) -> Path:
     except CheckpointError as exc:
         raise StepError(str(exc)) from None
     if layout.kind != "hf":
-        raise StepError(f"perplexity needs a Hugging Face model directory with a config.json (not {str(path)!r})")
+        raise StepError(
+            f"perplexity needs a Hugging Face model directory with a config.json (not {str(path)!r})"
+        )
     return path
 
 
@@ -82,7 +85,9 @@ def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model) -> R
     except (OSError, ValueError) as exc:
         raise StepError(f"perplexity: {str(directory)!r} has no usable tokenizer files ({exc})") from None
     dtype = getattr(torch, params.dtype)
-    net = transformers.AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype)
+    net = transformers.AutoModelForCausalLM.from_pretrained(
+        str(directory), local_files_only=True, dtype=dtype
+    )
     net.to(ctx.device).eval()
     ids = tokenizer(text_file.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
     if params.max_tokens is not None:
@@ -90,13 +95,17 @@ def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model) -> R
     if ids.numel() < 2:
         raise StepError(f"perplexity: {params.text!r} holds fewer than two tokens")
     ids = ids.to(ctx.device)
-    total, count = sliding_window_nll(lambda x: net(input_ids=x).logits, ids, context=params.context, stride=params.stride)
-    return Record({
-        "model": ctx.input_names.get("model"),
-        "text": params.text,
-        "tokens": count,
-        "nll": total / count,
-        "perplexity": math.exp(total / count),
-        "context": params.context,
-        "stride": params.stride,
-    })
+    total, count = sliding_window_nll(
+        lambda x: net(input_ids=x).logits, ids, context=params.context, stride=params.stride
+    )
+    return Record(
+        {
+            "model": ctx.input_names.get("model"),
+            "text": params.text,
+            "tokens": count,
+            "nll": total / count,
+            "perplexity": math.exp(total / count),
+            "context": params.context,
+            "stride": params.stride,
+        }
+    )

@@ -58,9 +58,14 @@ def normalise(value: Any) -> float | list[Any]:
     ``{"filter": str | None, "value": float | list[float]}`` rules. Raises ValueError on anything else."""
     if isinstance(value, Mapping):
         if value.get("type") not in (None, "by_name"):
-            raise ValueError(f"expected a number, a gradient list or by_name(...) (not {value.get('type')!r}(...))")
+            raise ValueError(
+                f"expected a number, a gradient list or by_name(...) (not {value.get('type')!r}(...))"
+            )
         rules = [
-            {"filter": None if key in DEFAULT_KEYS else str(key), "value": _scalar_or_gradient(v, f"by_name {key}")}
+            {
+                "filter": None if key in DEFAULT_KEYS else str(key),
+                "value": _scalar_or_gradient(v, f"by_name {key}"),
+            }
             for key, v in value.items()
             if key != "type"
         ]

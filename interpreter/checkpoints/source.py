@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-
 from mlspec.checkpoints.layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
+from safetensors import SafetensorError, safe_open
 
 __all__ = ["Checkpoint", "TensorInfo", "layer_index", "SAFETENSORS_DTYPES"]
 
@@ -109,7 +108,8 @@ class Checkpoint:
             absent = sorted(listed - set(self._infos))
             if absent:
                 raise CheckpointError(
-                    f"{str(layout.path)!r}: the index lists tensors its shards do not hold: {', '.join(absent[:5])}"
+                    f"{str(layout.path)!r}: the index lists tensors its shards do not hold: "
+                    f"{', '.join(absent[:5])}"
                 )
 
     @classmethod

@@ -12,15 +12,22 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal
 
-from pydantic import Field, create_model, field_validator, model_validator
-
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
 from mlspec.errors import did_you_mean
 from mlspec.ops.merge import specs as merge_specs
 from mlspec.registry import Kind, OpSpec, Params, Port, register
+from pydantic import Field, create_model, field_validator, model_validator
 
-__all__ = ["METHODS", "LoadParams", "MergeCheckpointsParams", "PerplexityParams", "method_params", "per_model_fields", "varying_fields"]
+__all__ = [
+    "METHODS",
+    "LoadParams",
+    "MergeCheckpointsParams",
+    "PerplexityParams",
+    "method_params",
+    "per_model_fields",
+    "varying_fields",
+]
 
 #: The element-wise merge operators that stream, and their parameter models.
 METHODS: dict[str, type[Params]] = {
@@ -33,7 +40,9 @@ METHODS: dict[str, type[Params]] = {
     "breadcrumbs": merge_specs.BreadcrumbsParams,
     "model_stock": merge_specs.ModelStockParams,
 }
-Method = Literal["average", "task_arithmetic", "slerp", "spherical_mean", "ties", "dare", "breadcrumbs", "model_stock"]
+Method = Literal[
+    "average", "task_arithmetic", "slerp", "spherical_mean", "ties", "dare", "breadcrumbs", "model_stock"
+]
 DType = Literal["float32", "float64", "bfloat16", "float16"]
 
 
@@ -67,7 +76,10 @@ def method_params(method: str, given: dict[str, Any]) -> dict[str, Any]:
     model = METHODS[method]
     unknown = sorted(set(given) - set(model.model_fields))
     if unknown:
-        hint = did_you_mean(unknown[0], model.model_fields) or f"it takes: {', '.join(model.model_fields) or 'nothing'}"
+        hint = (
+            did_you_mean(unknown[0], model.model_fields)
+            or f"it takes: {', '.join(model.model_fields) or 'nothing'}"
+        )
         raise ValueError(f"{method} has no parameter {unknown[0]!r} ({hint})")
     varying, many = varying_fields(model), per_model_fields(model)
     normal: dict[str, Any] = {}
@@ -101,7 +113,9 @@ def _copy_fields() -> dict[str, Any]:
 class _StreamOptions(Params):
     method: Method = Field(description="the merge operator to apply tensor by tensor")
     dtype: DType = Field(default="float32", description="the dtype the merge math runs in")
-    out_dtype: DType | None = Field(default=None, description="dtype written (default: the base's, per tensor)")
+    out_dtype: DType | None = Field(
+        default=None, description="dtype written (default: the base's, per tensor)"
+    )
     shard_size: str = Field(default="5GB", description="largest output shard, e.g. 2GB or 500MiB")
     extra: Literal["error", "base", "drop"] = Field(
         default="error",
@@ -133,7 +147,9 @@ MergeCheckpointsParams = create_model("MergeCheckpointsParams", __base__=_Stream
 
 
 class LoadParams(Params):
-    path: str = Field(description="a Hugging Face model directory, a .safetensors file or a .pt/.pth/.bin state dict")
+    path: str = Field(
+        description="a Hugging Face model directory, a .safetensors file or a .pt/.pth/.bin state dict"
+    )
     fingerprint: str = Field(
         default="", description="filled in from the files (size, mtime, first and last MiB) so edits re-run"
     )

@@ -12,15 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from mlspec.checkpoints.writer import PlannedTensor, ShardedWriter
 
 __all__ = ["llama_config", "llama_shapes", "write_llama"]
 
 
 def llama_config(
-    *, hidden: int, layers: int, intermediate: int, vocab: int, heads: int, kv_heads: int | None = None,
-    tie_embeddings: bool = False, dtype: str = "bfloat16",
+    *,
+    hidden: int,
+    layers: int,
+    intermediate: int,
+    vocab: int,
+    heads: int,
+    kv_heads: int | None = None,
+    tie_embeddings: bool = False,
+    dtype: str = "bfloat16",
 ) -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -49,17 +55,19 @@ def llama_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
     for n in range(config["num_hidden_layers"]):
         p = f"model.layers.{n}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (h, h),
-            p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h),
-            p + "self_attn.o_proj.weight": (h, h),
-            p + "mlp.gate_proj.weight": (i, h),
-            p + "mlp.up_proj.weight": (i, h),
-            p + "mlp.down_proj.weight": (h, i),
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (h, h),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.o_proj.weight": (h, h),
+                p + "mlp.gate_proj.weight": (i, h),
+                p + "mlp.up_proj.weight": (i, h),
+                p + "mlp.down_proj.weight": (h, i),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
     shapes["model.norm.weight"] = (h,)
     if not config.get("tie_word_embeddings"):
         shapes["lm_head.weight"] = (v, h)
@@ -73,7 +81,12 @@ def _tensor(name: str, shape: tuple[int, ...], g: torch.Generator) -> torch.Tens
 
 
 def write_llama(
-    directory: Path, config: dict[str, Any], *, seed: int, base_seed: int | None = None, delta: float = 0.01,
+    directory: Path,
+    config: dict[str, Any],
+    *,
+    seed: int,
+    base_seed: int | None = None,
+    delta: float = 0.01,
     shard_size: int = 5 * 10**9,
 ) -> Path:
     """Write a checkpoint: random weights (``base_seed=None``), or the base of ``base_seed`` plus

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-
 from mlspec.checkpoints.layout import CheckpointError
 from mlspec.checkpoints.source import Checkpoint, layer_index
 from mlspec.checkpoints.writer import PlannedTensor
@@ -98,7 +97,11 @@ def plan_tensors(
     has = [set(ck.names) | set(alias) for (_, ck), alias in zip(inputs, aliases)]
     ref_label, ref = inputs[0]
     order = list(dict.fromkeys(n for (_, ck) in inputs for n in ck.names))
-    notes: dict[str, list[str]] = {"copied": [], "dropped": [], "untied": sorted({h for a in aliases for h in a})}
+    notes: dict[str, list[str]] = {
+        "copied": [],
+        "dropped": [],
+        "untied": sorted({h for a in aliases for h in a}),
+    }
     jobs: list[Job] = []
     for name in order:
         holders = [i for i, names in enumerate(has) if name in names]
@@ -121,7 +124,8 @@ def plan_tensors(
             shape = ck.info(source).shape
             if shape != ref_info.shape:
                 problems.append(
-                    f"tensor {name!r} has shape {list(shape)} in {label} but {list(ref_info.shape)} in {ref_label}"
+                    f"tensor {name!r} has shape {list(shape)} in {label} "
+                    f"but {list(ref_info.shape)} in {ref_label}"
                 )
         floating = all(ck.info(s).dtype.is_floating_point for (_, ck), s in zip(inputs, sources))
         dtype = out_dtype if (out_dtype is not None and floating) else ref_info.dtype
@@ -136,5 +140,7 @@ def plan_tensors(
         raise CheckpointError("cannot merge: the checkpoints share no floating-point tensor")
     counts = {ck.num_layers for _, ck in inputs}
     if len(counts) > 1:
-        raise CheckpointError(f"cannot merge: the checkpoints have different numbers of layers ({sorted(counts)})")
+        raise CheckpointError(
+            f"cannot merge: the checkpoints have different numbers of layers ({sorted(counts)})"
+        )
     return TensorPlan(jobs, counts.pop(), {k: v for k, v in notes.items() if v})

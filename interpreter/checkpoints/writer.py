@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import IO
 
 import torch
-
 from mlspec.checkpoints.source import SAFETENSORS_DTYPES
 
 __all__ = ["PlannedTensor", "ShardedWriter", "INDEX_NAME", "SINGLE_NAME"]
@@ -60,7 +59,11 @@ def _header(shard: list[PlannedTensor], metadata: dict[str, str]) -> bytes:
     entries: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for t in shard:
-        entries[t.name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        entries[t.name] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
         offset += t.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -76,7 +79,12 @@ class ShardedWriter:
     """
 
     def __init__(
-        self, directory: Path, plan: list[PlannedTensor], *, shard_bytes: int, metadata: dict[str, str] | None = None
+        self,
+        directory: Path,
+        plan: list[PlannedTensor],
+        *,
+        shard_bytes: int,
+        metadata: dict[str, str] | None = None,
     ):
         names = [t.name for t in plan]
         if len(set(names)) != len(names):
@@ -84,7 +92,9 @@ class ShardedWriter:
         self.directory = directory
         self._shards = _shards(plan, shard_bytes)
         n = len(self._shards)
-        self.files = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.files = (
+            [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
         self._metadata = {"format": "pt", **(metadata or {})}
         self._queue = [(i, t) for i, shard in enumerate(self._shards) for t in shard]
         self._next = 0
@@ -95,7 +105,9 @@ class ShardedWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
