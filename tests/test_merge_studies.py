@@ -29,14 +29,14 @@ def run_reduced(name: str, tmp_path: Path, replacements: list[tuple[str, str]]) 
 @pytest.mark.slow
 def test_rebasin_alignment_shrinks_the_barrier(tmp_path: Path) -> None:
     r = run_reduced("rebasin", tmp_path, [
-        ("[16, 64, 256, 512]", "[16, 128]"), ("epochs = 30", "epochs = 12"), ("steps = 25", "steps = 7"),
+        ("[16, 64, 256, 512]", "[16, 64]"), ("epochs = 30", "epochs = 10"), ("steps = 25", "steps = 5"),
     ])
-    for w in (16, 128):
+    for w in (16, 64):
         naive = r[f"naive[{w}]"]["barriers"]["loss_max_minus_mean"]
         assert r[f"weights[{w}]"]["barriers"]["loss_max_minus_mean"] < naive
         assert r[f"activations[{w}]"]["barriers"]["loss_max_minus_mean"] < naive
     ev = lambda m: r[f"evaluate {m} on digits"]["loss"]  # noqa: E731
-    assert ev("repaired[128]") < ev("mid[128]")
+    assert ev("repaired[64]") < ev("mid[64]")  # REPAIR helps most where the net is narrow
 
 
 @pytest.mark.slow
