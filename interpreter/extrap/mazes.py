@@ -35,7 +35,7 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
-__all__ = ["GENERATORS", "Mazes", "CompactMazes", "generate", "generate_compact", "to_pixels", "cells_per_side"]
+__all__ = ["GENERATORS", "Mazes", "CompactMazes", "generate", "generate_compact", "to_pixels", "upscale", "cells_per_side"]
 
 GENERATORS = ("dfs", "wilson", "kruskal", "percolation", "dfs_percolation")
 WALL, OPEN, START, END = 0, 1, 2, 3
@@ -279,19 +279,23 @@ def generate_compact(
     return CompactMazes(np.concatenate(grids)[:count], np.concatenate(paths)[:count])
 
 
+def upscale(a: torch.Tensor) -> torch.Tensor:
+    """(..., S, S) -> (..., 2S+2, 2S+2): every pixel a 2x2 tile, then a one-pixel zero border."""
+    *lead, s, _ = a.shape
+    out = a.new_zeros(*lead, 2 * s + 2, 2 * s + 2)
+    out[..., 1:-1, 1:-1] = a[..., :, None, :, None].expand(*lead, s, 2, s, 2).reshape(*lead, 2 * s, 2 * s)
+    return out
+
+
 def to_pixels(grid: torch.Tensor, path: torch.Tensor | None = None) -> Mazes:
     """DeepThinking tensors from compact grids (on the grids' device): 2x2 tiles plus a black border."""
-    grid = grid.long()
-    open_ = (grid > 0).float()
-    red = open_ * (grid != START)  # start is (0, 1, 0)
-    green = open_ * (grid != END)  # end is (1, 0, 0)
-    blue = open_ * (grid == OPEN)
-    x = torch.stack([red, green, blue], 1)  # (N, 3, n+2, n+2)
-    x = torch.nn.functional.pad(x.repeat_interleave(2, -1).repeat_interleave(2, -2), (1, 1, 1, 1))
-    if path is None:
-        return Mazes(x, torch.empty(0, dtype=torch.long))
-    y = path.long().repeat_interleave(2, -1).repeat_interleave(2, -2)
-    return Mazes(x, torch.nn.functional.pad(y, (1, 1, 1, 1)))
+    open_ = grid > 0
+    red = open_ & (grid != START)  # start is (0, 1, 0)
+    green = open_ & (grid != END)  # end is (1, 0, 0)
+    blue = grid == OPEN
+    x = upscale(torch.stack([red, green, blue], 1)).float()  # (N, 3, 2n+6, 2n+6)
+    y = torch.empty(0, dtype=torch.long) if path is None else upscale(path).long()  # (N, 2n+6, 2n+6)
+    return Mazes(x, y)
 
 
 def generate(
