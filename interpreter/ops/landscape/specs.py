@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from mlspec.registry import Kind, OpSpec, Params, Port, register
+from pydantic import Field
 
 _ON = Port("on", Kind.DATASET, doc="the data the loss and accuracy are measured on")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from mlspec.ops.landscape.geometry import flatten
 from mlspec.ops.landscape.specs import TaskVectorParams
 from mlspec.ops.merge.merging import check_compatible, labels

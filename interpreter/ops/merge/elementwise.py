@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import partial
 
-from torch import Tensor
-
 from mlspec.errors import StepError
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.merging import merge_models, per_model
@@ -23,17 +21,18 @@ from mlspec.ops.merge.specs import (
 )
 from mlspec.run.context import StepContext
 from mlspec.values import Model
+from torch import Tensor
 
 __all__ = [
     "average",
-    "task_arithmetic",
-    "slerp",
-    "spherical_mean",
-    "ties",
-    "dare",
     "breadcrumbs",
+    "dare",
     "model_stock",
     "model_thresholds",
+    "slerp",
+    "spherical_mean",
+    "task_arithmetic",
+    "ties",
 ]
 
 

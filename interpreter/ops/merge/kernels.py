@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor
-
 from mlspec.ops.merge.sparsify import (
     MagnitudeThreshold,
     keep_band,
@@ -47,21 +45,22 @@ from mlspec.ops.merge.sparsify import (
     magnitude_threshold,
     random_drop,
 )
+from torch import Tensor
 
 __all__ = [
+    "MagnitudeThreshold",
+    "breadcrumbs",
+    "consensus_sum",
+    "dare",
+    "fisher",
     "linear",
-    "task_arithmetic",
+    "magnitude_threshold",
+    "model_stock",
+    "regmean",
     "slerp",
     "spherical_mean",
+    "task_arithmetic",
     "ties",
-    "dare",
-    "breadcrumbs",
-    "model_stock",
-    "fisher",
-    "regmean",
-    "consensus_sum",
-    "magnitude_threshold",
-    "MagnitudeThreshold",
 ]
 
 Election = Literal["mass", "count"]

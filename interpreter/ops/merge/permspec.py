@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from mlspec.errors import StepError
 from torch import Tensor
 
-from mlspec.errors import StepError
-
-__all__ = ["PermSpec", "spec_for", "permute_state", "identity_perms"]
+__all__ = ["PermSpec", "identity_perms", "permute_state", "spec_for"]
 
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
 

@@ -21,13 +21,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MagnitudeThreshold",
+    "keep_band",
+    "keep_top",
     "kept_count",
     "magnitude_threshold",
-    "keep_top",
-    "keep_band",
-    "random_drop",
-    "MagnitudeThreshold",
     "model_threshold",
+    "random_drop",
 ]
 
 

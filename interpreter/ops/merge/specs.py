@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from mlspec.registry import Kind, OpSpec, Params, Port, register
+from pydantic import Field
 
 Scalars = float | list[float]
 

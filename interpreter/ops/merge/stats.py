@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["sign_conflicts", "MergeStats"]
+__all__ = ["MergeStats", "sign_conflicts"]
 
 
 def sign_conflicts(deltas: Sequence[Tensor]) -> Tensor:
