@@ -75,3 +75,18 @@ def test_graph_formats() -> None:
     mermaid = plan.to_mermaid()
     assert mermaid.startswith("graph LR") and mermaid.count("-->") == plan.graph.number_of_edges()
     assert "ab  [interpolate]  <- a, b, digits" in plan.to_text()
+
+
+def test_data_nothing_uses_is_not_planned() -> None:
+    plan = plan_of(SPEC + "data unused = digits.classes(7)\n")
+    assert "unused" not in plan.graph and "low" in plan.graph
+    only_variant = plan_of('data d = digits(test_fraction = 0.5)\nmodel m = mlp(in = 64, hidden = [4], out = 10)\n'
+                           'model t = train(m, on = d(test_fraction = 0.25))\n')
+    assert "d" not in only_variant.graph and "d(test_fraction = 0.25)" in only_variant.graph
+
+
+def test_reused_declarations_inside_sweeps_get_one_step_per_value() -> None:
+    plan = plan_of('data d = digits(test_fraction = 0.5)\nmodel m = mlp(in = 64, hidden = [4], out = 10)\n'
+                   'model t[f] = train(m, on = d(test_fraction = f)) for f in [0.2, 0.3]\n')
+    assert {"d(test_fraction = 0.2)", "d(test_fraction = 0.3)"} <= set(plan.graph)
+    assert plan.step("t[0.3]").inputs["on"] == "d(test_fraction = 0.3)"

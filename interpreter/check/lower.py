@@ -177,11 +177,19 @@ class _Lowerer:
             raise self.error(f"'{e.target.id}' has no member [{', '.join(format_value(v) for v in key)}]",
                              e.span, help=f"members: {known}")
         if isinstance(e, ast.Call):
-            name = self.call(e, owner, scope, statement=f"(inside {owner})")
+            template = self.env.get(e.func)
+            # A re-used declaration is named by its text (`d(test_fraction = 0.25)`), so two uses share it.
+            step_name = self.call_text(e, scope) if template is not None and template.template is not None else owner
+            name = self.call(e, step_name, scope, statement=f"(inside {owner})")
             self.check_kind(Kind(self.output_kind(name)), port, op, name, e.span)
             return [name]
         raise self.error(f"'{port.name}' of {op.name} needs {port.kind.article} {port.kind.value}, "
                          f"not {format_expr(e)}", e.span)
+
+    def call_text(self, c: ast.Call, scope: dict[str, Any]) -> str:
+        """``d(test_fraction = 0.25)`` with sweep variables replaced by their values."""
+        kwargs = ", ".join(f"{k.name} = {_shown(self.value(k.value, scope))}" for k in c.kwargs)
+        return f"{c.func}({kwargs})"
 
     def output_kind(self, step: str) -> str:
         spec = registry.get(self.steps[step].op)

@@ -81,6 +81,18 @@ def _esc(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _prune_unused_data(graph: nx.DiGraph) -> None:
+    """Data nothing consumes is never generated: `task mazes = maze(...)` used only through
+    `mazes(count = 1000)` variants would otherwise make its default set for nothing."""
+    data_kinds = (registry.Kind.DATASET, registry.Kind.TASK)
+    while True:
+        unused = [n for n in graph if graph.out_degree(n) == 0
+                  and getattr(registry.get(graph.nodes[n]["step"].op), "output", None) in data_kinds]
+        if not unused:
+            return
+        graph.remove_nodes_from(unused)
+
+
 def build_plan(lowered: Lowered) -> Plan:
     graph = nx.DiGraph()
     for step in lowered.steps.values():
@@ -88,7 +100,9 @@ def build_plan(lowered: Lowered) -> Plan:
     for step in lowered.steps.values():
         for up in step.upstream():
             graph.add_edge(up, step.name)
-    plan = Plan(study=lowered.study, graph=graph, families=lowered.families, sources=lowered.sources)
+    _prune_unused_data(graph)
+    families = {f: [n for n in names if n in graph] for f, names in lowered.families.items()}
+    plan = Plan(study=lowered.study, graph=graph, families=families, sources=lowered.sources)
     for step in plan.steps:  # topological: inputs' keys exist before they are used
         spec = registry.get(step.op)
         assert spec is not None, step.op
