@@ -256,3 +256,23 @@ def test_merge_checkpoints_params_validate_against_the_operator() -> None:
         )
     with pytest.raises(ValueError, match="checkpoint not found"):
         LoadParams.model_validate({"path": "/nonexistent/model"})
+
+
+def test_merge_statistics_on_request_match_the_in_memory_operator(
+    ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    params = ms.TiesParams(density=0.3, trim="tensor")
+    mem = {k: _memory(p) for k, p in ckpts.items()}
+    expected = elementwise.ties(_ctx(tmp_path), params, base=mem["base"], models=[mem["a"], mem["b"]])
+    info = stream_merge(
+        "ties",
+        ckpts["base"],
+        [ckpts["a"], ckpts["b"]],
+        params.model_dump(),
+        tmp_path / "o",
+        options=StreamOptions(stats=True),
+    )
+    want = expected.info["merge"]["total"]
+    for key in ("numel", "sparsity", "sign_conflict", "distance_from_base"):
+        assert info["total"][key] == pytest.approx(want[key], rel=1e-6), key
+    assert set(info["tensors"]) == set(expected.info["merge"]["tensors"])

@@ -70,7 +70,7 @@ class StreamOptions:
     shard_size: str | int = "5GB"
     extra: Literal["error", "base", "drop"] = "error"
     tied: Literal["error", "untie"] = "error"
-    stats: bool = True
+    stats: bool = False
     #: Tensors merged side by side, each on one thread: per-tensor kernels are short memory-bound
     #: passes, so threads across tensors beat torch's intra-op threads (which stall on a busy CPU).
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
@@ -247,8 +247,11 @@ def stream_merge(
                     writer.write(job.name, merged)
                     advance()
 
-                # Tensors run side by side only while they add up to no more than the largest one.
-                budget = max(math.prod(j.shape) for j in plan.jobs)
+                # Whole-tensor kernels need many temporaries of a tensor's size: those run side by side
+                # only while they add up to no more than the largest tensor. Chunked ones need few.
+                budget = max(math.prod(j.shape) for j in plan.jobs) * (
+                    workers if method in ELEMENTWISE else 1
+                )
                 for job in plan.jobs:
                     size = math.prod(job.shape)
                     while pending and (
@@ -279,7 +282,12 @@ def stream_merge(
             out_dir, reference.config, dtype=_dtype_name(written), untied=bool(plan.notes.get("untied"))
         )
         hfdir.copy_companions(reference.layout.directory, out_dir)
-    info: dict[str, Any] = stats.summary() if stats is not None else {"method": method, "params": full}
+    numel = sum(math.prod(j.shape) for j in plan.merged)
+    info: dict[str, Any] = (
+        stats.summary()
+        if stats is not None
+        else {"method": method, "params": full, "total": {"numel": numel}}
+    )
     info.update(
         streamed=True,
         seconds=round(time.perf_counter() - started, 3),

@@ -126,7 +126,11 @@ class _StreamOptions(Params):
         description="a checkpoint with tied embeddings lacks the output head the others have: refuse, or "
         "use its input embedding as its head (the output gets an untied head)",
     )
-    stats: bool = Field(default=True, description="record per-tensor merge statistics")
+    stats: bool = Field(
+        default=False,
+        description="record per-tensor merge statistics (sparsity, sign conflicts, distances); they are "
+        "computed in float64 on whole tensors, which costs about 2x the time and memory of the merge",
+    )
 
     @field_validator("shard_size")
     @classmethod
