@@ -66,8 +66,8 @@ def test_impossible_or_mismatched_settings_are_step_errors(tmp_path: Path) -> No
 def test_quickstart_extrap_runs_and_extrapolates(tmp_path: Path) -> None:
     results = mlspec.load(SPECS / "quickstart.extrap").run(out=tmp_path / "out", cache_dir=tmp_path / "cache")
     data = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
-    at5 = data["evaluate solver @ size = 5"]
+    at5 = data["evaluate dt @ size = 5"]
     assert at5["iterations"] == [1, 5, 10, 20]
     assert at5["pixel_accuracy"][-1] > at5["pixel_accuracy"][0]
-    assert "limit" in data["dynamics solver on mazes(size = 7, count = 8)"]
-    assert results is not None
+    assert "limit" in data["dynamics dt on mazes(size = 7, count = 8)"]
+    assert results.ok and data["dt.trained"]["arch"]["type"] == "dt_net"

@@ -64,7 +64,8 @@ ACTIONS: dict[str, dict[str, ActionRule]] = {
     "extrap": {
         "train": ActionRule(op="train_recurrent", rebinds=True,
                             clauses={"epochs": "epochs", "with": "loss", "lr": "lr", "batch": "batch_size",
-                                     "iterations": "iterations"},
+                                     "iterations": "iterations", "warmup": "warmup", "throttle": "throttle",
+                                     "clip": "clip", "validation": "val_fraction"},
                             naming=lambda m, d, p: f"{m}.trained"),
         "evaluate": ActionRule(op="evaluate_extrap", grid=True,
                                clauses={"iterations": "iterations", "correctness": "correctness",

@@ -436,7 +436,9 @@ class _Lowerer:
         for model in models:
             for data, over, point in datasets:
                 inputs_expr = {"model": model, "on": data}
-                name = rule.step_name(model, data, point)
+                name = rule.step_name(self._subject_name(model), data, point)
+                if name in self.steps and self.steps[name].inputs.get("model") != model:
+                    name = rule.step_name(model, data, point)  # `dt` evaluated before and after training
                 params = {k: v for k, (v, _s) in raw.items()}
                 if point:
                     params_sweep = {k: v for k, (v, _s) in over.items()}
