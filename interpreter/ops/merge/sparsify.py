@@ -1,6 +1,6 @@
 """Sparsifying task vectors: magnitude trims, DARE's random drop, and the whole-model threshold.
 
-Trims use linear-time selection (``torch.kthvalue``), never a full sort. "Keep the top k" is
+Trims use linear-time selection (:func:`kth_smallest`), never a full sort. "Keep the top k" is
 implemented as "keep |x| ≥ the k-th largest |x|", so ties at the threshold are all kept (the TIES
 reference code and FusionBench do the same); k = ⌊density·n⌋ as in mergekit and the TIES code.
 
@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,15 @@ def kept_count(density: float, n: int) -> int:
     return min(n, int(density * n + 1e-9))
 
 
+def kth_smallest(values: Tensor, k: int) -> float:
+    """The k-th smallest (1-based) entry. On the CPU numpy's introselect is several times faster than
+    ``torch.kthvalue`` on large tensors and returns the identical value."""
+    flat = values.detach().flatten()
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        return float(np.partition(flat.numpy(), k - 1)[k - 1])
+    return float(flat.kthvalue(k).values.item())
+
+
 def magnitude_threshold(x: Tensor, density: float) -> float:
     """The k-th largest |x| with k = ⌊density·numel⌋: inf keeps nothing, 0 keeps everything."""
     n = x.numel()
@@ -46,7 +56,7 @@ def magnitude_threshold(x: Tensor, density: float) -> float:
         return math.inf
     if k == n:
         return 0.0
-    return float(x.detach().abs().flatten().kthvalue(n - k + 1).values.item())
+    return kth_smallest(x.detach().abs(), n - k + 1)
 
 
 def keep_top(x: Tensor, threshold: float) -> Tensor:
@@ -66,10 +76,10 @@ def keep_band(x: Tensor, *, density: float, gamma: float) -> Tensor:
     if keep == 0:
         return torch.zeros_like(x)
     mags = x.detach().abs().flatten()
-    upper = mags.kthvalue(bottom + keep).values
+    upper = kth_smallest(mags, bottom + keep)
     mask = x.abs() <= upper
     if bottom > 0:
-        mask &= x.abs() > mags.kthvalue(bottom).values
+        mask &= x.abs() > kth_smallest(mags, bottom)
     return x * mask
 
 
