@@ -30,6 +30,7 @@ __all__ = [
     "OpSpec",
     "Params",
     "NoParams",
+    "file_fields",
     "register",
     "get",
     "all_ops",
@@ -65,6 +66,13 @@ class Params(BaseModel):
     """Base class of every operator's parameter model: unknown keys are errors, not ignored."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def file_fields(params: type[BaseModel]) -> list[str]:
+    """Parameters that name input files; a spec's relative paths resolve against its own folder.
+    Declared with ``Field(..., json_schema_extra={"file": True})``."""
+    return [name for name, info in params.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("file")]
 
 
 class NoParams(Params):

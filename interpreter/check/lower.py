@@ -89,7 +89,7 @@ class _Lowerer:
         self.later: dict[str, Span] = {}  # names declared further down (for "used before declared")
         self.steps: dict[str, Step] = {}
         self.families: dict[str, list[str]] = {}
-        self.trained: dict[str, int] = {}
+        self.failed: set[str] = set()  # declarations that already have a diagnostic
 
     # --- diagnostics ----------------------------------------------------------------------
     def error(self, message: str, span: Span | None, help: str | None = None,
@@ -133,6 +133,8 @@ class _Lowerer:
         binding = self.env.get(name.id)
         if binding is not None:
             return binding
+        if name.id in self.failed:
+            raise _Abort()  # its own error is already reported; don't add "unknown name" noise
         if name.id in self.later:
             raise self.error(f"'{name.id}' is used before it is declared", name.span,
                              labels=[(self.later[name.id], "declared here")],
@@ -291,11 +293,18 @@ class _Lowerer:
                                   statement=statement, family=family, sweep=sweep))
 
     def validate(self, op: OpSpec, raw: dict[str, Any], spans: dict[str, Span], c: ast.Call) -> dict[str, Any]:
+        for name in registry.file_fields(op.params):
+            key = info_alias(op, name)
+            if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
+                raw[key] = str((Path(c.span.file).parent / raw[key]).resolve())
         try:
             model = op.params.model_validate(raw)
         except ValidationError as exc:
             for err in exc.errors():
-                loc = str(err["loc"][0]) if err["loc"] else ""
+                if not err["loc"]:  # a check across parameters, or of the call as a whole
+                    self.error(f"{op.name}: {err['msg'].replace('Value error, ', '')}", c.span)
+                    continue
+                loc = str(err["loc"][0])
                 field_name = next((f for f, info in op.params.model_fields.items()
                                    if loc in (f, info.alias)), loc)
                 span = spans.get(loc) or spans.get(field_name) or c.span
@@ -527,11 +536,12 @@ class _Lowerer:
             elif isinstance(stmt, ast.Decl):
                 self.guard(self.decl, stmt)
 
-    def guard(self, fn: Any, stmt: Any) -> None:
+    def guard(self, fn: Any, stmt: Any) -> bool:
         try:
             fn(stmt)
         except _Abort:
-            pass
+            return False
+        return True
 
     def run(self) -> Lowered:
         options = StudyOptions()
@@ -550,7 +560,8 @@ class _Lowerer:
             if isinstance(s, ast.Use):
                 self.guard(lambda u: self.include(u, {str(Path(self.program.file).resolve())}), s)
             elif isinstance(s, ast.Decl):
-                self.guard(self.decl, s)
+                if not self.guard(self.decl, s):
+                    self.failed.add(s.name)
             elif isinstance(s, ast.Action):
                 self.guard(self.action, s)
             elif isinstance(s, ast.Export):

@@ -17,7 +17,7 @@ import torch
 from mlspec.checkpoints import hfdir, is_checkpoint
 from mlspec.checkpoints.layout import CheckpointError, locate, parse_size
 from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.writer import PlannedTensor, ShardedWriter
+from mlspec.checkpoints.writer import SINGLE_NAME, PlannedTensor, ShardedWriter
 from mlspec.errors import StepError
 from mlspec.values import Model
 
@@ -97,3 +97,15 @@ def export_hf(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_path
+
+
+def export_safetensors_file(model: Model, target: Path) -> None:
+    """Write ``model`` (a checkpoint reference or weights in memory) as one .safetensors file,
+    tensor by tensor, renamed into place only when complete."""
+    target = Path(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _write_weights(model, staging, shard_bytes=2**62)
+        (staging / SINGLE_NAME).replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

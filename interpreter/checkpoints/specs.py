@@ -152,7 +152,8 @@ MergeCheckpointsParams = create_model("MergeCheckpointsParams", __base__=_Stream
 
 class LoadParams(Params):
     path: str = Field(
-        description="a Hugging Face model directory, a .safetensors file or a .pt/.pth/.bin state dict"
+        description="a Hugging Face model directory, a .safetensors file or a .pt/.pth/.bin state dict",
+        json_schema_extra={"file": True},
     )
     fingerprint: str = Field(
         default="", description="filled in from the files (size, mtime, first and last MiB) so edits re-run"
@@ -170,7 +171,7 @@ class LoadParams(Params):
 
 
 class PerplexityParams(Params):
-    text: str = Field(description="a local UTF-8 text file to score")
+    text: str = Field(description="a local UTF-8 text file to score", json_schema_extra={"file": True})
     context: int = Field(default=1024, ge=2, description="tokens the model sees at once")
     stride: int = Field(default=512, ge=1, description="tokens the window advances (≤ context)")
     max_tokens: int | None = Field(default=None, ge=2, description="score only the first tokens of the file")

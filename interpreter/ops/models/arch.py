@@ -29,6 +29,13 @@ def architecture(name: str) -> Callable[[Callable[..., nn.Module]], Callable[...
 
 def build(arch: dict[str, Any]) -> nn.Module:
     kind = arch["type"]
+    if kind == "checkpoint":
+        from mlspec.errors import StepError
+
+        raise StepError(
+            f"this operator needs the weights in memory, but {arch.get('path')!r} is a checkpoint on disk; "
+            "checkpoints are merged tensor by tensor (average, ties, …), exported, or scored with perplexity(...)"
+        )
     if kind not in _BUILDERS:
         for module in ARCH_MODULES:
             try:

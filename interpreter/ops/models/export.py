@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 
 from safetensors.torch import save_file
 
+from mlspec.checkpoints import is_checkpoint
 from mlspec.errors import StepError
 from mlspec.ops.models.specs import ExportParams
 from mlspec.run.context import StepContext
@@ -18,12 +18,15 @@ __all__ = ["export"]
 def export(ctx: StepContext, params: ExportParams, *, model: Model) -> Record:
     target = ctx.output_path(params.path)
     if params.format == "hf":
-        try:
-            checkpoints = importlib.import_module("mlspec.checkpoints.export")
-        except ModuleNotFoundError:
-            raise StepError("exporting `as hf` needs the checkpoint support (mlspec.checkpoints)") from None
-        checkpoints.export_hf(model, target)
+        from mlspec.checkpoints.export import export_hf
+
+        export_hf(model, target)
         return Record({"path": params.path, "format": "hf"})
+    if is_checkpoint(model):  # weights on disk: copy them tensor by tensor, never all at once
+        from mlspec.checkpoints.export import export_safetensors_file
+
+        export_safetensors_file(model, target)
+        return Record({"path": params.path, "format": "safetensors", "bytes": target.stat().st_size})
     tmp = target.with_name(target.name + ".tmp")
     state = {k: v.contiguous() for k, v in model.state.items()}
     save_file(state, str(tmp), metadata={"mlspec_step": ctx.name, "arch": str(model.arch)})

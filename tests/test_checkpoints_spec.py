@@ -1,0 +1,67 @@
+"""Checkpoint merging from a spec: load HF directories, merge streamed, export, check values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import mlspec
+from mlspec.checkpoints.source import Checkpoint
+from mlspec.checkpoints.synthetic import llama_config, write_llama
+from mlspec.cli import main
+
+TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hf")
+    write_llama(root / "base", TINY, seed=0)
+    write_llama(root / "ft1", TINY, seed=1, base_seed=0, delta=0.2)
+    write_llama(root / "ft2", TINY, seed=2, base_seed=0, delta=0.2, shard_size=7000)
+    return root
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    with Checkpoint.open(path) as ck:
+        return {n: ck.tensor(n) for n in ck.names}
+
+
+def test_spec_merges_checkpoints_streamed_and_exports(ckpts: Path, tmp_path: Path) -> None:
+    spec = ckpts / "llm.merge"
+    spec.write_text(
+        'study "llm"\n'
+        'model base = load("base")\n'
+        'model ft1 = load("ft1")\n'
+        'model ft2 = load("ft2")\n'
+        "merge avg = average(ft1, ft2)\n"
+        "merge ta = task_arithmetic(base = base, models = [ft1, ft2], scale = 0.5)\n"
+        'export avg to "avg.safetensors"\n'
+        'export ta to "ta-hf" as hf\n'
+    )
+    out = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "o"), "--cache-dir",
+                                    str(tmp_path / "c"), "--no-progress"])
+    assert out.exit_code == 0, out.output + out.stderr
+    base, ft1, ft2 = (tensors(ckpts / n) for n in ("base", "ft1", "ft2"))
+    avg = load_file(str(tmp_path / "o" / "avg.safetensors"))
+    ta = tensors(tmp_path / "o" / "ta-hf")
+    assert set(avg) == set(base) == set(ta)
+    for name in base:
+        torch.testing.assert_close(avg[name], (ft1[name] + ft2[name]) / 2)
+        by_hand = base[name] + 0.5 * ((ft1[name] - base[name]) + (ft2[name] - base[name]))
+        torch.testing.assert_close(ta[name], by_hand)
+    assert (tmp_path / "o" / "ta-hf" / "config.json").exists()
+
+
+def test_checkpoint_in_an_in_memory_operator_is_a_clear_error(ckpts: Path, tmp_path: Path) -> None:
+    spec = ckpts / "bad.merge"
+    spec.write_text('data d = digits()\nmodel m = load("base")\nevaluate [m] on [d]\n')
+    out = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "o"), "--cache-dir",
+                                    str(tmp_path / "c"), "--no-progress"])
+    assert out.exit_code == 1
+    assert "needs the weights in memory" in out.stderr and "Traceback" not in out.output
+    assert mlspec.load(spec).check() is not None
