@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch import nn
+
 from mlspec.checkpoints.export import export_hf
 from mlspec.checkpoints.mergekit import MergekitImportError, mergekit_to_spec
 from mlspec.checkpoints.ops import load, streamed
@@ -19,8 +22,6 @@ from mlspec.errors import StepError
 from mlspec.ops.merge import specs as ms
 from mlspec.run.context import StepContext
 from mlspec.values import Model
-from safetensors.torch import load_file
-from torch import nn
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 

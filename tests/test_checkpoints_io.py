@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from mlspec.checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
 from mlspec.checkpoints.source import Checkpoint, layer_index
 from mlspec.checkpoints.synthetic import llama_config, llama_shapes, write_llama
 from mlspec.checkpoints.writer import INDEX_NAME, PlannedTensor, ShardedWriter
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as hs
+from safetensors.torch import load_file, save_file
+
 from mlspec.checkpoints import engine, is_checkpoint
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.engine import StreamOptions, stream_merge
@@ -24,7 +26,6 @@ from mlspec.ops.merge import elementwise, kernels
 from mlspec.ops.merge import specs as ms
 from mlspec.run.context import StepContext
 from mlspec.values import Model
-from safetensors.torch import load_file, save_file
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mlspec.errors import StepError
 from mlspec.ops.landscape import geometry as G
 from mlspec.ops.landscape import paths as P
@@ -120,7 +121,8 @@ def test_task_vector_geometry_hand_made() -> None:
     arch = {"type": "mlp", "in_features": 1, "hidden": [1], "out_features": 1, "norm": "none"}
     zero = {"layers.0.weight": torch.zeros(1, 1), "layers.0.bias": torch.zeros(1),
             "layers.1.weight": torch.zeros(1, 1), "layers.1.bias": torch.zeros(1)}
-    vec = lambda *v: Model(arch, {k: torch.tensor(x).reshape(zero[k].shape) for k, x in zip(zero, v)})
+    def vec(*v):
+        return Model(arch, {k: torch.tensor(x).reshape(zero[k].shape) for k, x in zip(zero, v)})
     base, m1, m2 = vec(0.0, 0.0, 0.0, 0.0), vec(1.0, 2.0, 0.0, -1.0), vec(-1.0, 2.0, 3.0, 0.0)
     rec = task_vectors(ctx(), S.TaskVectorParams(), base=base, models=[m1, m2]).data
     assert rec["cosine"][0][1] == pytest.approx(3.0 / (math.sqrt(6) * math.sqrt(14)))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mlspec.errors import StepError
 from mlspec.ops.merge import align as A
 from mlspec.ops.merge import specs as S

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
+
 from mlspec.ops.merge import informed as I
 from mlspec.ops.merge import kernels as K
 from mlspec.ops.merge import specs as S
 from mlspec.ops.models.arch import build
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
-from torch.nn import functional as F
 
 ARCH = {"type": "mlp", "in_features": 4, "hidden": [6], "out_features": 3, "norm": "none"}
 

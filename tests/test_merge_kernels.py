@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mlspec.ops.merge import kernels as K
 from mlspec.ops.merge.sparsify import MagnitudeThreshold, keep_band, magnitude_threshold, model_threshold
 
@@ -191,7 +192,8 @@ def test_dare_density_one_is_task_arithmetic_and_ties_variant_elects() -> None:
 
 def test_dare_is_deterministic_per_seed() -> None:
     x = torch.randn(50, dtype=D)
-    run = lambda s: K.dare(torch.zeros_like(x), [x], generator=torch.Generator().manual_seed(s))
+    def run(s):
+        return K.dare(torch.zeros_like(x), [x], generator=torch.Generator().manual_seed(s))
     assert torch.equal(run(7), run(7)) and not torch.equal(run(7), run(8))
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mlspec import registry
 from mlspec.errors import StepError
 from mlspec.ops.merge import elementwise as E
@@ -89,7 +90,8 @@ def test_ties_trim_scope_model_vs_tensor_differ() -> None:
 
 def test_dare_is_seeded_by_the_step() -> None:
     base, a = mlp(0), mlp(1)
-    run = lambda seed: E.dare(ctx(seed=seed), S.DareParams(density=0.5), base=base, models=[a])
+    def run(seed):
+        return E.dare(ctx(seed=seed), S.DareParams(density=0.5), base=base, models=[a])
     same, other = run(1), run(2)
     assert all(torch.equal(same.state[k], run(1).state[k]) for k in base.state)
     assert any(not torch.equal(same.state[k], other.state[k]) for k in base.state)

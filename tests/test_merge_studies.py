@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import mlspec
 import pytest
+
+import mlspec
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -34,14 +35,16 @@ def test_rebasin_alignment_shrinks_the_barrier(tmp_path: Path) -> None:
         naive = r[f"naive[{w}]"]["barriers"]["loss_max_minus_mean"]
         assert r[f"weights[{w}]"]["barriers"]["loss_max_minus_mean"] < naive
         assert r[f"activations[{w}]"]["barriers"]["loss_max_minus_mean"] < naive
-    ev = lambda m: r[f"evaluate {m} on digits"]["loss"]
+    def ev(m):
+        return r[f"evaluate {m} on digits"]["loss"]
     assert ev("repaired[64]") < ev("mid[64]")  # REPAIR helps most where the net is narrow
 
 
 @pytest.mark.slow
 def test_task_merging_beats_the_specialists_on_the_joint_task(tmp_path: Path) -> None:
     r = run_reduced("task-merging", tmp_path, [("epochs = 15", "epochs = 6"), ("step 0.2", "step 0.4")])
-    acc = lambda m, d="digits": r[f"evaluate {m} on {d}"]["accuracy"]
+    def acc(m, d="digits"):
+        return r[f"evaluate {m} on {d}"]["accuracy"]
     specialists = max(acc("a"), acc("b"))
     assert acc("a", "low") > acc("a", "high") and acc("b", "high") > acc("b", "low")
     best_ta = max(acc(f"ta[{s}]") for s in ("0.2", "0.6", "1.0", "1.4"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -33,9 +32,9 @@ def test_every_package_is_listed_in_pyproject() -> None:
 def test_check_does_not_import_torch(tmp_path: Path) -> None:
     spec = tmp_path / "s.merge"
     spec.write_text(SPEC)
-    code = ("import sys\nfrom mlspec.cli import main\nsys.argv = ['mlspec', 'check', %r]\n"
+    code = (f"import sys\nfrom mlspec.cli import main\nsys.argv = ['mlspec', 'check', {str(spec)!r}]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "assert 'torch' not in sys.modules, 'mlspec check imported torch'\n" % str(spec))
+            "assert 'torch' not in sys.modules, 'mlspec check imported torch'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

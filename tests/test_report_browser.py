@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from report_bundles import extrap_bundle, merge_bundle
+
 from mlspec.report import render_report
 from mlspec.report.study import fmt, number
-from report_bundles import extrap_bundle, merge_bundle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -255,3 +256,16 @@ def test_quickstart_report_opens_offline_and_shows_its_numbers(quickstart_run: A
     assert report.stat().st_size < 5_000_000
     assert data["study"]["spec_sha256"] in probe["text"]
     assert len(probe["figures"]) >= 4  # training, sweep, interpolation, execution graph
+
+
+def test_extrap_quickstart_report_opens_offline_and_shows_its_numbers(
+    quickstart_extrap_run: Any, tmp_path: Path
+) -> None:
+    _, base = quickstart_extrap_run
+    report = base / "out" / "report.html"
+    data = json.loads((base / "out" / "results.json").read_text())
+    probe = check_report(report, data["results"], ARTIFACTS / "report-quickstart-extrap.png", tmp_path)
+    assert report.stat().st_size < 5_000_000
+    assert data["study"]["spec_sha256"] in probe["text"]
+    at7 = data["results"]["evaluate dt @ size = 7"]
+    assert fmt(at7["accuracy"][-1]) in probe["text"]  # the grid's numbers are on the page

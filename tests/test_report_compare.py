@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mlspec.errors import MlspecError
 from mlspec.report import compare
 

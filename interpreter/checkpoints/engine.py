@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
+
 from mlspec.checkpoints import hfdir
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.layout import CheckpointError, parse_size
@@ -34,7 +36,6 @@ from mlspec.checkpoints.writer import ShardedWriter
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.sparsify import MagnitudeThreshold, magnitude_threshold
 from mlspec.ops.merge.stats import MergeStats
-from torch import Tensor
 
 __all__ = ["StreamOptions", "stream_merge", "DTYPES", "BASE_POLICY"]
 

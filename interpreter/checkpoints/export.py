@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mlspec.checkpoints import hfdir, is_checkpoint
 from mlspec.checkpoints.layout import CheckpointError, locate, parse_size
 from mlspec.checkpoints.source import Checkpoint

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.nn import functional as F
+
 from mlspec.checkpoints.layout import CheckpointError, locate
 from mlspec.checkpoints.specs import PerplexityParams
 from mlspec.errors import StepError
 from mlspec.run.context import StepContext
 from mlspec.values import Model, Record
-from torch import Tensor
-from torch.nn import functional as F
 
 __all__ = ["sliding_window_nll", "perplexity", "require_transformers"]
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mlspec.checkpoints.layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
 from safetensors import SafetensorError, safe_open
+
+from mlspec.checkpoints.layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
 
 __all__ = ["Checkpoint", "TensorInfo", "layer_index", "SAFETENSORS_DTYPES"]
 

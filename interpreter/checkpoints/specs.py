@@ -12,12 +12,13 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal
 
+from pydantic import Field, create_model, field_validator, model_validator
+
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
 from mlspec.errors import did_you_mean
 from mlspec.ops.merge import specs as merge_specs
 from mlspec.registry import Kind, OpSpec, Params, Port, register
-from pydantic import Field, create_model, field_validator, model_validator
 
 __all__ = [
     "METHODS",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mlspec.checkpoints.writer import PlannedTensor, ShardedWriter
 
 __all__ = ["llama_config", "llama_shapes", "write_llama"]

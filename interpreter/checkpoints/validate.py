@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
 from mlspec.checkpoints.layout import CheckpointError
 from mlspec.checkpoints.source import Checkpoint, layer_index
 from mlspec.checkpoints.writer import PlannedTensor

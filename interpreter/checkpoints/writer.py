@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO
 
 import torch
+
 from mlspec.checkpoints.source import SAFETENSORS_DTYPES
 
 __all__ = ["PlannedTensor", "ShardedWriter", "INDEX_NAME", "SINGLE_NAME"]

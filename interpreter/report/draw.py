@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+
 from mlspec.report.figures import style
 from mlspec.report.study import fmt
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import networkx as nx
 from matplotlib.patches import FancyArrowPatch, Patch
+
 from mlspec.report.figures import COLOURS, Figure, new_figure, study_figure
 from mlspec.report.study import StudyView
 

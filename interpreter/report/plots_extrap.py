@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.colors import ListedColormap
+
 from mlspec.report.draw import heatmap, series
 from mlspec.report.figures import COLOURS, Figure, figure, new_figure, slugify, style
 from mlspec.report.study import StepView, StudyView, fmt, number, numbers

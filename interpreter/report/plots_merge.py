@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from mlspec.report.draw import as_grid, contour_map, heatmap, series
 from mlspec.report.figures import Figure, figure, new_figure, slugify, style
 from mlspec.report.study import StepView, StudyView, fmt, number, numbers

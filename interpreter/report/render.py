@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 from markupsafe import Markup
+
 from mlspec.report import graph, plots_extrap, plots_merge, sweeps  # noqa: F401  (they register figures)
 from mlspec.report.figures import STUDY_FIGURES, Figure, RenderedFigure, handler_for, render_figure
 from mlspec.report.study import StepView, StudyView, fmt

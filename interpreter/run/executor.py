@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -108,7 +108,8 @@ def _execute(payload: dict[str, Any], progress: Progress | None = None,
     cache = Cache(payload["cache"])
     inputs: dict[str, Any] = {}
     for port, keys in payload["inputs"].items():
-        load = (lambda k: values[k] if values is not None and k in values else cache.load(k))
+        def load(k):
+            return (values[k] if values is not None and k in values else cache.load(k))
         inputs[port] = [load(k) for k in keys] if isinstance(keys, list) else load(keys)
     params = spec.params.model_validate(payload["params"])
     work_dir = Path(payload["cache"]) / "work" / payload["key"]

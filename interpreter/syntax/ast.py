@@ -95,7 +95,7 @@ class Index(Node):
     keys: list[Expr]
 
 
-Expr = Union[Number, String, Bool, ListExpr, Range, Name, Call, Index]
+Expr = Union[Number, String, Bool, ListExpr, Range, Name, Call, Index]  # noqa: UP007 (forward refs)
 
 
 class Statement(Node):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -50,14 +50,14 @@ def _collect_comment(token: Token) -> Token:
     return token
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser(dialect: str) -> Lark:
     # Comments are ignored by the grammar but collected for `fmt` and the report's question.
     return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
                 maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment})
 
 
-@lru_cache(maxsize=None)
+@cache
 def keywords(dialect: str) -> dict[str, list[str]]:
     """The dialect's keywords by role: ``decl_kind``, ``action_kw``, ``clause_kw``."""
     text = _grammar_text(dialect)

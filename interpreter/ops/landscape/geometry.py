@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from mlspec.ops.evaluation import evaluate_state
 from mlspec.ops.landscape.specs import PlaneParams, SurfaceParams
 from mlspec.ops.merge.merging import check_compatible
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
-from torch import Tensor
 
 __all__ = ["filter_normalised", "flatten", "plane", "score_grid", "surface", "unflatten"]
 

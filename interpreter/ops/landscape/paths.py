@@ -6,6 +6,10 @@ import copy
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
 from mlspec.errors import StepError
 from mlspec.ops.evaluation import evaluate_state
 from mlspec.ops.landscape.interpolate import barriers, lerp_state
@@ -15,9 +19,6 @@ from mlspec.ops.models.specs import TrainParams
 from mlspec.ops.models.train import make_optimizer
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
-from torch import Tensor, nn
-from torch.func import functional_call
-from torch.nn import functional as F
 
 __all__ = ["Curve", "connect", "instability", "profile"]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
 from pydantic import Field
+
+from mlspec.registry import Kind, OpSpec, Params, Port, register
 
 _ON = Port("on", Kind.DATASET, doc="the data the loss and accuracy are measured on")
 

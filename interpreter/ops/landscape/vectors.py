@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from mlspec.ops.landscape.geometry import flatten
 from mlspec.ops.landscape.specs import TaskVectorParams
 from mlspec.ops.merge.merging import check_compatible, labels

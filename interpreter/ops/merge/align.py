@@ -8,6 +8,9 @@ tensors a permutation touches comes from the architecture's :class:`PermSpec`.
 from __future__ import annotations
 
 import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
 from mlspec.errors import StepError
 from mlspec.ops.merge.informed import sample_inputs
 from mlspec.ops.merge.merging import check_compatible
@@ -15,8 +18,6 @@ from mlspec.ops.merge.permspec import PermSpec, identity_perms, permute_state, s
 from mlspec.ops.merge.specs import PermuteParams, RepairParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
-from scipy.optimize import linear_sum_assignment
-from torch import Tensor, nn
 
 __all__ = ["activation_matching", "channel_stats", "collect_features", "permute", "repair", "weight_matching"]
 

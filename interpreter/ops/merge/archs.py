@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+
 from mlspec.ops.merge.specs import ResNetParams
 from mlspec.ops.models.arch import MLP, architecture, build
 from mlspec.registry import NoParams
 from mlspec.run.context import StepContext
 from mlspec.values import Model
-from torch import nn
 
 __all__ = ["Ensemble", "ResNet", "ZippedMLP", "ensemble", "mean_of_softmax", "resnet"]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import partial
 
+from torch import Tensor
+
 from mlspec.errors import StepError
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.merging import merge_models, per_model
@@ -21,7 +23,6 @@ from mlspec.ops.merge.specs import (
 )
 from mlspec.run.context import StepContext
 from mlspec.values import Model
-from torch import Tensor
 
 __all__ = [
     "average",

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
 from mlspec.errors import StepError
 from mlspec.ops.evaluation import evaluate_module
 from mlspec.ops.merge import kernels
@@ -17,9 +21,6 @@ from mlspec.ops.merge.merging import labels, merge_models, per_model
 from mlspec.ops.merge.specs import FisherParams, RegMeanParams, SoupParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
-from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
-from torch.nn import functional as F
 
 __all__ = ["diagonal_fisher", "fisher", "input_grams", "regmean", "sample_inputs", "soup"]
 
@@ -44,7 +45,8 @@ def soup(ctx: StepContext, params: SoupParams, *, models: list[Model], on: Datas
     """Uniform soup, or the greedy soup of Wortsman et al. (2022): rank the ingredients by held-out
     accuracy, then add each one only if the soup's held-out accuracy does not drop."""
     def uniform(ingredients: list[Model]) -> Model:
-        kernel = lambda _n, _b, ts: kernels.linear(None, ts)
+        def kernel(_n, _b, ts):
+            return kernels.linear(None, ts)
         return merge_models(ctx, ingredients, kernel, method="soup", params=params.model_dump())
 
     if not params.greedy:
@@ -52,7 +54,8 @@ def soup(ctx: StepContext, params: SoupParams, *, models: list[Model], on: Datas
     if on is None:
         raise StepError("a greedy soup needs a held-out dataset: soup(models = [...], greedy = true) on heldout")
     x, y = on.split(params.split)
-    score = lambda m: evaluate_module(m.module(), x, y, device=ctx.device)["accuracy"]
+    def score(m):
+        return evaluate_module(m.module(), x, y, device=ctx.device)["accuracy"]
     names = labels(ctx, models)
     ranked = sorted(zip((score(m) for m in models), range(len(models))), key=lambda p: -p[0])
     chosen = [ranked[0][1]]

@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from torch import Tensor
+
 from mlspec.ops.merge.sparsify import (
     MagnitudeThreshold,
     keep_band,
@@ -45,7 +47,6 @@ from mlspec.ops.merge.sparsify import (
     magnitude_threshold,
     random_drop,
 )
-from torch import Tensor
 
 __all__ = [
     "MagnitudeThreshold",
@@ -124,13 +125,14 @@ def slerp(
         raise ValueError(f"slerp takes exactly two models (not {len(tensors)})")
     v0, v1 = (_deltas(base, tensors) if base is not None else [_work(x) for x in tensors])
     a, b = v0.flatten(), v1.flatten()
-    cos = torch.dot(a / (a.norm() + eps), b / (b.norm() + eps)).clamp(-1.0, 1.0).item()
+    # cos Ω = a·b / (|a|·|b|), without normalised copies: the merge of big tensors is memory-bound.
+    cos = (torch.dot(a, b) / ((a.norm() + eps) * (b.norm() + eps))).clamp(-1.0, 1.0).item()
     if abs(cos) > dot_threshold:
         mixed = torch.lerp(v0, v1, t)
     else:
         omega = math.acos(cos)
         s = math.sin(omega)
-        mixed = (math.sin((1 - t) * omega) / s) * v0 + (math.sin(t * omega) / s) * v1
+        mixed = torch.add(v0 * (math.sin((1 - t) * omega) / s), v1, alpha=math.sin(t * omega) / s)
     if base is not None:
         mixed = _work(base) + mixed
     return _out(mixed, tensors[0])

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from mlspec.errors import StepError
 from mlspec.ops.merge.stats import MergeStats
 from mlspec.run.context import StepContext
 from mlspec.values import Model
-from torch import Tensor
 
 __all__ = ["TensorKernel", "check_compatible", "labels", "merge_models", "per_model"]
 

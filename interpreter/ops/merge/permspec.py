@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from mlspec.errors import StepError
 from torch import Tensor
+
+from mlspec.errors import StepError
 
 __all__ = ["PermSpec", "identity_perms", "permute_state", "spec_for"]
 

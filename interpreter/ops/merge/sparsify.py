@@ -50,13 +50,18 @@ def kth_smallest(values: Tensor, k: int) -> float:
 
 def magnitude_threshold(x: Tensor, density: float) -> float:
     """The k-th largest |x| with k = ⌊density·numel⌋: inf keeps nothing, 0 keeps everything."""
-    n = x.numel()
+    return threshold_of_magnitudes(x.detach().abs(), density)
+
+
+def threshold_of_magnitudes(magnitude: Tensor, density: float) -> float:
+    """:func:`magnitude_threshold` for a tensor of magnitudes already at hand (saves a pass)."""
+    n = magnitude.numel()
     k = kept_count(density, n)
     if k == 0:
         return math.inf
     if k == n:
         return 0.0
-    return kth_smallest(x.detach().abs(), n - k + 1)
+    return kth_smallest(magnitude, n - k + 1)
 
 
 def keep_top(x: Tensor, threshold: float) -> Tensor:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
 from pydantic import Field
+
+from mlspec.registry import Kind, OpSpec, Params, Port, register
 
 Scalars = float | list[float]
 

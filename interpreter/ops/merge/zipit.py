@@ -10,6 +10,8 @@ U (2n × n) sends every original feature to its merged one, so the next layer's 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from mlspec.errors import StepError
 from mlspec.ops.merge.align import collect_features, correlation
 from mlspec.ops.merge.informed import sample_inputs
@@ -17,7 +19,6 @@ from mlspec.ops.merge.merging import check_compatible
 from mlspec.ops.merge.specs import ZipParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
-from torch import Tensor
 
 __all__ = ["greedy_pairs", "merge_unmerge", "zip_models"]
 

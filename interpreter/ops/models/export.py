@@ -7,7 +7,6 @@ import hashlib
 from safetensors.torch import save_file
 
 from mlspec.checkpoints import is_checkpoint
-from mlspec.errors import StepError
 from mlspec.ops.models.specs import ExportParams
 from mlspec.run.context import StepContext
 from mlspec.values import Model, Record
