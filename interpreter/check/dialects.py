@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -52,9 +51,6 @@ class ActionRule:
         text = f"{self.op} {model}" + (f" on {data}" if data else "")
         return text + (f" @ {point}" if point else "")
 
-    def family(self, keyword: str) -> str | None:
-        return None
-
 
 ACTIONS: dict[str, dict[str, ActionRule]] = {
     "merge": {
@@ -89,5 +85,3 @@ class StudyOptions(Params):
             return v
         raise ValueError("device is auto, cpu, cuda or cuda:N")
 
-
-Format = Literal["safetensors", "hf"]

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mlspec import registry
-from mlspec.check.dialects import ACTIONS, DECL_KINDS, ActionRule, StudyOptions
+from mlspec.check.dialects import ACTIONS, DECL_KINDS, StudyOptions
 from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
 from mlspec.plan.steps import Lowered, Step, StudyInfo
 from mlspec.registry import Kind, OpSpec
@@ -444,16 +444,11 @@ class _Lowerer:
                     datasets.append((self.dataset(item, over), over, point))
         for model in models:
             for data, over, point in datasets:
-                inputs_expr = {"model": model, "on": data}
                 name = rule.step_name(self._subject_name(model), data, point)
                 if name in self.steps and self.steps[name].inputs.get("model") != model:
                     name = rule.step_name(model, data, point)  # `dt` evaluated before and after training
-                params = {k: v for k, (v, _s) in raw.items()}
-                if point:
-                    params_sweep = {k: v for k, (v, _s) in over.items()}
-                else:
-                    params_sweep = None
-                step_name = self.action_step(op, rule, name, inputs_expr, params, a, raw, params_sweep)
+                grid_point = {k: v for k, (v, _s) in over.items()} if point else None
+                step_name = self.action_step(op, name, {"model": model, "on": data}, a, raw, grid_point)
                 if rule.rebinds:
                     previous = self.env[self._subject_name(model)]
                     self.env[previous.name] = _Binding(previous.name, previous.span, "step", out=previous.out,
@@ -485,18 +480,19 @@ class _Lowerer:
             text = text[:-1] + (", " if e.kwargs or e.args else "") + extra + ")"
         return self.call(e, text, {}, statement=f"data {text}", overrides=over)
 
-    def action_step(self, op: OpSpec, rule: ActionRule, name: str, inputs: dict[str, str | None],
-                    params: dict[str, Any], a: ast.Action, raw: dict[str, tuple[Any, Span]],
-                    sweep: dict[str, Any] | None) -> str:
+    def action_step(self, op: OpSpec, name: str, inputs: dict[str, str | None], a: ast.Action,
+                    raw: dict[str, tuple[Any, Span]], sweep: dict[str, Any] | None) -> str:
+        """One step of an action statement; its clauses (``raw``) are the operator's parameters."""
+        params = {k: v for k, (v, _s) in raw.items()}
         spans = {k: s for k, (_v, s) in raw.items()}
-        fake = ast.Call(span=a.span, func=op.name, name_span=a.span)
-        validated = self.validate(op, params, spans, fake)
+        statement_call = ast.Call(span=a.span, func=op.name, name_span=a.span)
+        validated = self.validate(op, params, spans, statement_call)
         ins: dict[str, str | list[str]] = {k: v for k, v in inputs.items() if v is not None}
         for port in op.inputs:
             if port.name in ins:
                 self.check_kind(Kind(self.output_kind(str(ins[port.name]))), port, op, str(ins[port.name]), a.span)
         return self.add_step(Step(name=name, op=op.name, params=validated, inputs=ins, span=a.span,
-                                  statement=a.keyword, family=rule.family(a.keyword), sweep=sweep))
+                                  statement=a.keyword, sweep=sweep))
 
     def export(self, s: ast.Export) -> None:
         path = Path(s.path)
@@ -509,8 +505,8 @@ class _Lowerer:
         fmt = s.format or ("safetensors" if s.path.endswith(".safetensors") else "hf")
         for step in steps:
             target = s.path if len(steps) == 1 else str(path.with_name(f"{path.stem}-{step}{path.suffix}"))
-            fake = ast.Call(span=s.span, func="export", name_span=s.span)
-            params = self.validate(op, {"path": target, "format": fmt}, {"format": s.span}, fake)
+            statement_call = ast.Call(span=s.span, func="export", name_span=s.span)
+            params = self.validate(op, {"path": target, "format": fmt}, {"format": s.span}, statement_call)
             self.add_step(Step(name=f"export {step} to {target}", op="export", params=params,
                                inputs={"model": step}, span=s.span, statement="export"))
 

@@ -106,11 +106,13 @@ def _execute(payload: dict[str, Any], progress: Progress | None = None,
     spec = registry.get(payload["op"])
     assert spec is not None
     cache = Cache(payload["cache"])
-    inputs: dict[str, Any] = {}
-    for port, keys in payload["inputs"].items():
-        def load(k):
-            return (values[k] if values is not None and k in values else cache.load(k))
-        inputs[port] = [load(k) for k in keys] if isinstance(keys, list) else load(keys)
+    memo = values if values is not None else {}
+
+    def load(key: str) -> Value:
+        return memo[key] if key in memo else cache.load(key)
+
+    inputs = {port: [load(k) for k in keys] if isinstance(keys, list) else load(keys)
+              for port, keys in payload["inputs"].items()}
     params = spec.params.model_validate(payload["params"])
     work_dir = Path(payload["cache"]) / "work" / payload["key"]
     work_dir.mkdir(parents=True, exist_ok=True)

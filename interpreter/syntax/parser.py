@@ -183,9 +183,8 @@ def _previous_code(text: str, line: int, col: int) -> tuple[int, int] | None:
 
 
 def _expected_list(expected: set[str], parser: Lark) -> str:
-    names = sorted({_describe_terminal(t, parser) for t in expected if not t.startswith("__ANON")} |
-                   {_describe_terminal(t, parser) for t in expected if t.startswith("__ANON")})
-    names = [n for n in names if not n.startswith("__")]
+    # Anonymous terminals (__ANON_n) are described by their text, so no lark name reaches a user.
+    names = sorted(n for n in {_describe_terminal(t, parser) for t in expected} if not n.startswith("__"))
     if not names:
         return "something else"
     if len(names) > 6:
