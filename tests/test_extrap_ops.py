@@ -46,6 +46,16 @@ def test_pipeline_of_ops_gives_json_records(tmp_path: Path) -> None:
     record = call("evaluate_extrap", tmp_path, model=trained, on=data, iterations=[1, 3], correctness="valid_path")
     json.dumps(record.data)
     assert record["iterations"] == [1, 3] and record["task"]["size"] == 5
+    examples = record["mazes"]  # pictures for the report: failures first, compact cells
+    verdicts = [m["correct"] for m in examples]
+    assert 1 <= len(examples) <= 8 and verdicts == sorted(verdicts)
+    assert sum(not v for v in verdicts) == min(4, round(40 * (1 - record["accuracy"][-1])))
+    for m in examples:
+        assert len(m["input"]) == len(m["target"]) == len(m["prediction"]) == 7 and m["size"] == 5
+        cells = {c for row in m["input"] for c in row}
+        assert cells <= {0, 1, 2, 3} and {2, 3} <= cells  # wall, open, start, end
+        start = next((r, c) for r, row in enumerate(m["input"]) for c, v in enumerate(row) if v == 2)
+        assert m["target"][start[0]][start[1]] == 1  # the path starts at the start
     dyn = call("dynamics", tmp_path, model=trained, on=data, iterations=12, window=6, detect=["fixed_point", "deadend"])
     json.dumps(dyn.data)
 

@@ -54,9 +54,13 @@ def minimal_paths(pred: torch.Tensor, target: torch.Tensor, grid: torch.Tensor) 
 
 def evaluate(
     model: IterativeNet, tensors: dict[str, torch.Tensor], *, budgets: Sequence[int],
-    correctness: str = "exact", batch_size: int = 256, device: str = "cpu",
+    correctness: str = "exact", batch_size: int = 256, device: str = "cpu", examples: int = 0,
 ) -> dict[str, Any]:
-    """Solved fraction and per-pixel accuracy at every budget; a JSON-able dict."""
+    """Solved fraction and per-pixel accuracy at every budget; a JSON-able dict.
+
+    With ``examples`` > 0 (mazes only) it also keeps that many solved and that many failed mazes
+    at the largest budget as compact pictures — ``{"input", "target", "prediction", "correct",
+    "size"}``, cells 0 wall / 1 open / 2 start / 3 end — for the report to draw."""
     if correctness not in CORRECTNESS:
         raise ValueError(f"correctness must be one of {', '.join(CORRECTNESS)} (not {correctness!r})")
     if correctness == "valid_path" and not is_maze(tensors):
@@ -67,19 +71,44 @@ def evaluate(
     right_pixels = np.zeros(len(budgets))
     n = pixels = 0
     with torch.no_grad(), autocast(device):
+        kept: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         for b in batches(tensors, batch_size, device):
             for i, logits in enumerate(model(b.x, at=budgets)):
-                hits[i] += int(_correct(logits, b, correctness).sum())
+                correct = _correct(logits, b, correctness)
+                hits[i] += int(correct.sum())
                 right_pixels[i] += int(((predictions(logits, b.mask) == b.y) & b.mask).sum())
+                if i == len(budgets) - 1 and examples and b.grid is not None:
+                    _keep_examples(kept, examples, b, predictions(logits, b.mask), correct)
             n += len(b.x)
             pixels += int(b.mask.sum())
-    return {
+    result = {
         "iterations": budgets,
         "accuracy": (hits / max(n, 1)).tolist(),
         "pixel_accuracy": (right_pixels / max(pixels, 1)).tolist(),
         "count": n,
         "correctness": correctness,
     }
+    if examples and is_maze(tensors):
+        result["mazes"] = kept[False] + kept[True]  # failures first
+    return result
+
+
+def _keep_examples(kept: dict[bool, list[dict[str, Any]]], limit: int, b: Batch, pred: torch.Tensor,
+                   correct: torch.Tensor) -> None:
+    """Add compact pictures (one value per 2x2 tile) of a batch's mazes until ``limit`` of each verdict."""
+    assert b.grid is not None
+    for j in range(len(correct)):
+        verdict = bool(correct[j])
+        if len(kept[verdict]) >= limit:
+            continue
+        grid = b.grid[j]
+        kept[verdict].append({
+            "input": grid.tolist(),
+            "target": b.y[j, 1:-1:2, 1:-1:2].tolist(),  # the tile grid: (n+2) x (n+2), like the input
+            "prediction": pred[j, 1:-1:2, 1:-1:2].tolist(),
+            "correct": verdict,
+            "size": int(grid.shape[-1]) - 2,
+        })
 
 
 def _correct(logits: torch.Tensor, b: Batch, correctness: str) -> torch.Tensor:

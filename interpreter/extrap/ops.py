@@ -112,8 +112,9 @@ def evaluate_extrap(ctx: StepContext, params: EvaluateExtrapParams, model: Model
     net = _net(model, on)
     result = _clearly(lambda: evaluation.evaluate(net, on.tensors, budgets=params.iterations,
                                                   correctness=params.correctness, batch_size=params.batch_size,
-                                                  device=ctx.device))
-    return Record({**result, "model": model.arch["type"], "task": on.meta})
+                                                  device=ctx.device, examples=params.examples))
+    return Record({**result, "model": ctx.input_names.get("model", model.arch["type"]), "arch": model.arch["type"],
+                   "task": on.meta})
 
 
 def dynamics(ctx: StepContext, params: DynamicsParams, model: Model, on: Dataset) -> Record:
@@ -122,4 +123,5 @@ def dynamics(ctx: StepContext, params: DynamicsParams, model: Model, on: Dataset
         net, on.tensors, iterations=params.iterations, window=params.window, detect=tuple(params.detect),
         max_period=params.max_period, tol=params.tol, sketch=params.sketch, batch_size=params.batch_size,
         seed=ctx.seed, device=ctx.device))
-    return Record({**result, "model": model.arch["type"], "task": on.meta})
+    return Record({**result, "model": ctx.input_names.get("model", model.arch["type"]), "arch": model.arch["type"],
+                   "task": on.meta})

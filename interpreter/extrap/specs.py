@@ -98,6 +98,7 @@ class EvaluateExtrapParams(Params):
     iterations: list[int] = Field(default=[30], description="budgets, all read from one unrolled pass")
     correctness: Literal["exact", "valid_path"] = Field(default="exact", description="exact, or any minimal path")
     batch_size: int = Field(default=256, ge=1, description="samples per forward pass")
+    examples: int = Field(default=4, ge=0, le=64, description="solved and failed mazes kept as pictures")
 
     _list = field_validator("iterations", mode="before")(_as_list)
 

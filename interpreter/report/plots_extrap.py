@@ -182,7 +182,13 @@ def extrapolation(study: StudyView, steps: list[StepView]) -> list[Figure]:
     found = grids(study)
     with_axes = [g for g in found if g.axes and g.cells]
     out = [_heatmaps(with_axes[i : i + PANELS]) for i in range(0, len(with_axes), PANELS)]
-    return out + [_iteration_curves(g) for g in found if len({c["iterations"] for c in g.cells}) > 1]
+    out += [_iteration_curves(g) for g in found if len({c["iterations"] for c in g.cells}) > 1]
+    # Example mazes of each model at its hardest grid point (the last in the axes' order).
+    hardest: dict[str, StepView] = {}
+    for s in steps:
+        if isinstance(s.record, dict) and s.record.get("mazes"):
+            hardest[str(s.inputs.get("model", s.name))] = s
+    return out + maze_pictures(study, list(hardest.values()))
 
 
 @figure("dynamics", keys=("residual", "window"))
