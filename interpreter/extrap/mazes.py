@@ -279,11 +279,15 @@ def generate_compact(
     return CompactMazes(np.concatenate(grids)[:count], np.concatenate(paths)[:count])
 
 
-def upscale(a: torch.Tensor) -> torch.Tensor:
-    """(..., S, S) -> (..., 2S+2, 2S+2): every pixel a 2x2 tile, then a one-pixel zero border."""
+def upscale(a: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(..., S, S) -> (..., 2S+2, 2S+2): every pixel a 2x2 tile, then a one-pixel zero border.
+
+    The tiles are written straight into the result (converted to ``dtype`` on the way), so the
+    large tensor is touched once."""
     *lead, s, _ = a.shape
-    out = a.new_zeros(*lead, 2 * s + 2, 2 * s + 2)
-    out[..., 1:-1, 1:-1] = a[..., :, None, :, None].expand(*lead, s, 2, s, 2).reshape(*lead, 2 * s, 2 * s)
+    out = torch.zeros(*lead, 2 * s + 2, 2 * s + 2, dtype=dtype or a.dtype, device=a.device)
+    tiles = out[..., 1:-1, 1:-1].unflatten(-1, (s, 2)).unflatten(-3, (s, 2))  # (..., S, 2, S, 2) view
+    tiles.copy_(a[..., :, None, :, None].expand(*lead, s, 2, s, 2))
     return out
 
 
@@ -293,8 +297,8 @@ def to_pixels(grid: torch.Tensor, path: torch.Tensor | None = None) -> Mazes:
     red = open_ & (grid != START)  # start is (0, 1, 0)
     green = open_ & (grid != END)  # end is (1, 0, 0)
     blue = grid == OPEN
-    x = upscale(torch.stack([red, green, blue], 1)).float()  # (N, 3, 2n+6, 2n+6)
-    y = torch.empty(0, dtype=torch.long) if path is None else upscale(path).long()  # (N, 2n+6, 2n+6)
+    x = upscale(torch.stack([red, green, blue], 1), torch.float32)  # (N, 3, 2n+6, 2n+6)
+    y = torch.empty(0, dtype=torch.long) if path is None else upscale(path, torch.long)  # (N, 2n+6, 2n+6)
     return Mazes(x, y)
 
 
