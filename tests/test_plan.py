@@ -90,3 +90,35 @@ def test_reused_declarations_inside_sweeps_get_one_step_per_value() -> None:
                    'model t[f] = train(m, on = d(test_fraction = f)) for f in [0.2, 0.3]\n')
     assert {"d(test_fraction = 0.2)", "d(test_fraction = 0.3)"} <= set(plan.graph)
     assert plan.step("t[0.3]").inputs["on"] == "d(test_fraction = 0.3)"
+
+
+def test_use_shares_declarations_between_specs(tmp_path) -> None:
+    (tmp_path / "common.merge").write_text('data digits = digits()\nmodel init = mlp(in = 64, hidden = [8], out = 10)\n'
+                                           'report "ignored.html"\n')
+    (tmp_path / "study.merge").write_text('use "common.merge"\nmodel a = train(init, on = digits, epochs = 1)\n')
+    plan = mlspec.load(tmp_path / "study.merge").plan
+    assert {"digits", "init", "a"} <= set(plan.graph)
+    (tmp_path / "loop.merge").write_text('use "loop2.merge"\n')
+    (tmp_path / "loop2.merge").write_text('use "loop.merge"\n')
+    from mlspec.errors import SpecError
+
+    try:
+        mlspec.load(tmp_path / "loop.merge").plan
+    except SpecError as exc:
+        assert "a `use` cycle" in exc.render() and "loop2.merge:1:1" in exc.render()
+    else:
+        raise AssertionError("a use cycle must be an error")
+    (tmp_path / "missing.merge").write_text('use "nowhere.merge"\n')
+    try:
+        mlspec.load(tmp_path / "missing.merge").plan
+    except SpecError as exc:
+        assert "cannot use 'nowhere.merge': no such file" in exc.render()
+    else:
+        raise AssertionError("a missing include must be an error")
+
+
+def test_sweep_members_can_be_picked_and_aliased() -> None:
+    plan = plan_of(SPEC + "model best = ta[1.0]\ncurve c = interpolate(a, ta[1.5], steps = 3) on digits\n"
+                          "evaluate [best] on [digits]\n")
+    assert plan.step("c").inputs["b"] == "ta[1.5]"
+    assert plan.step("evaluate ta[1.0] on digits").inputs["model"] == "ta[1.0]"
