@@ -16,6 +16,7 @@ from mlspec.ops.merge.informed import sample_inputs
 from mlspec.ops.merge.merging import check_compatible
 from mlspec.ops.merge.permspec import PermSpec, identity_perms, permute_state, spec_for
 from mlspec.ops.merge.specs import PermuteParams, RepairParams
+from mlspec.ops.models.hooks import run_with_hooks
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 
@@ -70,13 +71,8 @@ def collect_features(net: nn.Module, x: Tensor, modules: list[str]) -> dict[str,
         def hook(_m: nn.Module, _i: tuple[Tensor, ...], out: Tensor, key: str = name) -> None:
             found[key] = out.movedim(1, -1).reshape(-1, out.shape[1]).double()
 
-        hooks.append(lookup[name].register_forward_hook(hook))
-    net.eval()
-    try:
-        net(x)
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks.append((lookup[name], hook))
+    run_with_hooks(net, x, hooks)
     return found
 
 

@@ -19,6 +19,7 @@ from mlspec.ops.evaluation import evaluate_module
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.merging import labels, merge_models, per_model
 from mlspec.ops.merge.specs import FisherParams, RegMeanParams, SoupParams
+from mlspec.ops.models.hooks import run_with_hooks
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 
@@ -124,13 +125,8 @@ def input_grams(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
                 feats = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
                 grams[key] = grams.get(key, 0) + feats.T @ feats  # type: ignore[operator]
                 counts[key] = counts.get(key, 0) + len(feats)
-            hooks.append(module.register_forward_hook(hook))
-    net.eval()
-    try:
-        net(x)
-    finally:
-        for h in hooks:
-            h.remove()
+            hooks.append((module, hook))
+    run_with_hooks(net, x, hooks)
     return {k: g / counts[k] for k, g in grams.items()}
 
 
