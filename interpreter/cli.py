@@ -123,12 +123,14 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MLSPEC_CACHE_DIR",
               help="artifact cache [default: .mlspec/cache, or $MLSPEC_CACHE_DIR]")
 @click.option("--device", help="override the study's device (cpu, cuda, cuda:N)")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local processes, or Ray tasks (RAY_ADDRESS joins a cluster)")
 @click.option("--allow-outside-out", "allow_outside", is_flag=True,
               help="let exports and reports use absolute paths or '..'")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,
-        device: str | None, allow_outside: bool, no_progress: bool) -> None:
+        device: str | None, executor: str, allow_outside: bool, no_progress: bool) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.run.executor import explain
@@ -146,7 +148,7 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
     command = "mlspec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with _progress_bars(not no_progress and sys.stderr.isatty()) as bars:
         results = study.run(out=out, jobs=jobs, force=force, cache_dir=cache_dir, progress=bars,
-                            command=command, device=device)
+                            command=command, device=device, executor=executor)
     states = [o.state for o in results.outcomes.values()]
     click.echo(f"{states.count('ran')} ran, {states.count('cached')} cached"
                + (f", {len(results.failures())} failed or skipped" if results.failures() else ""))

@@ -70,7 +70,8 @@ class Study:
 
     def run(self, *, out: str | Path | None = None, jobs: int = 1, force: bool = False,
             cache_dir: str | Path | None = None, progress: Progress | None = None,
-            command: str | None = None, device: str | None = None, report: bool = True) -> Results:
+            command: str | None = None, device: str | None = None, report: bool = True,
+            executor: str = "local") -> Results:
         from mlspec.run.executor import Runner
 
         plan = self.plan
@@ -78,7 +79,7 @@ class Study:
         cache = Cache(cache_dir if cache_dir is not None else default_cache_dir())
         started = _dt.datetime.now(_dt.timezone.utc)
         runner = Runner(plan, cache, out_dir=out_dir, jobs=jobs, force=force, allow_outside=self.allow_outside,
-                        progress=progress, device=device)
+                        progress=progress, device=device, executor=executor)
         outcome = runner.run()
         results = collect(plan, cache, outcome.outcomes)
         results.out_dir = out_dir

@@ -181,3 +181,22 @@ def test_progress_reports_steps_and_training_epochs(tmp_path: Path) -> None:
     assert (3, "small: steps") in events and (3, "t: train") in events
     losses = [e["loss"] for e in events if isinstance(e, dict) and "loss" in e]
     assert len(losses) == 3 and all(isinstance(v, float) for v in losses)
+
+
+def test_ray_executor_matches_local(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    spec = write(tmp_path, SMALL + "data none = digits.classes(11)\nmodel c = train(init, on = none)\n"
+                                   "evaluate [c] on [digits]\n")
+    local = mlspec.load(spec).run(out=tmp_path / "l", cache_dir=tmp_path / "cl", report=False)
+    # Part of the study already cached: Ray receives those values from the driver.
+    cache = tmp_path / "cr"
+    mlspec.load(write(tmp_path, SMALL.split("merge avg")[0], "part.merge")).run(out=tmp_path / "p", cache_dir=cache,
+                                                                                 report=False)
+    remote = mlspec.load(spec).run(out=tmp_path / "r", cache_dir=cache, report=False, executor="ray")
+    states = {n: o.state for n, o in remote.outcomes.items()}
+    assert states["a"] == "cached" and states["avg"] == "ran"
+    assert states["none"] == "failed" and states["c"] == "skipped" and states["evaluate c on digits"] == "skipped"
+    assert "class 11 does not occur" in (remote.outcomes["none"].error or "")
+    assert remote["ab"]["loss"] == pytest.approx(local["ab"]["loss"], rel=1e-5)
+    assert remote["evaluate avg on digits"] == local["evaluate avg on digits"]
+    assert Cache(cache).has(mlspec.load(spec).plan.step("avg").key)  # the driver wrote the cache

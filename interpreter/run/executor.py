@@ -28,7 +28,10 @@ from mlspec.run.cache import Cache
 from mlspec.run.context import Progress, StepContext
 from mlspec.values import Value
 
-__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain"]
+__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "EXECUTORS"]
+
+#: "local": in-process, or a pool of worker processes with --jobs; "ray": each step a Ray task.
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -98,9 +101,10 @@ def _why(step: Step, before: dict[str, Any] | None, rerun: set[str]) -> str:
     return "not in the cache (cleared or never finished)"
 
 
-def _execute(payload: dict[str, Any], progress: Progress | None = None,
-             values: dict[str, Value] | None = None) -> tuple[float, Value]:
-    """Run one step; used in-process and in worker processes alike."""
+def execute_step(payload: dict[str, Any], progress: Progress | None = None,
+             values: dict[str, Value] | None = None, *, save: bool = True) -> tuple[float, Value]:
+    """Run one step; used in-process, in worker processes and in Ray tasks alike. Inputs come from
+    ``values`` (by key) when there, else from the cache; with ``save`` the output goes to the cache."""
     import torch
 
     spec = registry.get(payload["op"])
@@ -126,7 +130,8 @@ def _execute(payload: dict[str, Any], progress: Progress | None = None,
     start = time.perf_counter()
     value = _implementation(spec, inputs)(ctx, params, **inputs)
     duration = time.perf_counter() - start
-    cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]})
+    if save:
+        cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]})
     return duration, value
 
 
@@ -145,15 +150,15 @@ def _implementation(spec: registry.OpSpec, inputs: dict[str, Any]) -> Callable[.
 
 def _worker(payload: dict[str, Any]) -> tuple[float, str | None]:
     try:
-        duration, _ = _execute(payload)
+        duration, _ = execute_step(payload)
         return duration, None
     except MlspecError as exc:
         return 0.0, str(exc)
     except Exception as exc:  # a bug or a bad input inside an operator: report it, keep the run going
-        return 0.0, _describe_crash(exc)
+        return 0.0, describe_crash(exc)
 
 
-def _describe_crash(exc: BaseException) -> str:
+def describe_crash(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
@@ -161,7 +166,11 @@ def _describe_crash(exc: BaseException) -> str:
 
 class Runner:
     def __init__(self, plan: Plan, cache: Cache, *, out_dir: Path, jobs: int = 1, force: bool = False,
-                 allow_outside: bool = False, progress: Progress | None = None, device: str | None = None):
+                 allow_outside: bool = False, progress: Progress | None = None, device: str | None = None,
+                 executor: str = "local"):
+        if executor not in EXECUTORS:
+            raise MlspecError(f"unknown executor {executor!r} (choose from {', '.join(EXECUTORS)})")
+        self.executor = executor
         self.plan = plan
         self.cache = cache
         self.out_dir = out_dir
@@ -172,7 +181,7 @@ class Runner:
         self.device = resolve_device(device or plan.study.device)
         self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
 
-    def _payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:
+    def payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:
         keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)
                        else self.plan.step(names).key) for port, names in step.inputs.items()}
         return {"name": step.name, "op": step.op, "params": step.params, "inputs": keys,
@@ -194,7 +203,11 @@ class Runner:
             if s not in todo:
                 result.outcomes[s.name] = StepOutcome(s.name, "cached")
         with self._overall(len(todo)) as advance:
-            if self.jobs == 1 or len(todo) <= 1:
+            if self.executor == "ray" and todo:
+                from mlspec.run.ray_executor import run_on_ray
+
+                run_on_ray(self, todo, result, advance)
+            elif self.jobs == 1 or len(todo) <= 1:
                 self._run_serial(todo, result, advance)
             else:
                 self._run_parallel(todo, result, advance)
@@ -232,12 +245,12 @@ class Runner:
                 result.outcomes[step.name] = StepOutcome(step.name, "skipped", error=f"'{blocker}' did not finish")
                 continue
             try:
-                duration, value = _execute(self._payload(step), self.progress, self.values)
+                duration, value = execute_step(self.payload(step), self.progress, self.values)
             except MlspecError as exc:
                 result.outcomes[step.name] = StepOutcome(step.name, "failed", error=str(exc))
                 continue
             except Exception as exc:
-                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=_describe_crash(exc))
+                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=describe_crash(exc))
                 continue
             result.outcomes[step.name] = StepOutcome(step.name, "ran", duration)
             if remaining_uses.get(step.key):
@@ -263,7 +276,7 @@ class Runner:
                         del waiting[name]
                         continue
                     if all(result.outcomes.get(up) is not None for up in step.upstream()):
-                        running[pool.submit(_worker, self._payload(step, threads))] = step
+                        running[pool.submit(_worker, self.payload(step, threads))] = step
                         del waiting[name]
                 if not running:
                     continue
@@ -273,7 +286,7 @@ class Runner:
                     try:
                         duration, error = fut.result()
                     except Exception as exc:  # the worker process died
-                        duration, error = 0.0, _describe_crash(exc)
+                        duration, error = 0.0, describe_crash(exc)
                     state = "failed" if error else "ran"
                     result.outcomes[step.name] = StepOutcome(step.name, state, duration, error)
                     advance(step=step.name)
