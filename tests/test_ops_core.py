@@ -162,3 +162,10 @@ def test_export_round_trips_weights(tmp_path: Path) -> None:
     assert rec["tensors"] == 2 and len(rec["sha256"]) == 64
     with pytest.raises(StepError, match="outside the output directory"):
         export(ctx(tmp_path), ExportParams(path="../m.safetensors"), model=model)
+
+
+def test_diverging_training_is_a_clear_error(tmp_path: Path) -> None:
+    d = digits(ctx(tmp_path), DigitsParams())
+    init = mlp(ctx(tmp_path), MLPParams.model_validate({"in": 64, "hidden": [32], "out": 10}))
+    with pytest.raises(StepError, match="training diverged in epoch .*lower the learning rate"):
+        train(ctx(tmp_path), TrainParams(epochs=3, lr=1e12, optimizer="sgd"), model=init, on=d)

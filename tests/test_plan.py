@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 import mlspec
+from mlspec.errors import SpecError
 from mlspec.plan.graph import derive_seed
 
 SPEC = """\
@@ -100,21 +103,12 @@ def test_use_shares_declarations_between_specs(tmp_path) -> None:
     assert {"digits", "init", "a"} <= set(plan.graph)
     (tmp_path / "loop.merge").write_text('use "loop2.merge"\n')
     (tmp_path / "loop2.merge").write_text('use "loop.merge"\n')
-    from mlspec.errors import SpecError
-
-    try:
-        mlspec.load(tmp_path / "loop.merge").plan
-    except SpecError as exc:
-        assert "a `use` cycle" in exc.render() and "loop2.merge:1:1" in exc.render()
-    else:
-        raise AssertionError("a use cycle must be an error")
+    with pytest.raises(SpecError) as cycle:
+        mlspec.load(tmp_path / "loop.merge").check()
+    assert "a `use` cycle" in cycle.value.render() and "loop2.merge:1:1" in cycle.value.render()
     (tmp_path / "missing.merge").write_text('use "nowhere.merge"\n')
-    try:
-        mlspec.load(tmp_path / "missing.merge").plan
-    except SpecError as exc:
-        assert "cannot use 'nowhere.merge': no such file" in exc.render()
-    else:
-        raise AssertionError("a missing include must be an error")
+    with pytest.raises(SpecError, match="cannot use 'nowhere.merge': no such file"):
+        mlspec.load(tmp_path / "missing.merge").check()
 
 
 def test_sweep_members_can_be_picked_and_aliased() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mlspec.errors import StepError
 from mlspec.ops.models.arch import build
 from mlspec.ops.models.specs import MLPParams, TrainParams
 from mlspec.run.context import StepContext
@@ -57,6 +59,9 @@ def fit(
             opt.step()
             total += loss.item() * len(idx)
         history.append(total / max(1, len(x)))
+        if not math.isfinite(history[-1]):
+            raise StepError(f"training diverged in epoch {epoch + 1}: the loss is {history[-1]} "
+                            f"(lr = {params.lr}); lower the learning rate")
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
     return history
