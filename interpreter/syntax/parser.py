@@ -59,12 +59,13 @@ def _parser(dialect: str) -> Lark:
 
 @cache
 def keywords(dialect: str) -> dict[str, list[str]]:
-    """The dialect's keywords by role: ``decl_kind``, ``action_kw``, ``clause_kw``."""
-    text = _grammar_text(dialect)
-    out: dict[str, list[str]] = {}
-    for role in ("decl_kind", "action_kw", "clause_kw"):
-        match = re.search(rf"^!{role}:(.*)$", text, re.M)
-        out[role] = re.findall(r'"([^"]+)"', match.group(1)) if match else []
+    """The dialect's keywords by role: ``decl_kind``, ``action_kw``, ``clause_kw`` — read from the
+    compiled grammar, so every alternative counts however the .lark file spreads them over lines."""
+    parser = _parser(dialect)
+    out: dict[str, list[str]] = {role: [] for role in ("decl_kind", "action_kw", "clause_kw")}
+    for rule in parser.rules:
+        if rule.origin.name in out:
+            out[rule.origin.name] += [str(parser.get_terminal(sym.name).pattern.value) for sym in rule.expansion]
     return out
 
 
