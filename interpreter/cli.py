@@ -175,7 +175,7 @@ def report(spec: str, out: str | None, cache_dir: str | None) -> None:
     study = _load(spec)
     plan = study.check()
     out_dir = Path(out) if out else study.default_out_dir()
-    results = collect(plan, Cache(cache_dir or default_cache_dir()))
+    results = collect(plan, Cache(cache_dir or default_cache_dir()), out_dir)
     missing = [s.name for s in plan.steps if s.name not in results.results]
     prov_path = out_dir / "provenance.json"
     provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {"command": "mlspec report"}

@@ -9,7 +9,6 @@ import datetime as _dt
 import hashlib
 import json
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,8 +80,7 @@ class Study:
         runner = Runner(plan, cache, out_dir=out_dir, jobs=jobs, force=force, allow_outside=self.allow_outside,
                         progress=progress, device=device, executor=executor)
         outcome = runner.run()
-        results = collect(plan, cache, outcome.outcomes)
-        results.out_dir = out_dir
+        results = collect(plan, cache, out_dir)
         results.outcomes = outcome.outcomes
         write_json(out_dir / "results.json", {"study": results.study, "steps": results.steps,
                                                "results": results.results})
@@ -95,7 +93,7 @@ class Study:
         return results
 
 
-def collect(plan: Plan, cache: Cache, outcomes: dict[str, Any] | None = None) -> Results:
+def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
     """Read every finished step's JSON result from the cache (nothing is recomputed)."""
     study = _study_dict(plan)
     steps: dict[str, dict[str, Any]] = {}
@@ -113,7 +111,7 @@ def collect(plan: Plan, cache: Cache, outcomes: dict[str, Any] | None = None) ->
             results[step.name] = {"arch": meta["arch"], **meta.get("info", {})}
         else:
             results[step.name] = meta.get("meta", {})
-    return Results(study=study, steps=steps, results=results, out_dir=Path("."))
+    return Results(study=study, steps=steps, results=results, out_dir=out_dir)
 
 
 def _study_dict(plan: Plan) -> dict[str, Any]:
@@ -129,8 +127,7 @@ def _provenance(command: str | None, device: str, started: _dt.datetime, duratio
 
     return {"command": command or "mlspec.load(...).run()", "mlspec": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "device": device,
-            "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
-            "argv": sys.argv[:1]}
+            "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3)}
 
 
 def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path) -> Path:
@@ -139,16 +136,22 @@ def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Pa
     bundle = {
         "study": {**results.study, "spec_file": plan.study.spec_file, "spec_text": plan.study.spec_text},
         "provenance": provenance,
-        "steps": [{"name": name, **info, "kind": _kind(info["op"]),
-                   "cached": results.outcomes[name].state == "cached" if name in results.outcomes else True,
-                   "duration_s": results.outcomes[name].duration_s if name in results.outcomes else 0.0,
-                   "state": results.outcomes[name].state if name in results.outcomes else "cached",
-                   "error": results.outcomes[name].error if name in results.outcomes else None}
+        "steps": [{"name": name, **info, "kind": _kind(info["op"]), **_state(name, results)}
                   for name, info in results.steps.items()],
         "results": results.results,
         "graph": {"nodes": list(plan.graph.nodes), "edges": [list(e) for e in plan.graph.edges]},
     }
     return render_report(bundle, out_dir, report_name=plan.study.report_name)  # type: ignore[no-any-return]
+
+
+def _state(name: str, results: Results) -> dict[str, Any]:
+    """How a step fared in this run; re-rendering from the cache (no run) knows only cached or not."""
+    outcome = results.outcomes.get(name)
+    if outcome is None:
+        state = "cached" if name in results.results else "not run"
+        return {"cached": state == "cached", "duration_s": 0.0, "state": state, "error": None}
+    return {"cached": outcome.state == "cached", "duration_s": outcome.duration_s, "state": outcome.state,
+            "error": outcome.error}
 
 
 def _kind(op: str) -> str:

@@ -63,6 +63,11 @@ def test_report_rerenders_from_cache_and_compare(tmp_path: Path) -> None:
     (out / "report.html").unlink()
     rerender = invoke("report", str(spec), "--out", str(out), "--cache-dir", str(cache))
     assert rerender.exit_code == 0 and (out / "report.html").exists()
+    spec.write_text(SPEC + "model t2 = train(m, on = digits, epochs = 2)\n")  # a step never run
+    partial = invoke("report", str(spec), "--out", str(out), "--cache-dir", str(cache))
+    assert "(1 steps not in the cache yet)" in partial.output
+    assert "not run" in (out / "report.html").read_text()
+    spec.write_text(SPEC)
     other = json.loads((out / "results.json").read_text())
     other["results"]["evaluate t on digits"]["accuracy"] = 0.5
     (tmp_path / "b.json").write_text(json.dumps(other))

@@ -236,7 +236,7 @@ def step_table(study: StudyView) -> Table:
     rows = []
     for s in study.steps:
         cache = (
-            s.state if s.state in ("failed", "skipped") else {True: "hit", False: "miss", None: "—"}[s.cached]
+            s.state if s.state in ("failed", "skipped", "not run") else {True: "hit", False: "miss", None: "—"}[s.cached]
         )
         rows.append(
             [

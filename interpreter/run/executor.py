@@ -199,9 +199,8 @@ class Runner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         steps = self.plan.steps
         todo = [s for s in steps if self._needs_run(s)]
-        for s in steps:
-            if s not in todo:
-                result.outcomes[s.name] = StepOutcome(s.name, "cached")
+        to_run = {s.name for s in todo}
+        result.outcomes.update({s.name: StepOutcome(s.name, "cached") for s in steps if s.name not in to_run})
         with self._overall(len(todo)) as advance:
             if self.executor == "ray" and todo:
                 from mlspec.run.ray_executor import run_on_ray
