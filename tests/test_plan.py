@@ -116,3 +116,12 @@ def test_sweep_members_can_be_picked_and_aliased() -> None:
                           "evaluate [best] on [digits]\n")
     assert plan.step("c").inputs["b"] == "ta[1.5]"
     assert plan.step("evaluate ta[1.0] on digits").inputs["model"] == "ta[1.0]"
+
+
+def test_grid_points_replace_settings_the_data_call_already_has() -> None:
+    spec = ('task mazes = maze(size = 5)\nmodel dt = dt_net(width = 4)\naxis size = [5, 7]\n'
+            'evaluate [dt] on mazes(size = 9, count = 8) along size iterations [1, 2]\n')
+    plan = mlspec.loads(spec, "g.extrap").plan
+    data = sorted(s.name for s in plan.steps if s.op == "maze")
+    assert data == ["mazes(size = 5, count = 8)", "mazes(size = 7, count = 8)"]
+    assert plan.step("mazes(size = 7, count = 8)").params["size"] == 7

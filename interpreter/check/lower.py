@@ -21,7 +21,6 @@ from mlspec.errors import Span, SpecError, did_you_mean
 from mlspec.plan.steps import Lowered, Step, StudyInfo
 from mlspec.registry import Kind, OpSpec
 from mlspec.syntax import ast
-from mlspec.syntax.fmt import format_expr
 from mlspec.syntax.parser import parse_file
 
 __all__ = ["lower", "format_value"]
@@ -172,10 +171,7 @@ class _Lowerer(Resolver):
             e = ast.Call(span=e.span, func=e.id, name_span=e.span)
         if not isinstance(e, ast.Call):
             raise self.error("expected data: a name or a call such as `mazes(count = 1000)`", e.span)
-        text = format_expr(e)
-        if over:
-            extra = ", ".join(f"{k} = {format_value(v)}" for k, (v, _s) in over.items())
-            text = text[:-1] + (", " if e.kwargs or e.args else "") + extra + ")"
+        text = self.call_text(e, {}, over)
         return self.call(e, text, {}, statement=f"data {text}", overrides=over)
 
     def action_step(self, op: OpSpec, name: str, inputs: dict[str, str | None], a: ast.Action,

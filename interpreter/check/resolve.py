@@ -186,10 +186,15 @@ class Resolver:
         raise self.error(f"'{port.name}' of {op.name} needs {port.kind.article} {port.kind.value}, "
                          f"not {format_expr(e)}", e.span)
 
-    def call_text(self, c: ast.Call, scope: dict[str, Any]) -> str:
-        """``d(test_fraction = 0.25)`` with sweep variables replaced by their values."""
-        kwargs = ", ".join(f"{k.name} = {shown(self.value(k.value, scope))}" for k in c.kwargs)
-        return f"{c.func}({kwargs})"
+    def call_text(self, c: ast.Call, scope: dict[str, Any],
+                  overrides: dict[str, tuple[Any, Span]] | None = None) -> str:
+        """A step name for a call: ``d(test_fraction = 0.25)``, with sweep variables replaced by their
+        values and ``overrides`` (an axis grid point) replacing or adding settings."""
+        settings = {k.name: shown(self.value(k.value, scope)) for k in c.kwargs}
+        settings.update({name: shown(value) for name, (value, _span) in (overrides or {}).items()})
+        receiver = "" if c.receiver is None else format_expr(c.receiver) + "."
+        parts = [format_expr(a) for a in c.args] + [f"{k} = {v}" for k, v in settings.items()]
+        return f"{receiver}{c.func}({', '.join(parts)})"
 
     def output_kind(self, step: str) -> str:
         spec = registry.get(self.steps[step].op)
