@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import networkx as nx
@@ -40,9 +41,10 @@ class Plan:
     families: dict[str, list[str]]
     sources: dict[str, str]
 
-    @property
+    @cached_property
     def steps(self) -> list[Step]:
-        """Steps in a deterministic topological order (declaration order breaks ties)."""
+        """Steps in a deterministic topological order (declaration order breaks ties); the graph is
+        fixed once planned, so the order is computed once."""
         order = {name: i for i, name in enumerate(self.graph.nodes)}
         return [self.graph.nodes[n]["step"] for n in nx.lexicographical_topological_sort(self.graph, key=order.get)]
 
