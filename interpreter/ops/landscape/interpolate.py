@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from mlspec.errors import StepError
 from mlspec.ops.evaluation import evaluate_state
+from mlspec.ops.merge.merging import check_compatible
 from mlspec.ops.scoring import InterpolateParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
@@ -33,18 +33,8 @@ def barriers(alphas: list[float], values: list[float]) -> dict[str, float]:
     }
 
 
-def _check_compatible(a: Model, b: Model) -> None:
-    if a.arch != b.arch:
-        raise StepError(f"cannot interpolate models of different architectures ({a.arch} vs {b.arch})")
-    for name, tensor in a.state.items():
-        other = b.state.get(name)
-        if other is None or other.shape != tensor.shape:
-            shape = None if other is None else tuple(other.shape)
-            raise StepError(f"tensor {name!r} differs: {tuple(tensor.shape)} vs {shape}")
-
-
 def interpolate(ctx: StepContext, params: InterpolateParams, *, a: Model, b: Model, on: Dataset) -> Record:
-    _check_compatible(a, b)
+    check_compatible([a, b], [str(ctx.input_names.get("a") or "a"), str(ctx.input_names.get("b") or "b")])
     alphas = [i / (params.steps - 1) for i in range(params.steps)]
     losses: list[float] = []
     accuracies: list[float] = []

@@ -40,14 +40,15 @@ def check_compatible(models: Sequence[Model], names: Sequence[str]) -> None:
     ref, ref_name = models[0], names[0]
     for model, name in zip(models[1:], names[1:]):
         if model.arch != ref.arch:
-            raise StepError(f"cannot merge {name!r} into {ref_name!r}: architectures differ ({model.arch} vs {ref.arch})")
+            raise StepError(f"{name!r} and {ref_name!r} do not fit together: architectures differ "
+                            f"({model.arch} vs {ref.arch})")
         missing = sorted(set(ref.state) ^ set(model.state))
         if missing:
-            raise StepError(f"cannot merge {name!r} with {ref_name!r}: tensor {missing[0]!r} is in only one of them")
+            raise StepError(f"{name!r} and {ref_name!r} do not fit together: tensor {missing[0]!r} is in only one of them")
         for key, tensor in ref.state.items():
             if model.state[key].shape != tensor.shape:
                 raise StepError(
-                    f"cannot merge {name!r} with {ref_name!r}: tensor {key!r} has shape "
+                    f"{name!r} and {ref_name!r} do not fit together: tensor {key!r} has shape "
                     f"{tuple(model.state[key].shape)} in {name!r} but {tuple(tensor.shape)} in {ref_name!r}"
                 )
 
