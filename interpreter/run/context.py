@@ -24,7 +24,7 @@ class StepContext:
     seed: int  # derived from the study seed and the step name
     device: str  # "cpu", "cuda", "cuda:1" — already resolved from "auto"
     out_dir: Path  # the study's output directory (exports go under it)
-    work_dir: Path  # a private scratch directory for this step (checkpoints for resuming)
+    work_dir: Path  # this step's private scratch directory (resume checkpoints); mkdir it before use
     allow_outside: bool = False  # the user passed --allow-outside-out
     input_names: dict[str, Any] = field(default_factory=dict)  # port -> upstream step name(s)
     _progress: Progress | None = field(default=None, repr=False)

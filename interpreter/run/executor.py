@@ -118,8 +118,7 @@ def execute_step(payload: dict[str, Any], progress: Progress | None = None,
     inputs = {port: [load(k) for k in keys] if isinstance(keys, list) else load(keys)
               for port, keys in payload["inputs"].items()}
     params = spec.params.model_validate(payload["params"])
-    work_dir = Path(payload["cache"]) / "work" / payload["key"]
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(payload["cache"]) / "work" / payload["key"]  # created by the operators that use it
     ctx = StepContext(name=payload["name"], key=payload["key"], seed=payload["seed"] or 0,
                       device=payload["device"], out_dir=Path(payload["out_dir"]), work_dir=work_dir,
                       allow_outside=payload["allow_outside"], input_names=payload["input_names"],
@@ -148,14 +147,22 @@ def _implementation(spec: registry.OpSpec, inputs: dict[str, Any]) -> Callable[.
     return spec.load()  # type: ignore[no-any-return]
 
 
-def _worker(payload: dict[str, Any]) -> tuple[float, str | None]:
+def try_step(payload: dict[str, Any], progress: Progress | None = None, values: dict[str, Value] | None = None,
+             *, save: bool = True) -> tuple[float, Value | None, str | None]:
+    """:func:`execute_step` that reports failure instead of raising: ``(seconds, value, error)``.
+    A spec's own errors keep their message; a crash inside an operator says what and where."""
     try:
-        duration, _ = execute_step(payload)
-        return duration, None
+        duration, value = execute_step(payload, progress, values, save=save)
     except MlspecError as exc:
-        return 0.0, str(exc)
+        return 0.0, None, str(exc)
     except Exception as exc:  # a bug or a bad input inside an operator: report it, keep the run going
-        return 0.0, describe_crash(exc)
+        return 0.0, None, describe_crash(exc)
+    return duration, value, None
+
+
+def _worker(payload: dict[str, Any]) -> tuple[float, str | None]:
+    duration, _, error = try_step(payload)
+    return duration, error
 
 
 def describe_crash(exc: BaseException) -> str:
@@ -243,13 +250,9 @@ class Runner:
             if blocker is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "skipped", error=f"'{blocker}' did not finish")
                 continue
-            try:
-                duration, value = execute_step(self.payload(step), self.progress, self.values)
-            except MlspecError as exc:
-                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=str(exc))
-                continue
-            except Exception as exc:
-                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=describe_crash(exc))
+            duration, value, error = try_step(self.payload(step), self.progress, self.values)
+            if error is not None:
+                result.outcomes[step.name] = StepOutcome(step.name, "failed", error=error)
                 continue
             result.outcomes[step.name] = StepOutcome(step.name, "ran", duration)
             if remaining_uses.get(step.key):

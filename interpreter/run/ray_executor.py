@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mlspec.errors import MlspecError
-from mlspec.run.executor import StepOutcome, describe_crash, execute_step
+from mlspec.run.executor import StepOutcome, try_step
 from mlspec.values import from_parts, to_parts
 
 if TYPE_CHECKING:
@@ -34,13 +34,8 @@ def _ray_step(payload: dict[str, Any], *upstream: Outcome) -> Outcome:
         if error is not None:
             return None, f"'{name}' did not finish", 0.0, True
         values[key] = from_parts(*parts)
-    try:
-        seconds, value = execute_step(payload, None, values, save=False)
-    except MlspecError as exc:
-        return None, str(exc), 0.0, False
-    except Exception as exc:  # a crash inside an operator: report it, keep the run going
-        return None, describe_crash(exc), 0.0, False
-    return to_parts(value), None, seconds, False
+    seconds, value, error = try_step(payload, None, values, save=False)
+    return (None if value is None else to_parts(value)), error, seconds, False
 
 
 def _ray() -> Any:
