@@ -19,6 +19,7 @@ from mlspec.run.cache import Cache, default_cache_dir
 from mlspec.run.context import Progress
 from mlspec.syntax.ast import Program
 from mlspec.syntax.parser import parse, parse_file
+from mlspec.values import json_safe
 
 __all__ = ["Study", "Results", "load", "loads"]
 
@@ -164,7 +165,7 @@ def _kind(op: str) -> str:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
 
 

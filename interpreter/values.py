@@ -16,13 +16,14 @@ torch is imported lazily so that ``mlspec check`` stays torch-free.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Model", "Dataset", "Record", "Value", "to_parts", "from_parts"]
+__all__ = ["Model", "Dataset", "Record", "Value", "to_parts", "from_parts", "json_safe"]
 
 
 @dataclass
@@ -86,3 +87,15 @@ def from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Value:
     if kind == "Record":
         return Record(data=meta["data"])
     raise ValueError(f"unknown cached value type {kind!r}")
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: NaN and infinities (a diverged loss, an empty mean) become ``null``, which every
+    JSON reader accepts; dict keys become strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -200,3 +200,12 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
     assert remote["ab"]["loss"] == pytest.approx(local["ab"]["loss"], rel=1e-5)
     assert remote["evaluate avg on digits"] == local["evaluate avg on digits"]
     assert Cache(cache).has(mlspec.load(spec).plan.step("avg").key)  # the driver wrote the cache
+
+
+def test_results_json_is_strict_json_even_with_nan(tmp_path: Path) -> None:
+    from mlspec.study import write_json
+
+    write_json(tmp_path / "r.json", {"loss": float("nan"), "curve": [1.0, float("inf")], "n": 3})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "curve": [1.0, None], "n": 3}

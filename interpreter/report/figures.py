@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import matplotlib
 from matplotlib.figure import Figure as MplFigure
+
+from mlspec.values import json_safe
 
 if TYPE_CHECKING:
     from mlspec.report.study import StepView, StudyView
@@ -216,20 +217,9 @@ def render_figure(fig: Figure, index: int, figures_dir: Path | None) -> Rendered
         caption=fig.caption,
         section=fig.section,
         svg=_inline_svg(raw, fig_id, fig.title, fig.alt),
-        data_json=json_for_script(_finite(fig.data)),
+        data_json=json_for_script(json_safe(fig.data)),
         files=files,
     )
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities are not JSON; a diverged loss becomes ``null`` in the embedded data."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def slugify(text: str) -> str:
