@@ -48,7 +48,7 @@ class _Lowerer(Resolver):
         if not isinstance(d.value, ast.Call):
             if isinstance(d.value, (ast.Name, ast.Index)):  # an alias: `model best = ta[0.5]`
                 port = registry.Port("value", Kind.ANY)
-                steps = self.refs(d.value, port, d.name, {}, _ALIAS)
+                steps = self.refs(d.value, port, d.name, {}, f"the alias '{d.name}'")
                 target = self.steps[steps[0]]
                 out = Kind(self.output_kind(steps[0]))
                 self.check_decl_kind(d, out, allowed)
@@ -101,7 +101,7 @@ class _Lowerer(Resolver):
         items = e.items if isinstance(e, ast.ListExpr) else [e]
         out: list[str] = []
         for item in items:
-            out += self.refs(item, port, keyword, {}, _action_spec(keyword))
+            out += self.refs(item, port, keyword, {}, f"the subjects of {keyword}")
         return out
 
     def action(self, a: ast.Action) -> None:
@@ -184,7 +184,8 @@ class _Lowerer(Resolver):
         ins: dict[str, str | list[str]] = {k: v for k, v in inputs.items() if v is not None}
         for port in op.inputs:
             if port.name in ins:
-                self.check_kind(Kind(self.output_kind(str(ins[port.name]))), port, op, str(ins[port.name]), a.span)
+                self.check_kind(Kind(self.output_kind(str(ins[port.name]))), port, f"'{port.name}' of {op.name}",
+                                str(ins[port.name]), a.span)
         return self.add_step(Step(name=name, op=op.name, params=validated, inputs=ins, span=a.span,
                                   statement=a.keyword, sweep=sweep))
 
@@ -295,14 +296,6 @@ class _Lowerer(Resolver):
                 span = next((k.value.span for k in s.options if k.name == loc), s.span)
                 self.error(f"invalid study option '{loc}': {err['msg']} (not {shown(raw.get(loc))})", span)
             return StudyOptions()
-
-
-_ALIAS = OpSpec(name="alias", doc="", inputs=(registry.Port("value", Kind.ANY),), output=Kind.ANY, impl="")
-
-
-def _action_spec(keyword: str) -> OpSpec:
-    return OpSpec(name=keyword, doc="", inputs=(registry.Port("subjects", Kind.MODEL, many=True),),
-                  output=Kind.ANY, impl="")
 
 
 def lower(program: ast.Program, *, allow_outside: bool = False) -> Lowered:

@@ -139,29 +139,29 @@ class Resolver:
                              help="move the declaration above its first use")
         raise self.error(f"unknown name '{name.id}'", name.span, help=did_you_mean(name.id, self.env))
 
-    def refs(self, e: ast.Expr, port: registry.Port, owner: str, scope: dict[str, Any],
-             op: OpSpec) -> list[str]:
-        """The step names an input expression denotes (nested calls become steps here)."""
+    def refs(self, e: ast.Expr, port: registry.Port, owner: str, scope: dict[str, Any], role: str) -> list[str]:
+        """The step names an input expression denotes (nested calls become steps here). ``role`` names
+        the receiving end in messages: "'on' of train", "the subjects of evaluate"."""
         if isinstance(e, ast.ListExpr):
             if not port.many:
-                raise self.error(f"'{port.name}' of {op.name} takes one {port.kind.value}, not a list", e.span)
+                raise self.error(f"{role} takes one {port.kind.value}, not a list", e.span)
             out: list[str] = []
             for i, item in enumerate(e.items):
-                out += self.refs(item, registry.Port(port.name, port.kind), f"{owner}[{i}]", scope, op)
+                out += self.refs(item, registry.Port(port.name, port.kind), f"{owner}[{i}]", scope, role)
             return out
         if isinstance(e, ast.Name):
             if e.id in scope:
-                raise self.error(f"'{e.id}' is a sweep variable; '{port.name}' of {op.name} needs "
+                raise self.error(f"'{e.id}' is a sweep variable; {role} needs "
                                  f"{port.kind.article} {port.kind.value}", e.span)
             binding = self.lookup(e)
             if binding.kind == "axis":
-                raise self.error(f"'{e.id}' is an axis of values; '{port.name}' of {op.name} needs "
+                raise self.error(f"'{e.id}' is an axis of values; {role} needs "
                                  f"{port.kind.article} {port.kind.value}", e.span)
-            self.check_kind(binding.out, port, op, e.id, e.span)
+            self.check_kind(binding.out, port, role, e.id, e.span)
             if binding.kind == "family" and not port.many:
                 some = next(iter(binding.members))
                 raise self.error(
-                    f"'{e.id}' is a sweep of {len(binding.steps)} steps; '{port.name}' of {op.name} takes one",
+                    f"'{e.id}' is a sweep of {len(binding.steps)} steps; {role} takes one",
                     e.span, help=f"pick one member, e.g. {e.id}[{', '.join(format_value(v) for v in some)}]")
             return list(binding.steps)
         if isinstance(e, ast.Index):
@@ -171,7 +171,7 @@ class Resolver:
             key = tuple(self.value(k, scope) for k in e.keys)
             for member_key, step in binding.members.items():
                 if len(member_key) == len(key) and all(_same(a, b) for a, b in zip(member_key, key)):
-                    self.check_kind(binding.out, port, op, step, e.span)
+                    self.check_kind(binding.out, port, role, step, e.span)
                     return [step]
             known = ", ".join(f"[{', '.join(format_value(v) for v in k)}]" for k in list(binding.members)[:8])
             raise self.error(f"'{e.target.id}' has no member [{', '.join(format_value(v) for v in key)}]",
@@ -181,9 +181,9 @@ class Resolver:
             # A re-used declaration is named by its text (`d(test_fraction = 0.25)`), so two uses share it.
             step_name = self.call_text(e, scope) if template is not None and template.template is not None else owner
             name = self.call(e, step_name, scope, statement=f"(inside {owner})")
-            self.check_kind(Kind(self.output_kind(name)), port, op, name, e.span)
+            self.check_kind(Kind(self.output_kind(name)), port, role, name, e.span)
             return [name]
-        raise self.error(f"'{port.name}' of {op.name} needs {port.kind.article} {port.kind.value}, "
+        raise self.error(f"{role} needs {port.kind.article} {port.kind.value}, "
                          f"not {format_expr(e)}", e.span)
 
     def call_text(self, c: ast.Call, scope: dict[str, Any],
@@ -200,9 +200,9 @@ class Resolver:
         spec = registry.get(self.steps[step].op)
         return spec.output.value if spec else Kind.ANY.value
 
-    def check_kind(self, got: Kind, port: registry.Port, op: OpSpec, what: str, span: Span) -> None:
+    def check_kind(self, got: Kind, port: registry.Port, role: str, what: str, span: Span) -> None:
         if not port.kind.accepts(got):
-            raise self.error(f"'{port.name}' of {op.name} needs {port.kind.article} {port.kind.value}, "
+            raise self.error(f"{role} needs {port.kind.article} {port.kind.value}, "
                              f"but '{what}' is {got.article} {got.value}", span)
 
     # --- calls ----------------------------------------------------------------------------
@@ -248,9 +248,9 @@ class Resolver:
                     items = positional[i:]
                     sub = items[0] if len(items) == 1 and isinstance(items[0], ast.ListExpr) else \
                         ast.ListExpr(span=arg.span, items=items)
-                    inputs[port.name] = self.refs(sub, port, f"{name}.{port.name}", scope, op)
+                    inputs[port.name] = self.refs(sub, port, f"{name}.{port.name}", scope, _role(port, op))
                     break
-                found = self.refs(arg, port, f"{name}.{port.name}", scope, op)
+                found = self.refs(arg, port, f"{name}.{port.name}", scope, _role(port, op))
                 inputs[port.name] = found if port.many else found[0]
             elif fields:
                 field_name = fields.pop(0)
@@ -265,7 +265,7 @@ class Resolver:
         for k in c.kwargs:
             port = op.port(k.name)
             if port is not None:
-                found = self.refs(k.value, port, f"{name}.{port.name}", scope, op)
+                found = self.refs(k.value, port, f"{name}.{port.name}", scope, _role(port, op))
                 inputs[port.name] = found if port.many else found[0]
             elif k.name in param_names:
                 raw[k.name] = self.value(k.value, scope)
@@ -278,7 +278,7 @@ class Resolver:
             port = op.port("on")
             if port is None:
                 raise self.error(f"{op.name} does not take a dataset with `on`", on.span)
-            found = self.refs(on, port, f"{name}.on", scope, op)
+            found = self.refs(on, port, f"{name}.on", scope, _role(port, op))
             inputs["on"] = found if port.many else found[0]
         for key, (val, span) in overrides.items():
             if op.port(key) is not None or key not in param_names:
@@ -333,6 +333,10 @@ class Resolver:
         return step.name
 
     # --- statements ---------------------------------------------------------------------------
+def _role(port: registry.Port, op: OpSpec) -> str:
+    return f"'{port.name}' of {op.name}"
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
