@@ -101,7 +101,7 @@ class _Lowerer(Resolver):
         items = e.items if isinstance(e, ast.ListExpr) else [e]
         out: list[str] = []
         for item in items:
-            out += self.refs(item, port, keyword, {}, f"the subjects of {keyword}")
+            out += self.refs(item, port, keyword, {}, keyword)
         return out
 
     def action(self, a: ast.Action) -> None:

@@ -141,7 +141,7 @@ class Resolver:
 
     def refs(self, e: ast.Expr, port: registry.Port, owner: str, scope: dict[str, Any], role: str) -> list[str]:
         """The step names an input expression denotes (nested calls become steps here). ``role`` names
-        the receiving end in messages: "'on' of train", "the subjects of evaluate"."""
+        the receiving end in messages: "'on' of train", "evaluate"."""
         if isinstance(e, ast.ListExpr):
             if not port.many:
                 raise self.error(f"{role} takes one {port.kind.value}, not a list", e.span)
