@@ -83,3 +83,10 @@ def test_quickstart_extrap_runs_and_extrapolates(quickstart_extrap_run: Any) -> 
     # Thinking longer helps on 7x7 mazes it never saw in training (the quickstart's finding).
     at7 = data["evaluate dt @ size = 7"]
     assert max(at7["accuracy"][1:]) > at7["accuracy"][0]
+
+
+def test_diverging_recurrent_training_is_a_clear_error(tmp_path: Path) -> None:
+    data = call("maze", tmp_path, size=5, count=32)
+    model = call("dt_net", tmp_path, width=4, iterations=2)
+    with pytest.raises(StepError, match="training diverged in epoch 1.*lower the learning rate"):
+        call("train_recurrent", tmp_path, model=model, on=data, epochs=2, lr=1e9, batch_size=16, warmup=0)

@@ -28,6 +28,7 @@ from torch import nn
 
 from mlspec.extrap.batches import autocast, batch, batches, count, prepare_model
 from mlspec.extrap.models import DTNet, IterativeNet
+from mlspec.ops.models.train import ensure_finite
 
 __all__ = ["TrainConfig", "train", "masked_cross_entropy", "progressive_loss", "solved"]
 
@@ -183,6 +184,7 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             opt.step()
             total += float(loss.detach())
+        ensure_finite(total / steps, epoch=epoch + 1, lr=config.lr)
         accuracy = _validate(model, val, config, device) if val else None
         meta["history"].append({"epoch": epoch + 1, "loss": total / steps, "val_accuracy": accuracy})
         if accuracy is None or accuracy > meta["best_accuracy"]:

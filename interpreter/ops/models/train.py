@@ -15,7 +15,7 @@ from mlspec.ops.models.specs import MLPParams, TrainParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 
-__all__ = ["mlp", "train", "fit", "make_optimizer"]
+__all__ = ["mlp", "train", "fit", "make_optimizer", "ensure_finite"]
 
 
 def mlp(ctx: StepContext, params: MLPParams) -> Model:
@@ -24,6 +24,13 @@ def mlp(ctx: StepContext, params: MLPParams) -> Model:
     torch.manual_seed(ctx.seed)
     net = build(arch)
     return Model(arch=arch, state={k: v.detach().clone() for k, v in net.state_dict().items()})
+
+
+def ensure_finite(loss: float, *, epoch: int, lr: float) -> None:
+    """Stop a diverged run with a message a user can act on, instead of writing NaN results."""
+    if not math.isfinite(loss):
+        raise StepError(f"training diverged in epoch {epoch}: the loss is {loss} (lr = {lr}); "
+                        "lower the learning rate")
 
 
 def make_optimizer(module: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -59,9 +66,7 @@ def fit(
             opt.step()
             total += loss.item() * len(idx)
         history.append(total / max(1, len(x)))
-        if not math.isfinite(history[-1]):
-            raise StepError(f"training diverged in epoch {epoch + 1}: the loss is {history[-1]} "
-                            f"(lr = {params.lr}); lower the learning rate")
+        ensure_finite(history[-1], epoch=epoch + 1, lr=params.lr)
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
     return history
