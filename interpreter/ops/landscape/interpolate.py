@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mlspec.ops.evaluation import evaluate_state
@@ -12,7 +10,7 @@ from mlspec.ops.scoring import InterpolateParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
 
-__all__ = ["interpolate", "barriers", "lerp_state"]
+__all__ = ["interpolate", "barriers", "lerp_state", "profile", "path_barriers"]
 
 
 def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -33,33 +31,35 @@ def barriers(alphas: list[float], values: list[float]) -> dict[str, float]:
     }
 
 
+def profile(
+    ctx: StepContext, model: Model, states: list[dict[str, torch.Tensor]], data: Dataset, split: str
+) -> dict[str, list[float]]:
+    """Loss and accuracy of ``model``'s architecture at each state along a path."""
+    scores = []
+    with ctx.progress(len(states), "evaluate path") as advance:
+        for state in states:
+            scores.append(evaluate_state(model, state, data, split=split, device=ctx.device))
+            advance()
+    return {"loss": [s["loss"] for s in scores], "accuracy": [s["accuracy"] for s in scores]}
+
+
+def path_barriers(ts: list[float], prof: dict[str, list[float]]) -> dict[str, float]:
+    """Both barrier definitions for loss and for error: ``loss_max_minus_mean`` … ``error_max_minus_linear``."""
+    loss = barriers(ts, prof["loss"])
+    err = barriers(ts, [1.0 - a for a in prof["accuracy"]])
+    return {f"{m}_{k}": v for m, b in (("loss", loss), ("error", err)) for k, v in b.items()}
+
+
 def interpolate(ctx: StepContext, params: InterpolateParams, *, a: Model, b: Model, on: Dataset) -> Record:
     check_compatible([a, b], [str(ctx.input_names.get("a") or "a"), str(ctx.input_names.get("b") or "b")])
     alphas = [i / (params.steps - 1) for i in range(params.steps)]
-    losses: list[float] = []
-    accuracies: list[float] = []
-    with ctx.progress(len(alphas), "interpolate") as advance:
-        for alpha in alphas:
-            scores = evaluate_state(a, lerp_state(a.state, b.state, alpha), on, split=params.split, device=ctx.device)
-            losses.append(scores["loss"])
-            accuracies.append(scores["accuracy"])
-            advance()
-    errors = [1.0 - acc for acc in accuracies]
-    loss_b = barriers(alphas, losses)
-    err_b = barriers(alphas, errors)
-    out: dict[str, Any] = {
+    prof = profile(ctx, a, [lerp_state(a.state, b.state, alpha) for alpha in alphas], on, params.split)
+    return Record({
         "a": ctx.input_names.get("a"),
         "b": ctx.input_names.get("b"),
         "dataset": ctx.input_names.get("on"),
         "split": params.split,
         "alphas": alphas,
-        "loss": losses,
-        "accuracy": accuracies,
-        "barriers": {
-            "loss_max_minus_mean": loss_b["max_minus_mean"],
-            "loss_max_minus_linear": loss_b["max_minus_linear"],
-            "error_max_minus_mean": err_b["max_minus_mean"],
-            "error_max_minus_linear": err_b["max_minus_linear"],
-        },
-    }
-    return Record(out)
+        **prof,
+        "barriers": path_barriers(alphas, prof),
+    })

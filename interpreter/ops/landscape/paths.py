@@ -11,8 +11,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from mlspec.errors import StepError
-from mlspec.ops.evaluation import evaluate_state
-from mlspec.ops.landscape.interpolate import barriers, lerp_state
+from mlspec.ops.landscape.interpolate import lerp_state, path_barriers, profile
 from mlspec.ops.landscape.specs import ConnectParams, InstabilityParams
 from mlspec.ops.merge.merging import check_compatible
 from mlspec.ops.models.specs import TrainParams
@@ -54,20 +53,6 @@ class Curve(nn.Module):
         return functional_call(self.net, {**self.point(t), **self.buffers_}, (x,))  # type: ignore[no-any-return]
 
 
-def profile(
-    ctx: StepContext, model: Model, states: list[dict[str, Tensor]], data: Dataset, split: str
-) -> dict[str, list[float]]:
-    """Loss and accuracy of ``model``'s architecture at each state."""
-    scores = [evaluate_state(model, s, data, split=split, device=ctx.device) for s in states]
-    return {"loss": [s["loss"] for s in scores], "accuracy": [s["accuracy"] for s in scores]}
-
-
-def _barriers(ts: list[float], prof: dict[str, list[float]]) -> dict[str, float]:
-    loss = barriers(ts, prof["loss"])
-    err = barriers(ts, [1.0 - a for a in prof["accuracy"]])
-    return {f"{m}_{k}": v for m, b in (("loss", loss), ("error", err)) for k, v in b.items()}
-
-
 def connect(ctx: StepContext, params: ConnectParams, *, a: Model, b: Model, on: Dataset) -> Record:
     check_compatible([a, b], ["a", "b"])
     curve = Curve(a, b, params.curve)
@@ -97,7 +82,7 @@ def connect(ctx: StepContext, params: ConnectParams, *, a: Model, b: Model, on: 
     out: dict[str, Any] = {
         "a": ctx.input_names.get("a"), "b": ctx.input_names.get("b"), "dataset": ctx.input_names.get("on"),
         "split": params.split, "curve": params.curve, "ts": ts, **on_curve, "line": line,
-        "barriers": _barriers(ts, on_curve), "line_barriers": _barriers(ts, line), "train_loss": history,
+        "barriers": path_barriers(ts, on_curve), "line_barriers": path_barriers(ts, line), "train_loss": history,
     }
     return Record(out)
 
@@ -146,7 +131,7 @@ def instability(ctx: StepContext, params: InstabilityParams, *, model: Model, on
                 _train_steps(net, child_opt, x, y, params.steps - k, params.batch, order)
                 children.append({n: v.detach().clone() for n, v in net.state_dict().items()})
             prof = profile(ctx, model, [lerp_state(children[0], children[1], a) for a in alphas], on, params.split)
-            rows.append({"k": k, "alphas": alphas, **prof, "barriers": _barriers(alphas, prof)})
+            rows.append({"k": k, "alphas": alphas, **prof, "barriers": path_barriers(alphas, prof)})
             advance()
     out: dict[str, Any] = {
         "model": ctx.input_names.get("model"), "dataset": ctx.input_names.get("on"), "split": params.split,
