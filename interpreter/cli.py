@@ -36,6 +36,10 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except MlspecError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILED)
+        except OSError as exc:  # a full disk, a read-only output directory …: say which file
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(EXIT_FAILED)
 
     return wrapper
 

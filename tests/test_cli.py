@@ -78,3 +78,24 @@ def test_report_rerenders_from_cache_and_compare(tmp_path: Path) -> None:
 def test_missing_file_is_a_clean_error(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, ["check", str(tmp_path / "nope.merge")])
     assert out.exit_code == 2 and "no such spec file" in out.stderr and "Traceback" not in out.output
+
+
+def test_report_in_a_subfolder_keeps_its_figures_beside_it(tmp_path: Path) -> None:
+    spec = tmp_path / "s.merge"
+    spec.write_text(SPEC + 'report "sub/r.html"\n')
+    out = invoke("run", str(spec), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    assert out.exit_code == 0, out.output
+    html = (tmp_path / "o" / "sub" / "r.html").read_text()
+    linked = [p for p in (tmp_path / "o" / "sub" / "figures").iterdir() if p.suffix == ".png"]
+    assert linked and all(f"figures/{p.name}" in html for p in linked)
+
+
+def test_an_unwritable_output_directory_is_a_clean_error(tmp_path: Path) -> None:
+    spec = tmp_path / "s.merge"
+    spec.write_text(SPEC)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = CliRunner().invoke(main, ["run", str(spec), "--out", str(blocker / "o"), "--cache-dir",
+                                    str(tmp_path / "c")])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "Not a directory" in out.stderr or "File exists" in out.stderr

@@ -56,12 +56,12 @@ class Section:
 
 
 def render_report(bundle: dict[str, Any], out_dir: Path, *, report_name: str = "report.html") -> Path:
-    """Write ``out_dir/report_name`` (self-contained) and ``out_dir/figures/*.{svg,png,pdf}``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``out_dir/report_name`` (self-contained) and ``figures/*.{svg,png,pdf}`` beside it."""
+    path = Path(out_dir) / report_name
+    path.parent.mkdir(parents=True, exist_ok=True)  # `report "sub/r.html"` in a spec
     study = StudyView(bundle)
     figures, fallbacks = _collect(study)
-    figures_dir = out_dir / "figures"
+    figures_dir = path.parent / "figures"  # beside the report, so its relative links hold
     rendered = []
     for i, fig in enumerate(_unique_slugs(figures), start=1):
         try:
@@ -93,7 +93,6 @@ def render_report(bundle: dict[str, Any], out_dir: Path, *, report_name: str = "
         seeds=sorted({s.seed for s in study.steps if s.seed is not None}),
         failures=[s for s in study.steps if s.error],
     )
-    path = out_dir / report_name
     _write_atomic(path, html)
     return path
 
