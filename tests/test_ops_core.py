@@ -169,3 +169,12 @@ def test_diverging_training_is_a_clear_error(tmp_path: Path) -> None:
     init = mlp(ctx(tmp_path), MLPParams.model_validate({"in": 64, "hidden": [32], "out": 10}))
     with pytest.raises(StepError, match="training diverged in epoch .*lower the learning rate"):
         train(ctx(tmp_path), TrainParams(epochs=3, lr=1e12, optimizer="sgd"), model=init, on=d)
+
+
+def test_a_model_of_the_wrong_input_width_is_a_clear_error(tmp_path: Path) -> None:
+    d = digits(ctx(tmp_path), DigitsParams())
+    narrow = mlp(ctx(tmp_path), MLPParams.model_validate({"in": 10, "hidden": [4], "out": 10}))
+    with pytest.raises(StepError, match="takes 10 input features but 'd' has 64 per sample; set `in = 64`"):
+        train(ctx(tmp_path, on="d"), TrainParams(epochs=1), model=narrow, on=d)
+    with pytest.raises(StepError, match="takes 10 input features"):
+        evaluate(ctx(tmp_path, on="d"), EvaluateParams(), model=narrow, on=d)

@@ -13,11 +13,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mlspec.errors import StepError
 from mlspec.ops.scoring import EvaluateParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
 
-__all__ = ["evaluate_module", "evaluate_state", "evaluate"]
+__all__ = ["evaluate_module", "evaluate_state", "evaluate", "check_fits"]
+
+
+def check_fits(model: Model, x: torch.Tensor, data_name: object = "the data") -> None:
+    """A model that declares its input width must match the data's, said in the spec's terms."""
+    want = model.arch.get("in_features")
+    got = x[0].numel() if len(x) else None
+    if want is not None and got is not None and want != got:
+        raise StepError(f"the model takes {want} input features but {data_name} has {got} per sample; "
+                        f"set `in = {got}` where the model is declared")
 
 
 @torch.no_grad()
@@ -46,11 +56,13 @@ def evaluate_state(
     """Score ``model``'s architecture carrying ``state`` (used by curves and surfaces)."""
     net = model.with_state(state).module()
     x, y = data.split(split)
+    check_fits(model, x)
     return evaluate_module(net, x, y, device=device)
 
 
 def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Dataset) -> Record:
     x, y = on.split(params.split)
+    check_fits(model, x, repr(ctx.input_names.get("on", "the data")))
     scores = evaluate_module(model.module(), x, y, device=ctx.device)
     scores["error"] = 1.0 - scores["accuracy"]
     out: dict[str, Any] = {"model": ctx.input_names.get("model"), "dataset": ctx.input_names.get("on")}

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlspec.errors import StepError
+from mlspec.ops.evaluation import check_fits
 from mlspec.ops.models.arch import build
 from mlspec.ops.models.specs import MLPParams, TrainParams
 from mlspec.run.context import StepContext
@@ -76,6 +77,7 @@ def train(ctx: StepContext, params: TrainParams, *, model: Model, on: Dataset) -
     torch.manual_seed(ctx.seed)  # dropout and friends, if an architecture has them
     net = model.module()
     x, y = on.split("train")
+    check_fits(model, x, repr(ctx.input_names.get("on", "the data")))
     with ctx.progress(params.epochs, "train") as advance:
         history = fit(net, x, y, params, generator=ctx.generator(), device=ctx.device,
                       on_epoch=lambda _e, loss: advance(loss=loss))
