@@ -178,3 +178,6 @@ def test_a_model_of_the_wrong_input_width_is_a_clear_error(tmp_path: Path) -> No
         train(ctx(tmp_path, on="d"), TrainParams(epochs=1), model=narrow, on=d)
     with pytest.raises(StepError, match="takes 10 input features"):
         evaluate(ctx(tmp_path, on="d"), EvaluateParams(), model=narrow, on=d)
+    few = mlp(ctx(tmp_path), MLPParams.model_validate({"in": 64, "hidden": [4], "out": 5}))
+    with pytest.raises(StepError, match="has 5 outputs but 'd' has label 9; set `out = 10`"):
+        train(ctx(tmp_path, on="d"), TrainParams(epochs=1), model=few, on=d)

@@ -21,13 +21,18 @@ from mlspec.values import Dataset, Model, Record
 __all__ = ["evaluate_module", "evaluate_state", "evaluate", "check_fits"]
 
 
-def check_fits(model: Model, x: torch.Tensor, data_name: object = "the data") -> None:
-    """A model that declares its input width must match the data's, said in the spec's terms."""
+def check_fits(model: Model, x: torch.Tensor, y: torch.Tensor, data_name: object = "the data") -> None:
+    """A model that declares its input width or class count must fit the data, said in the spec's terms."""
     want = model.arch.get("in_features")
     got = x[0].numel() if len(x) else None
     if want is not None and got is not None and want != got:
         raise StepError(f"the model takes {want} input features but {data_name} has {got} per sample; "
                         f"set `in = {got}` where the model is declared")
+    classes = model.arch.get("out_features")
+    top = int(y.max()) if len(y) else None
+    if classes is not None and top is not None and top >= classes:
+        raise StepError(f"the model has {classes} outputs but {data_name} has label {top}; "
+                        f"set `out = {top + 1}` where the model is declared")
 
 
 @torch.no_grad()
@@ -56,13 +61,13 @@ def evaluate_state(
     """Score ``model``'s architecture carrying ``state`` (used by curves and surfaces)."""
     net = model.with_state(state).module()
     x, y = data.split(split)
-    check_fits(model, x)
+    check_fits(model, x, y)
     return evaluate_module(net, x, y, device=device)
 
 
 def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Dataset) -> Record:
     x, y = on.split(params.split)
-    check_fits(model, x, repr(ctx.input_names.get("on", "the data")))
+    check_fits(model, x, y, repr(ctx.input_names.get("on", "the data")))
     scores = evaluate_module(model.module(), x, y, device=ctx.device)
     scores["error"] = 1.0 - scores["accuracy"]
     out: dict[str, Any] = {"model": ctx.input_names.get("model"), "dataset": ctx.input_names.get("on")}

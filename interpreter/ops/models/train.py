@@ -77,7 +77,7 @@ def train(ctx: StepContext, params: TrainParams, *, model: Model, on: Dataset) -
     torch.manual_seed(ctx.seed)  # dropout and friends, if an architecture has them
     net = model.module()
     x, y = on.split("train")
-    check_fits(model, x, repr(ctx.input_names.get("on", "the data")))
+    check_fits(model, x, y, repr(ctx.input_names.get("on", "the data")))
     with ctx.progress(params.epochs, "train") as advance:
         history = fit(net, x, y, params, generator=ctx.generator(), device=ctx.device,
                       on_epoch=lambda _e, loss: advance(loss=loss))
