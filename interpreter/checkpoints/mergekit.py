@@ -17,8 +17,8 @@ model_stock         model_stock, mean = cosine
 karcher             spherical_mean
 ==================  ==========================================================================
 
-Per-model parameters (weight) stay per model; mlspec takes one density/gamma for all models, so
-those must agree across models (each may still vary by tensor). Slices, modules, LoRA references and
+Per-model parameters (weight, density, gamma) stay per model, each falling back to the config's
+global value (each may vary by tensor). Slices, modules, LoRA references and
 other methods are refused with a message saying so.
 """
 
@@ -127,15 +127,12 @@ def _identifier(path: str, taken: set[str]) -> str:
     return name
 
 
-def _shared(models: list[dict[str, Any]], key: str, default: Any) -> Any:
-    """A per-model mergekit parameter that mlspec takes once: all models must agree."""
-    values = [m.get("parameters", {}).get(key, default) for m in models]
-    if any(v != values[0] for v in values):
-        raise _fail(
-            f"the models give different '{key}' values ({values}); mlspec uses one {key} for all "
-            "models (it may vary by tensor)"
-        )
-    return values[0]
+def _each(models: list[dict[str, Any]], glob: dict[str, Any], key: str, default: Any) -> list[Any]:
+    """A per-model parameter: each model's own value, else the config's global one."""
+    return [
+        _setting(m.get("parameters", {}).get(key, glob.get(key, default)), f"{m['model']}: {key}")
+        for m in models
+    ]
 
 
 def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
@@ -197,9 +194,9 @@ def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
             if ours != "average" and lam != 1.0:
                 params["scale"] = lam
         if ours in ("ties", "dare", "breadcrumbs"):
-            params["density"] = _setting(_shared(others, "density", glob.get("density", 1.0)), "density")
+            params["density"] = _each(others, glob, "density", 1.0)
         if ours == "breadcrumbs":
-            params["gamma"] = _setting(_shared(others, "gamma", glob.get("gamma", 0.01)), "gamma")
+            params["gamma"] = _each(others, glob, "gamma", 0.01)
         if ours == "dare":
             params["rescale"] = "l1" if glob.get("rescale", True) else "none"
         if "consensus_method" in glob and ours in ("ties",):
