@@ -90,19 +90,25 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
 
 
 def run_mlspec(method: str, out: Path) -> None:
-    """``method`` or ``method+stats`` (mlspec's default: also record per-tensor merge statistics)."""
+    """``method`` or ``method+stats`` (also record per-tensor merge statistics), through the merge
+    method's declaration bound to its parameters: what a spec's streamed merge runs."""
     from mlspec.checkpoints.engine import StreamOptions, stream_merge
+    from mlspec.ops.merge import method as methods
+    from mlspec.ops.merge.apply import BoundMethod
+    from mlspec.ops.merge.stats import MergeStats
 
     paths = build_inputs()
     method, _, stats = method.partition("+")
     op, params, with_base, _ = CONFIGS[method]
+    declared = methods.get(op)
+    assert declared is not None
+    values = declared.normalise(params)
     stream_merge(
-        op,
+        BoundMethod(declared, values, 2),
         paths["base"] if with_base else None,
         [paths["a"], paths["b"]],
-        params,
         out,
-        options=StreamOptions(out_dtype="bfloat16", stats=bool(stats)),
+        options=StreamOptions(out_dtype="bfloat16", stats=MergeStats(op, values) if stats else None),
     )
 
 

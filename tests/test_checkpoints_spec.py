@@ -65,3 +65,32 @@ def test_checkpoint_in_an_in_memory_operator_is_a_clear_error(ckpts: Path, tmp_p
     assert out.exit_code == 1
     assert "needs the weights in memory" in out.stderr and "Traceback" not in out.output
     assert mlspec.load(spec).check() is not None
+
+
+def test_single_safetensors_files_merge_streamed_and_export(ckpts: Path, tmp_path: Path) -> None:
+    """`load("x.safetensors")` inputs have no config.json: the streamed merge is a directory of
+    weights without one, which later steps (another merge, an export) read like any checkpoint."""
+    from safetensors.torch import save_file
+
+    for name in ("base", "ft1", "ft2"):
+        save_file(tensors(ckpts / name), str(tmp_path / f"{name}.safetensors"))
+    spec = tmp_path / "files.merge"
+    spec.write_text(
+        'model base = load("base.safetensors")\n'
+        'model a = load("ft1.safetensors")\n'
+        'model b = load("ft2.safetensors")\n'
+        "merge avg = average(a, b)\n"
+        "merge t = ties(base = base, models = [a, b], density = 0.5, trim = tensor)\n"
+        "merge again = average(avg, t)\n"
+        'export again to "again.safetensors"\n'
+    )
+    out = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "o"), "--cache-dir",
+                                    str(tmp_path / "c"), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    got = load_file(str(tmp_path / "o" / "again.safetensors"))
+    base, a, b = (tensors(ckpts / n) for n in ("base", "ft1", "ft2"))
+    from mlspec.ops.merge import kernels
+
+    for name in base:
+        ties = kernels.ties(base[name], [a[name], b[name]], density=0.5)
+        torch.testing.assert_close(got[name], ((a[name] + b[name]) / 2 + ties) / 2, msg=name)

@@ -162,3 +162,11 @@ def test_sweep_measurements_and_graph_collapse() -> None:
     assert graph.nodes["ta"]["label"] == "ta[…] ×8"
     assert ("a", "ta") in graph.edges and ("ta", "evaluate:evaluate") in graph.edges
     assert not any(n.startswith("ta[") for n in graph.nodes)
+
+
+def test_every_figure_handler_names_a_registered_operator() -> None:
+    """No handler for operators that do not exist (they would be dead code)."""
+    from mlspec import registry
+    from mlspec.report import figures, render  # noqa: F401  (render imports every figure module)
+
+    assert sorted(set(figures._BY_OP) - set(registry.names())) == []

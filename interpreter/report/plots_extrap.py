@@ -292,7 +292,7 @@ def _picture(ax: Any, grid: Any, *, kind: str) -> np.ndarray | None:
     return arr
 
 
-@figure("predict", "mazes", keys=("mazes",))
+@figure(keys=("mazes",))
 def maze_pictures(study: StudyView, steps: list[StepView]) -> list[Figure]:
     out = []
     for s in steps:

@@ -140,7 +140,7 @@ def interpolation_curves(study: StudyView, steps: list[StepView]) -> list[Figure
     ]
 
 
-@figure("connect", "bezier", "chain", keys=("ts", "line"))
+@figure("connect", keys=("ts", "line"))
 def connectivity_curves(study: StudyView, steps: list[StepView]) -> list[Figure]:
     return [
         _curve_panels(study, c, "ts", "Connecting path vs straight line", "Loss landscape", "connect")
