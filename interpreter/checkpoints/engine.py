@@ -209,9 +209,7 @@ def _merge_one(
         with torch.no_grad():
             if not chunked:
                 return merge(job.name, base, xs), xs, base
-            whole = merge.tensor_extras(
-                job.name, base.to(compute) if base is not None else None, [x.to(compute) for x in xs]
-            )
+            whole = merge.tensor_extras(job.name, base, xs)  # in the stored dtype: one temporary at a time
             merged = torch.empty(job.shape, dtype=job.out_dtype)
             rows = max(1, CHUNK // math.prod(job.shape[1:]))
             for start in range(0, job.shape[0], rows):

@@ -19,7 +19,7 @@ from torch import Tensor
 from mlspec.checkpoints import settings as st
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.method import MergeMethod
-from mlspec.ops.merge.sparsify import MagnitudeThreshold, magnitude_threshold
+from mlspec.ops.merge.sparsify import MagnitudeThreshold, threshold_of_magnitudes
 
 __all__ = [
     "average",
@@ -51,9 +51,13 @@ def spherical_mean(tensors: list[Tensor], *, weights: list[float], max_iter: int
     return kernels.spherical_mean(None, tensors, weights=weights, max_iter=max_iter)
 
 
-def _delta(x: Tensor, base: Tensor) -> Tensor:
+def _magnitudes(x: Tensor, base: Tensor) -> Tensor:
+    """|x − base| in at least float32, with one temporary of the tensor's size (large tensors of a
+    streamed merge arrive in their stored dtype)."""
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    return x.to(wide) - base.to(wide)
+    delta = x.to(wide, copy=True)
+    delta.sub_(base)
+    return delta.abs_()
 
 
 def ties_tensor_thresholds(
@@ -63,7 +67,8 @@ def ties_tensor_thresholds(
     pass has set them."""
     if thresholds is not None:
         return {}
-    return {"thresholds": [magnitude_threshold(_delta(x, base), d) for x, d in zip(tensors, params["density"])]}
+    return {"thresholds": [threshold_of_magnitudes(_magnitudes(x, base), d)
+                           for x, d in zip(tensors, params["density"])]}
 
 
 def ties_whole_model(
@@ -86,12 +91,12 @@ def ties_whole_model(
             levels = each if each is not None else [density] * len(tensors)
             counters = [MagnitudeThreshold(st.resolve(d, "", 0.0)) for d in levels]
         for counter, x in zip(counters, tensors):
-            counter.observe(_delta(x, base))
+            counter.observe(_magnitudes(x, base))
     if any(c.needs_refine for c in counters):
         for base, tensors in groups():
             assert base is not None
             for counter, x in zip(counters, tensors):
-                counter.refine(_delta(x, base))
+                counter.refine(_magnitudes(x, base))
     return {"thresholds": [c.value for c in counters]}
 
 
