@@ -34,7 +34,7 @@ def data(seed: int = 0, n: int = 40) -> Dataset:
 
 
 def test_diagonal_fisher_matches_per_example_loop() -> None:
-    net = mlp(0).module()
+    net = build_module(mlp(0))
     x = data().split("train")[0][:7]
     got = I.diagonal_fisher(net, x, batch_size=3)
     expected = {k: torch.zeros_like(v) for k, v in net.named_parameters()}
@@ -61,7 +61,7 @@ def test_fisher_merge_applies_the_kernel_per_parameter() -> None:
 
 
 def test_input_grams_are_mean_outer_products_of_layer_inputs() -> None:
-    net = mlp(0).module()
+    net = build_module(mlp(0))
     x = data().split("train")[0]
     grams = I.input_grams(net, x)
     assert set(grams) == {"layers.0.weight", "layers.1.weight"}
@@ -97,7 +97,7 @@ def test_greedy_soup_skips_an_ingredient_that_hurts() -> None:
     x, y = ds.split("train")
     good = []
     for seed in (0, 1):
-        net = mlp(0).module()
+        net = build_module(mlp(0))
         fit(net, x, y, TrainParams(epochs=30, lr=1e-2), generator=torch.Generator().manual_seed(seed))
         good.append(Model(arch=dict(ARCH), state=dict(net.state_dict())))
     junk = mlp(7)

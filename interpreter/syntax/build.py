@@ -84,7 +84,8 @@ class _Builder:
             options = [self.kwarg(k) for k in self.kids(kids[1])] if len(kids) > 1 else []
             return ast.Study(span=sp, name=_unquote(str(kids[0])), options=options)
         if t.data == "use":
-            return ast.Use(span=sp, path=_unquote(str(kids[1])), python=kids[0] is not None)
+            python, path = t.children
+            return ast.Use(span=sp, path=_unquote(str(path)), python=python is not None)
         if t.data == "report":
             return ast.Report(span=sp, path=_unquote(str(kids[0])))
         if t.data == "export":
