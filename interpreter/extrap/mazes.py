@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
 __all__ = ["GENERATORS", "Mazes", "CompactMazes", "generate", "generate_compact", "to_pixels", "upscale", "cells_per_side"]
@@ -106,44 +106,50 @@ def _dfs(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
 def _wilson(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
     """(N, V, 4) open passages of uniform spanning trees by Wilson's algorithm.
 
-    Each maze is a small state machine (seek the next cell outside the tree → random walk until the
-    tree is hit, remembering the last exit of every cell → retrace those exits into the tree), and
-    all mazes take one transition per vectorised step. Retracing last exits is loop erasure.
+    Every maze takes one move per vectorised step, with no phases and no branches: a maze that
+    *seeks* tries the next cell of a scan over the lattice as the start of its next walk; a maze that
+    *walks* moves to a random neighbour. Per maze, ``order`` lists the tree's cells followed by the
+    current walk's loop-erased path and ``slot`` says where each cell sits in it, so one lookup tells
+    whether the new cell is in the tree (the walk joins it: its path becomes tree, the maze seeks),
+    on the path (a loop: the path is cut back to it) or new (appended) — loop erasure without a
+    retracing phase. Each cell remembers the direction it was last left by, which is its tree edge
+    once it joins. Uniform for any root and any start order; the centre root shortens the walks.
     """
-    nbr, V, rows = _neighbours(m), m * m, np.arange(count)
-    valid_dirs = nbr >= 0
-    n_dirs = valid_dirs.sum(1)
-    packed = np.argsort(~valid_dirs, axis=1, kind="stable")  # valid directions first
+    nbr, V = _neighbours(m), m * m
+    valid = nbr >= 0
+    packed = np.argsort(~valid, axis=1, kind="stable")  # valid directions first
+    pick = np.arange(12) % valid.sum(1)[:, None]  # 12 draws map uniformly onto 2, 3 or 4 neighbours
+    move_dir = np.take_along_axis(packed, pick, 1)  # (V, 12)
+    move_to = np.take_along_axis(nbr, move_dir, 1).ravel()
+    move_dir = move_dir.ravel()
+    W = V + 1  # cell slots per maze; slot V is a parking cell, in the tree from the start
+    base = np.arange(count) * W
+    order, slot, exit_dir = (np.zeros(count * W, dtype=np.int64) for _ in range(3))
+    root = (m // 2) * m + m // 2
+    order[base], order[base + 1] = root, V
+    slot[base + root], slot[base + V] = 0, 1
+    committed, top = np.full(count, 2), np.full(count, 1)  # tree = order[:committed], path = order[committed:top+1]
+    pos, scan, seeking = np.full(count, root), np.zeros(count, dtype=np.int64), np.ones(count, dtype=bool)
+    while scan.min() <= V:  # a maze is done once it has sought the parking cell
+        for draw in rng.integers(0, 12, (64, count)):
+            move = pos * 12 + draw
+            nxt = np.where(seeking, np.minimum(scan, V), move_to[move])
+            exit_dir[base + np.where(seeking, V, pos)] = move_dir[move]  # seekers write the parking cell
+            cell = base + nxt
+            s = slot[cell]
+            known = (s <= top) & (order[base + s] == nxt)
+            hit = known & (s < committed)
+            write = np.where(known, s, top + 1)  # rewriting a known cell's entries changes nothing
+            order[base + write] = nxt
+            slot[cell] = write
+            committed = np.where(hit, top + 1, committed)
+            top = np.where(hit, top, write)
+            scan += seeking
+            pos = np.where(hit, pos, nxt)
+            seeking = hit
     opened = np.zeros((count, V, 4), dtype=bool)
-    in_tree = np.zeros((count, V), dtype=bool)
-    in_tree[rows, rng.integers(0, V, count)] = True
-    exit_dir = np.zeros((count, V), dtype=np.int64)
-    seek, walk, retrace, done = 0, 1, 2, 3
-    phase = np.full(count, seek)
-    origin = np.zeros(count, dtype=np.int64)  # scan pointer / start of the current walk
-    pos = np.zeros(count, dtype=np.int64)
-    while not (phase == done).all():
-        s = phase == seek
-        covered = s & in_tree[rows, np.minimum(origin, V - 1)]
-        origin[covered] += 1
-        phase[covered & (origin >= V)] = done
-        start = s & ~covered
-        pos[start] = origin[start]
-        w = phase == walk
-        step = (rng.random(count) * n_dirs[pos]).astype(np.int64)
-        d = packed[pos, step]
-        exit_dir[rows[w], pos[w]] = d[w]
-        pos[w] = nbr[pos[w], d[w]]
-        hit = w & in_tree[rows, pos]
-        phase[hit] = retrace
-        pos[hit] = origin[hit]
-        r = phase == retrace
-        rr, c = rows[r], pos[r]
-        in_tree[rr, c] = True
-        _open_edge(opened, rr, c, exit_dir[rr, c], nbr)
-        pos[r] = nbr[c, exit_dir[rr, c]]
-        phase[r & in_tree[rows, pos]] = seek
-        phase[start] = walk
+    rows, cells = np.nonzero(np.broadcast_to(np.arange(V) != root, (count, V)))
+    _open_edge(opened, rows, cells, exit_dir.reshape(count, W)[rows, cells], nbr)
     return opened
 
 
@@ -194,16 +200,17 @@ def _solve(
 ) -> tuple[np.ndarray, CompactMazes]:
     """Pick endpoints and draw mazes with their shortest paths; returns (valid mask, mazes)."""
     N, V, _ = opened.shape
-    nbr = _neighbours(m)
-    degree = opened.sum(2)
+    degree = np.bitwise_count(opened.view(np.uint32)[..., 0])  # the 4 passage flags of a cell, one word
     start, ok = _random_choice(rng, degree == 1 if deadend_start else degree >= 1)
-    # One BFS for the batch: a virtual source (node N*V) linked to every valid maze's start.
+    # One BFS for the batch over node n*V + cell, plus a virtual source (node N*V) linked to every
+    # valid maze's start. The adjacency comes out of np.flatnonzero already in CSR order.
     src = N * V
-    rows, cells, dirs = np.nonzero(opened)
-    u, v = rows * V + cells, rows * V + nbr[cells, dirs]
-    u = np.concatenate([u, np.full(ok.sum(), src)])
-    v = np.concatenate([v, np.nonzero(ok)[0] * V + start[ok]])
-    graph = coo_matrix((np.ones(u.size), (u, v)), shape=(src + 1, src + 1)).tocsr()
+    passage = np.flatnonzero(opened)  # (node * 4 + direction), ascending
+    neighbour = (passage >> 2) + np.array([1, m, -1, -m])[passage & 3]
+    starts = np.flatnonzero(ok) * V + start[ok]
+    indptr = np.concatenate([[0], np.cumsum(degree, axis=None), [passage.size + starts.size]])
+    indices = np.concatenate([neighbour, starts])
+    graph = csr_matrix((np.ones(indices.size), indices, indptr), shape=(src + 1, src + 1))
     _, pred = breadth_first_order(graph, src, directed=True, return_predecessors=True)
     reachable = (pred[:src] >= 0).reshape(N, V)
     reachable[np.arange(N), start] = False
@@ -215,22 +222,27 @@ def _solve(
     grid[:, 1::2, 1::2] = (degree > 0).reshape(N, m, m)
     grid[:, 1::2, 2:-1:2] = opened[:, :, 0].reshape(N, m, m)[:, :, :-1]
     grid[:, 2:-1:2, 1::2] = opened[:, :, 1].reshape(N, m, m)[:, :-1, :]
-    path = np.zeros_like(grid)
-    active = np.nonzero(ok)[0]
-    node = active * V + end[active]
-    while active.size:  # all paths traced back towards their starts together
-        i, j = np.divmod(node - active * V, m)
-        path[active, 1 + 2 * i, 1 + 2 * j] = 1
-        parent = pred[node]
-        going = parent != src
-        active, node, i, j, parent = active[going], node[going], i[going], j[going], parent[going]
-        pi, pj = np.divmod(parent - active * V, m)
-        path[active, 1 + i + pi, 1 + j + pj] = 1
-        node = parent
+    # Trace every path back from its end at once. A start is its own predecessor, so finished
+    # paths keep re-marking their start; the passage between two cells is the mean of their pixels.
+    maze, cell = np.divmod(np.arange(src), V)
+    pixel = maze * side * side + (1 + 2 * (cell // m)) * side + 1 + 2 * (cell % m)  # flat pixel of each node
+    parent = np.where(pred[:src] == src, np.arange(src), pred[:src])
+    path = np.zeros(N * side * side, dtype=np.uint8)
+    node = np.flatnonzero(ok) * V + end[ok]
+    here = pixel[node]
+    path[here] = 1
+    while True:
+        node_up = parent[node]
+        up = pixel[node_up]
+        path[(here + up) >> 1] = 1
+        path[up] = 1
+        if np.array_equal(node_up, node):
+            break
+        node, here = node_up, up
     idx = np.nonzero(ok)[0]
     grid[idx, 1 + 2 * (start[idx] // m), 1 + 2 * (start[idx] % m)] = START
     grid[idx, 1 + 2 * (end[idx] // m), 1 + 2 * (end[idx] % m)] = END
-    return ok, CompactMazes(grid, path)
+    return ok, CompactMazes(grid, path.reshape(N, side, side))
 
 
 def _batch_cap(m: int) -> int:
