@@ -293,35 +293,53 @@ def generate_compact(
 
 _COLOURS = torch.tensor([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0]], dtype=torch.float32)  # (r, g, b) per code
 _LABELS = torch.tensor([0, 1], dtype=torch.long)  # path pixel -> target class
+_CHUNK = 64  # pictures per step on the CPU: the intermediates stay small and reused
 
 
-def _take(a: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """``a`` gathered along ``dim``. On the CPU numpy's ``take`` does it: it copies whole rows, never
-    waits for torch's worker threads on a busy machine, and allocates large results on transparent
-    huge pages (pixel tensors are mostly fresh memory) — several times faster than torch there."""
-    if a.device.type == "cpu":
-        return torch.from_numpy(a.numpy().take(index.numpy(), axis=dim))
-    return a.index_select(dim, index.to(a.device, torch.long))
+def _tile(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, ..., S, S) -> (N, ..., 2S+2, 2S+2): every pixel a 2x2 tile, plus a one-pixel frame that
+    repeats the outer ring. With a ``table``, ``a`` holds codes that become their table entries
+    first: a (K,) table keeps the shape, a (K, C) one adds channels, (N, S, S) -> (N, C, ...).
+
+    Two gathers, columns then whole rows. On the CPU numpy does them chunk by chunk straight into
+    the result: ``take`` copies whole rows, never waits for torch's worker threads on a busy
+    machine, and the only fresh memory is the result, which numpy puts on transparent huge pages."""
+    s = a.shape[-1]
+    index = ((torch.arange(2 * s + 2) - 1) // 2).clamp(0, s - 1)  # output row -> input row
+    if a.device.type != "cpu":
+        if table is not None:
+            a = table.to(a.device)[a.long()]
+            a = a.movedim(-1, 1) if table.dim() == 2 else a
+        on_device = index.to(a.device)
+        return a.index_select(-1, on_device).index_select(-2, on_device)
+    src, rows = a.numpy(), index.numpy()
+    lut = None if table is None else table.numpy()
+    inner = src.shape[1:-2] if lut is None else lut.shape[1:]
+    out = np.empty((len(src), *inner, 2 * s + 2, 2 * s + 2), dtype=src.dtype if lut is None else lut.dtype)
+    for lo in range(0, len(src), _CHUNK):
+        part = src[lo : lo + _CHUNK]
+        if lut is not None:
+            part = lut.take(part, axis=0)
+            part = np.moveaxis(part, -1, 1) if lut.ndim == 2 else part
+        part.take(rows, axis=-1).take(rows, axis=-2, out=out[lo : lo + _CHUNK], mode="clip")
+    return torch.from_numpy(out)
 
 
 def upscale(a: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Compact picture (..., S, S) -> (..., 2S+2, 2S+2): every pixel a 2x2 tile, then a one-pixel
     border that repeats the outer ring — zero (wall) in every compact picture, so a black frame."""
     s = a.shape[-1]
-    index = ((torch.arange(2 * s + 2) - 1) // 2).clamp(0, s - 1)  # output row -> compact row
-    return _take(_take(a if dtype is None else a.to(dtype), index, -1), index, -2)
+    flat = (a if dtype is None else a.to(dtype)).reshape(-1, s, s)
+    return _tile(flat).reshape(*a.shape[:-2], 2 * s + 2, 2 * s + 2)
 
 
 def to_pixels(grid: torch.Tensor, path: torch.Tensor | None = None) -> Mazes:
     """DeepThinking tensors from compact grids (on the grids' device): 2x2 tiles plus a black border.
 
-    Colours and labels are table lookups on the compact pixels, before tiling."""
-    colours = _take(_COLOURS.to(grid.device), grid.flatten(), 0).unflatten(0, grid.shape)  # (N, S, S, 3)
-    x = upscale(colours.movedim(-1, -3))  # (N, 3, 2n+6, 2n+6)
-    if path is None:
-        return Mazes(x, torch.empty(0, dtype=torch.long))
-    labels = _take(_LABELS.to(path.device), path.flatten(), 0).view(path.shape)
-    return Mazes(x, upscale(labels))  # targets (N, 2n+6, 2n+6)
+    Colours and labels are table lookups on the compact pixels, done while tiling."""
+    x = _tile(grid, _COLOURS)  # (N, 3, 2n+6, 2n+6) float32
+    y = torch.empty(0, dtype=torch.long) if path is None else _tile(path, _LABELS)  # (N, 2n+6, 2n+6) int64
+    return Mazes(x, y)
 
 
 def generate(
