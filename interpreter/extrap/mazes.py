@@ -11,13 +11,13 @@ black border, side ``2n+6``): inputs ``N x 3 x H x W`` float (walls 0, open 1, s
 end red (1,0,0)) and targets ``N x H x W`` int64 in {0, 1}. Datasets store the compact form (16x
 smaller); models upscale on their device.
 
-Every generator advances a whole batch of mazes in lock-step with array operations (or one batched
-scipy call on a block-diagonal graph), never one maze at a time in Python:
+Every generator advances a whole batch of mazes in lock-step with array operations, never one
+maze at a time in Python:
 
 - ``dfs`` — recursive backtracker; each maze pushes and pops every cell once, so a batch finishes in
   exactly ``2V - 1`` vectorised steps.
 - ``wilson`` — loop-erased random walks (uniform spanning tree), walkers of all mazes stepping at once.
-- ``kruskal`` — Kruskal's algorithm on random edge weights, one scipy call for the whole batch.
+- ``kruskal`` — Kruskal's algorithm (edges in random order, union-find), one edge per maze per step.
 - ``percolation`` — every edge open with probability p (isolated cells are drawn as wall).
 - ``dfs_percolation`` — a dfs maze whose remaining inner walls open with probability p. Any tree
   generator accepts ``percolation > 0`` the same way, so a percolation axis can sweep a dfs task.
@@ -32,8 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix, csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
 
 __all__ = ["GENERATORS", "Mazes", "CompactMazes", "generate", "generate_compact", "to_pixels", "upscale", "cells_per_side"]
 
@@ -162,18 +162,39 @@ def _edge_list(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
-    """(N, V, 4) open passages of Kruskal mazes: the minimum spanning forest of random edge weights
-    over the block-diagonal union of all N lattices, in one scipy call."""
+    """(N, V, 4) open passages of Kruskal mazes: every maze takes its lattice edges in its own random
+    order and keeps each edge that joins two components, all mazes one edge per vectorised step.
+
+    Union-find with union by size (trees stay log-deep) and each step's two cells pointed straight
+    at their roots afterwards; a random order is what Kruskal's algorithm on iid random weights sees.
+    """
     nbr, V = _neighbours(m), m * m
     cell, d = _edge_list(m)
-    offset = (np.arange(count) * V)[:, None]
-    u, v = (offset + cell).ravel(), (offset + nbr[cell, d]).ravel()
-    weights = rng.random(u.size) + 1e-9  # scipy reads weight 0 as "no edge"
-    tree = minimum_spanning_tree(coo_matrix((weights, (u, v)), shape=(count * V, count * V))).tocoo()
-    a, b = np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)
+    E = cell.size
+    order = rng.permuted(np.tile(np.arange(E, dtype=np.int32), (count, 1)), axis=1)  # (N, E)
+    ends = np.stack([cell, nbr[cell, d]]).astype(np.int32)  # (2, E)
+    steps = np.ascontiguousarray((ends[:, order.T] + np.arange(count, dtype=np.int32) * V).transpose(1, 0, 2))
+    parent = np.arange(count * V, dtype=np.int32)  # node n*V + cell
+    size = np.ones(count * V, dtype=np.int32)
+    joined = np.zeros((E, count), dtype=bool)
+    for t, cells in enumerate(steps):  # (2, N): the two cells of each maze's t-th edge
+        root = parent[cells]
+        while True:
+            up = parent[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+        parent[cells] = root
+        a, b = root
+        a_smaller = size[a] < size[b]
+        small, big = np.where(a_smaller, a, b), np.where(a_smaller, b, a)
+        joined[t] = a != b
+        parent[small] = big  # a no-op (a root onto itself) where a == b
+        size[big] += size[small] * joined[t]
     opened = np.zeros((count, V, 4), dtype=bool)
-    d_ab = np.where(b - a == 1, 0, 1)  # a is west of b (east edge) or north of b (south edge)
-    _open_edge(opened, a // V, a % V, d_ab, nbr)
+    t, rows = np.nonzero(joined)
+    edge = order[rows, t]
+    _open_edge(opened, rows, cell[edge], d[edge], nbr)
     return opened
 
 
