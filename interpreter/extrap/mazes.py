@@ -15,7 +15,7 @@ Every generator advances a whole batch of mazes in lock-step with array operatio
 maze at a time in Python:
 
 - ``dfs`` — recursive backtracker; each maze pushes and pops every cell once, so a batch finishes in
-  exactly ``2V - 1`` vectorised steps.
+  exactly ``2V - 2`` vectorised steps.
 - ``wilson`` — loop-erased random walks (uniform spanning tree), walkers of all mazes stepping at once.
 - ``kruskal`` — Kruskal's algorithm (edges in random order, union-find), one edge per maze per step.
 - ``percolation`` — every edge open with probability p (isolated cells are drawn as wall).
@@ -79,27 +79,54 @@ def _open_edge(opened: np.ndarray, rows: np.ndarray, cell: np.ndarray, d: np.nda
     opened[rows, nbr[cell, d], _OPPOSITE[d]] = True
 
 
+def _pick_table() -> np.ndarray:
+    """(12 * 16,): for a draw r in [0, 12) and a 4-bit mask of the free directions, index r * 16 + mask,
+    the (r mod count)-th free direction — uniform, as 12 is a multiple of 1..4 — or 4 when none is."""
+    table = np.full(12 * 16, 4)
+    for mask in range(1, 16):
+        free = [k for k in range(4) if mask >> k & 1]
+        table[np.arange(12) * 16 + mask] = np.array(free)[np.arange(12) % len(free)]
+    return table
+
+
+_PICK = _pick_table()
+_PUSH = np.array([1, 1, 1, 1, -1])  # stack pointer change per direction (4: nowhere to go, pop)
+
+
 def _dfs(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
-    """(N, V, 4) open passages of recursive-backtracker mazes, all N advanced together."""
-    nbr, V, rows = _neighbours(m), m * m, np.arange(count)
+    """(N, V, 4) open passages of recursive-backtracker mazes, all N advanced together.
+
+    Each cell is pushed and popped once, so every maze takes exactly 2V - 2 steps, and every step
+    is the same few array operations for all mazes: the visited flags of the current cell's four
+    neighbours, packed into 4 bits, and a random draw pick the direction from :data:`_PICK`
+    (uniform among the unvisited ones, or 4: pop). Direction 4 and the lattice's outside lead to
+    a sentinel cell, so a pop's writes land there instead of needing masks.
+    """
+    nbr, V = _neighbours(m), m * m
+    W = V + 1  # cells per maze plus the sentinel (always visited; slot V of the stack is scratch)
+    inside = np.where(nbr >= 0, nbr, V)
+    move = np.concatenate([inside, np.full((V, 1), V)], axis=1).ravel()  # cell * 5 + direction
+    base = np.arange(count) * W
+    visited = np.zeros(count * W, dtype=bool)
+    came = np.zeros(count * W, dtype=np.int64)  # the direction each cell was carved into by
+    stack = np.zeros(count * W, dtype=np.int64)
+    top = np.zeros(count, dtype=np.int64)
+    pos = rng.integers(0, V, count)
+    visited[base + V] = visited[base + pos] = True
+    stack[base] = pos
+    for draw in rng.integers(0, 12, (2 * V - 2, count), dtype=np.int16) * 16:
+        free = np.packbits(~visited[base[:, None] + inside[pos]], axis=1, bitorder="little")[:, 0]
+        d = _PICK[draw + free]
+        nxt = move[pos * 5 + d]
+        visited[base + nxt] = True
+        came[base + nxt] = d
+        top += _PUSH[d]
+        slot = base + top
+        stack[np.where(d < 4, slot, base + V)] = nxt
+        pos = stack[slot]
+    rows, cells = np.nonzero(np.arange(V) != stack[base][:, None])  # every cell but the start
     opened = np.zeros((count, V, 4), dtype=bool)
-    visited = np.zeros((count, V), dtype=bool)
-    stack = np.zeros((count, V), dtype=np.int64)
-    top = np.zeros(count, dtype=np.int64)  # stack pointer
-    stack[:, 0] = rng.integers(0, V, count)
-    visited[rows, stack[:, 0]] = True
-    for _ in range(2 * V - 1):  # every cell is pushed once and popped once
-        cell = stack[rows, top]
-        cand = nbr[cell]  # (N, 4)
-        free = (cand >= 0) & ~visited[rows[:, None], np.maximum(cand, 0)]
-        d, carve = _random_choice(rng, free)
-        r, c, dd = rows[carve], cell[carve], d[carve]
-        _open_edge(opened, r, c, dd, nbr)
-        nxt = nbr[c, dd]
-        visited[r, nxt] = True
-        top[carve] += 1
-        stack[r, top[carve]] = nxt
-        top[~carve] -= 1
+    _open_edge(opened, rows, cells, _OPPOSITE[came.reshape(count, W)[rows, cells]], nbr)
     return opened
 
 
