@@ -192,32 +192,30 @@ def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
     """(N, V, 4) open passages of Kruskal mazes: every maze takes its lattice edges in its own random
     order and keeps each edge that joins two components, all mazes one edge per vectorised step.
 
-    Union-find with union by size (trees stay log-deep) and each step's two cells pointed straight
-    at their roots afterwards; a random order is what Kruskal's algorithm on iid random weights sees.
+    Union-find over randomly relabelled nodes, linking the smaller label under the larger (random
+    linking keeps the trees log-deep in expectation), each step's two cells pointed straight at
+    their roots afterwards. A random order is what Kruskal's algorithm on iid random weights sees.
     """
     nbr, V = _neighbours(m), m * m
     cell, d = _edge_list(m)
     E = cell.size
     order = rng.permuted(np.tile(np.arange(E, dtype=np.int32), (count, 1)), axis=1)  # (N, E)
-    ends = np.stack([cell, nbr[cell, d]]).astype(np.int32)  # (2, E)
-    steps = np.ascontiguousarray((ends[:, order.T] + np.arange(count, dtype=np.int32) * V).transpose(1, 0, 2))
-    parent = np.arange(count * V, dtype=np.int32)  # node n*V + cell
-    size = np.ones(count * V, dtype=np.int32)
+    label = rng.permutation(count * V).astype(np.int32)  # of node n*V + cell
+    ends = np.stack([cell, nbr[cell, d]])  # (2, E)
+    steps = label[ends[:, order.T] + np.arange(count) * V].transpose(1, 0, 2).copy()  # (E, 2, N)
+    parent = np.arange(count * V, dtype=np.int32)
     joined = np.zeros((E, count), dtype=bool)
     for t, cells in enumerate(steps):  # (2, N): the two cells of each maze's t-th edge
         root = parent[cells]
         while True:
             up = parent[root]
-            if np.array_equal(up, root):
+            if (up == root).all():
                 break
             root = up
         parent[cells] = root
-        a, b = root
-        a_smaller = size[a] < size[b]
-        small, big = np.where(a_smaller, a, b), np.where(a_smaller, b, a)
-        joined[t] = a != b
-        parent[small] = big  # a no-op (a root onto itself) where a == b
-        size[big] += size[small] * joined[t]
+        low, high = np.minimum(root[0], root[1]), np.maximum(root[0], root[1])
+        joined[t] = low != high
+        parent[low] = high  # a no-op (a root onto itself) where both ends share a root
     opened = np.zeros((count, V, 4), dtype=bool)
     t, rows = np.nonzero(joined)
     edge = order[rows, t]
@@ -320,6 +318,8 @@ def generate_compact(
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"maze count must be a positive integer (not {count!r})")
     rng = np.random.default_rng([seed, 0x6D617A65])
+    # a spanning tree always has a leaf to start from and another cell to end at
+    always_valid = generator in ("dfs", "wilson", "kruskal") and percolation == 0.0
     grids, paths, found, attempts = [], [], 0, 0
     while found < count:
         if attempts >= _MAX_ATTEMPTS_PER_MAZE * count:
@@ -330,7 +330,8 @@ def generate_compact(
                 "reachable end); lower the percolation or set deadend_start = false"
             )
         yield_rate = found / attempts if found else 1.0
-        batch = min(_batch_cap(m), max(16, int((count - found) * 1.1 / max(yield_rate, 0.02)) + 1))
+        margin = 1.0 if always_valid else 1.1
+        batch = min(_batch_cap(m), max(16, int((count - found) * margin / max(yield_rate, 0.02)) + 1))
         ok, mazes = _solve(rng, _carve(rng, generator, batch, m, percolation), m, deadend_start)
         attempts += batch
         grids.append(mazes.grid[ok])
