@@ -81,6 +81,16 @@ def _open_edge(opened: np.ndarray, rows: np.ndarray, cell: np.ndarray, d: np.nda
     flat[(rows * V + nbr.ravel()[cell * 4 + d]) * 4 + _OPPOSITE[d]] = True
 
 
+def _tree(up: np.ndarray, root: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """(N, V, 4) passages of N trees from (N, V) directions from each cell towards its parent
+    (ignored at the (N,) roots)."""
+    count, V = up.shape
+    rows, cells = np.nonzero(np.arange(V) != root[:, None])
+    opened = np.zeros((count, V, 4), dtype=bool)
+    _open_edge(opened, rows, cells, up[rows, cells], nbr)
+    return opened
+
+
 def _pick_table() -> np.ndarray:
     """(12 * 16,): for a draw r in [0, 12) and a 4-bit mask of the free directions, index r * 16 + mask,
     the (r mod count)-th free direction — uniform, as 12 is a multiple of 1..4 — or 4 when none is."""
@@ -126,10 +136,7 @@ def _dfs(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
         slot = base + top
         stack[np.where(d < 4, slot, base + V)] = nxt
         pos = stack[slot]
-    rows, cells = np.nonzero(np.arange(V) != stack[base][:, None])  # every cell but the start
-    opened = np.zeros((count, V, 4), dtype=bool)
-    _open_edge(opened, rows, cells, _OPPOSITE[came.reshape(count, W)[rows, cells]], nbr)
-    return opened
+    return _tree(_OPPOSITE[came.reshape(count, W)[:, :V]], stack[base], nbr)
 
 
 def _wilson(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
@@ -176,10 +183,7 @@ def _wilson(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
             scan += seeking
             pos = np.where(hit, pos, nxt)
             seeking = hit
-    opened = np.zeros((count, V, 4), dtype=bool)
-    rows, cells = np.nonzero(np.broadcast_to(np.arange(V) != root, (count, V)))
-    _open_edge(opened, rows, cells, exit_dir.reshape(count, W)[rows, cells], nbr)
-    return opened
+    return _tree(exit_dir.reshape(count, W)[:, :V], np.full(count, root), nbr)
 
 
 def _edge_list(m: int) -> tuple[np.ndarray, np.ndarray]:
