@@ -11,13 +11,13 @@ black border, side ``2n+6``): inputs ``N x 3 x H x W`` float (walls 0, open 1, s
 end red (1,0,0)) and targets ``N x H x W`` int64 in {0, 1}. Datasets store the compact form (16x
 smaller); models upscale on their device.
 
-Every generator advances a whole batch of mazes in lock-step with array operations (or one batched
-scipy call on a block-diagonal graph), never one maze at a time in Python:
+Every generator advances a whole batch of mazes in lock-step with array operations, never one
+maze at a time in Python:
 
 - ``dfs`` — recursive backtracker; each maze pushes and pops every cell once, so a batch finishes in
-  exactly ``2V - 1`` vectorised steps.
+  exactly ``2V - 2`` vectorised steps.
 - ``wilson`` — loop-erased random walks (uniform spanning tree), walkers of all mazes stepping at once.
-- ``kruskal`` — Kruskal's algorithm on random edge weights, one scipy call for the whole batch.
+- ``kruskal`` — Kruskal's algorithm (edges in random order, union-find), one edge per maze per step.
 - ``percolation`` — every edge open with probability p (isolated cells are drawn as wall).
 - ``dfs_percolation`` — a dfs maze whose remaining inner walls open with probability p. Any tree
   generator accepts ``percolation > 0`` the same way, so a percolation axis can sweep a dfs task.
@@ -32,8 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
 
 __all__ = ["GENERATORS", "Mazes", "CompactMazes", "generate", "generate_compact", "to_pixels", "upscale", "cells_per_side"]
 
@@ -75,76 +75,115 @@ def _random_choice(rng: np.random.Generator, allowed: np.ndarray) -> tuple[np.nd
 
 
 def _open_edge(opened: np.ndarray, rows: np.ndarray, cell: np.ndarray, d: np.ndarray, nbr: np.ndarray) -> None:
-    opened[rows, cell, d] = True
-    opened[rows, nbr[cell, d], _OPPOSITE[d]] = True
+    """Open the passage from ``cell`` in direction ``d`` (both of its sides) in mazes ``rows``."""
+    flat, V = opened.reshape(-1), opened.shape[1]  # a view: flat indices beat 3-d fancy indexing
+    flat[(rows * V + cell) * 4 + d] = True
+    flat[(rows * V + nbr.ravel()[cell * 4 + d]) * 4 + _OPPOSITE[d]] = True
+
+
+def _tree(up: np.ndarray, root: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """(N, V, 4) passages of N trees from (N, V) directions from each cell towards its parent
+    (ignored at the (N,) roots)."""
+    count, V = up.shape
+    rows, cells = np.nonzero(np.arange(V) != root[:, None])
+    opened = np.zeros((count, V, 4), dtype=bool)
+    _open_edge(opened, rows, cells, up[rows, cells], nbr)
+    return opened
+
+
+def _pick_table() -> np.ndarray:
+    """(12 * 16,): for a draw r in [0, 12) and a 4-bit mask of the free directions, index r * 16 + mask,
+    the (r mod count)-th free direction — uniform, as 12 is a multiple of 1..4 — or 4 when none is."""
+    table = np.full(12 * 16, 4)
+    for mask in range(1, 16):
+        free = [k for k in range(4) if mask >> k & 1]
+        table[np.arange(12) * 16 + mask] = np.array(free)[np.arange(12) % len(free)]
+    return table
+
+
+_PICK = _pick_table()
+_PUSH = np.array([1, 1, 1, 1, -1])  # stack pointer change per direction (4: nowhere to go, pop)
 
 
 def _dfs(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
-    """(N, V, 4) open passages of recursive-backtracker mazes, all N advanced together."""
-    nbr, V, rows = _neighbours(m), m * m, np.arange(count)
-    opened = np.zeros((count, V, 4), dtype=bool)
-    visited = np.zeros((count, V), dtype=bool)
-    stack = np.zeros((count, V), dtype=np.int64)
-    top = np.zeros(count, dtype=np.int64)  # stack pointer
-    stack[:, 0] = rng.integers(0, V, count)
-    visited[rows, stack[:, 0]] = True
-    for _ in range(2 * V - 1):  # every cell is pushed once and popped once
-        cell = stack[rows, top]
-        cand = nbr[cell]  # (N, 4)
-        free = (cand >= 0) & ~visited[rows[:, None], np.maximum(cand, 0)]
-        d, carve = _random_choice(rng, free)
-        r, c, dd = rows[carve], cell[carve], d[carve]
-        _open_edge(opened, r, c, dd, nbr)
-        nxt = nbr[c, dd]
-        visited[r, nxt] = True
-        top[carve] += 1
-        stack[r, top[carve]] = nxt
-        top[~carve] -= 1
-    return opened
+    """(N, V, 4) open passages of recursive-backtracker mazes, all N advanced together.
+
+    Each cell is pushed and popped once, so every maze takes exactly 2V - 2 steps, and every step
+    is the same few array operations for all mazes: the visited flags of the current cell's four
+    neighbours, packed into 4 bits, and a random draw pick the direction from :data:`_PICK`
+    (uniform among the unvisited ones, or 4: pop). Direction 4 and the lattice's outside lead to
+    a sentinel cell, so a pop's writes land there instead of needing masks.
+    """
+    nbr, V = _neighbours(m), m * m
+    W = V + 1  # cells per maze plus the sentinel (always visited; slot V of the stack is scratch)
+    inside = np.where(nbr >= 0, nbr, V)
+    move = np.concatenate([inside, np.full((V, 1), V)], axis=1).ravel()  # cell * 5 + direction
+    base = np.arange(count) * W
+    visited = np.zeros(count * W, dtype=bool)
+    came = np.zeros(count * W, dtype=np.int64)  # the direction each cell was carved into by
+    stack = np.zeros(count * W, dtype=np.int64)
+    top = np.zeros(count, dtype=np.int64)
+    pos = rng.integers(0, V, count)
+    visited[base + V] = visited[base + pos] = True
+    stack[base] = pos
+    for draw in rng.integers(0, 12, (2 * V - 2, count), dtype=np.int16) * 16:
+        free = np.packbits(~visited[base[:, None] + inside[pos]], axis=1, bitorder="little")[:, 0]
+        d = _PICK[draw + free]
+        nxt = move[pos * 5 + d]
+        visited[base + nxt] = True
+        came[base + nxt] = d
+        top += _PUSH[d]
+        slot = base + top
+        stack[np.where(d < 4, slot, base + V)] = nxt
+        pos = stack[slot]
+    return _tree(_OPPOSITE[came.reshape(count, W)[:, :V]], stack[base], nbr)
 
 
 def _wilson(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
     """(N, V, 4) open passages of uniform spanning trees by Wilson's algorithm.
 
-    Each maze is a small state machine (seek the next cell outside the tree → random walk until the
-    tree is hit, remembering the last exit of every cell → retrace those exits into the tree), and
-    all mazes take one transition per vectorised step. Retracing last exits is loop erasure.
+    Every maze takes one move per vectorised step, with no phases and no branches: a maze that
+    *seeks* tries the next cell of a scan over the lattice as the start of its next walk; a maze that
+    *walks* moves to a random neighbour. Per maze, ``order`` lists the tree's cells followed by the
+    current walk's loop-erased path and ``slot`` says where each cell sits in it, so one lookup tells
+    whether the new cell is in the tree (the walk joins it: its path becomes tree, the maze seeks),
+    on the path (a loop: the path is cut back to it) or new (appended) — loop erasure without a
+    retracing phase. Each cell remembers the direction it was last left by, which is its tree edge
+    once it joins. Uniform for any root and any start order; the centre root shortens the walks.
     """
-    nbr, V, rows = _neighbours(m), m * m, np.arange(count)
-    valid_dirs = nbr >= 0
-    n_dirs = valid_dirs.sum(1)
-    packed = np.argsort(~valid_dirs, axis=1, kind="stable")  # valid directions first
-    opened = np.zeros((count, V, 4), dtype=bool)
-    in_tree = np.zeros((count, V), dtype=bool)
-    in_tree[rows, rng.integers(0, V, count)] = True
-    exit_dir = np.zeros((count, V), dtype=np.int64)
-    seek, walk, retrace, done = 0, 1, 2, 3
-    phase = np.full(count, seek)
-    origin = np.zeros(count, dtype=np.int64)  # scan pointer / start of the current walk
-    pos = np.zeros(count, dtype=np.int64)
-    while not (phase == done).all():
-        s = phase == seek
-        covered = s & in_tree[rows, np.minimum(origin, V - 1)]
-        origin[covered] += 1
-        phase[covered & (origin >= V)] = done
-        start = s & ~covered
-        pos[start] = origin[start]
-        w = phase == walk
-        step = (rng.random(count) * n_dirs[pos]).astype(np.int64)
-        d = packed[pos, step]
-        exit_dir[rows[w], pos[w]] = d[w]
-        pos[w] = nbr[pos[w], d[w]]
-        hit = w & in_tree[rows, pos]
-        phase[hit] = retrace
-        pos[hit] = origin[hit]
-        r = phase == retrace
-        rr, c = rows[r], pos[r]
-        in_tree[rr, c] = True
-        _open_edge(opened, rr, c, exit_dir[rr, c], nbr)
-        pos[r] = nbr[c, exit_dir[rr, c]]
-        phase[r & in_tree[rows, pos]] = seek
-        phase[start] = walk
-    return opened
+    nbr, V = _neighbours(m), m * m
+    valid = nbr >= 0
+    packed = np.argsort(~valid, axis=1, kind="stable")  # valid directions first
+    pick = np.arange(12) % valid.sum(1)[:, None]  # 12 draws map uniformly onto 2, 3 or 4 neighbours
+    move_dir = np.take_along_axis(packed, pick, 1)  # (V, 12)
+    move_to = np.take_along_axis(nbr, move_dir, 1).ravel()
+    move_dir = move_dir.ravel()
+    W = V + 1  # cell slots per maze; slot V is a parking cell, in the tree from the start
+    base = np.arange(count) * W
+    order, slot, exit_dir = (np.zeros(count * W, dtype=np.int64) for _ in range(3))
+    root = (m // 2) * m + m // 2
+    order[base], order[base + 1] = root, V
+    slot[base + root], slot[base + V] = 0, 1
+    committed, top = np.full(count, 2), np.full(count, 1)  # tree = order[:committed], path = order[committed:top+1]
+    pos, scan, seeking = np.full(count, root), np.zeros(count, dtype=np.int64), np.ones(count, dtype=bool)
+    while scan.min() <= V:  # a maze is done once it has sought the parking cell
+        for draw in rng.integers(0, 12, (64, count)):
+            move = pos * 12 + draw
+            nxt = np.where(seeking, np.minimum(scan, V), move_to[move])
+            exit_dir[base + np.where(seeking, V, pos)] = move_dir[move]  # seekers write the parking cell
+            cell = base + nxt
+            s = slot[cell]
+            known = (s <= top) & (order[base + s] == nxt)
+            hit = known & (s < committed)
+            write = np.where(known, s, top + 1)  # rewriting a known cell's entries changes nothing
+            order[base + write] = nxt
+            slot[cell] = write
+            committed = np.where(hit, top + 1, committed)
+            top = np.where(hit, top, write)
+            scan += seeking
+            pos = np.where(hit, pos, nxt)
+            seeking = hit
+    return _tree(exit_dir.reshape(count, W)[:, :V], np.full(count, root), nbr)
 
 
 def _edge_list(m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,18 +195,37 @@ def _edge_list(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
-    """(N, V, 4) open passages of Kruskal mazes: the minimum spanning forest of random edge weights
-    over the block-diagonal union of all N lattices, in one scipy call."""
+    """(N, V, 4) open passages of Kruskal mazes: every maze takes its lattice edges in its own random
+    order and keeps each edge that joins two components, all mazes one edge per vectorised step.
+
+    Union-find linking the smaller root under the larger, each step's two cells pointed straight
+    at their roots afterwards (finds take about five lookups); which edges are kept does not depend
+    on how roots are linked. A random order is what Kruskal's algorithm on iid random weights sees.
+    """
     nbr, V = _neighbours(m), m * m
     cell, d = _edge_list(m)
-    offset = (np.arange(count) * V)[:, None]
-    u, v = (offset + cell).ravel(), (offset + nbr[cell, d]).ravel()
-    weights = rng.random(u.size) + 1e-9  # scipy reads weight 0 as "no edge"
-    tree = minimum_spanning_tree(coo_matrix((weights, (u, v)), shape=(count * V, count * V))).tocoo()
-    a, b = np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)
+    E = cell.size
+    order = rng.permuted(np.tile(np.arange(E, dtype=np.int32), (count, 1)), axis=1)  # (N, E)
+    steps = np.stack([cell, nbr[cell, d]]).astype(np.int32)[:, order.T]  # (2, E, N): ends of each step's edge
+    steps += np.arange(count, dtype=np.int32) * V  # node n*V + cell
+    parent = np.arange(count * V, dtype=np.int32)
+    joined = np.zeros((E, count), dtype=bool)
+    for t in range(E):
+        cells = steps[:, t]
+        root = parent[cells]
+        while True:
+            up = parent[root]
+            if (up == root).all():
+                break
+            root = up
+        parent[cells] = root
+        low, high = np.minimum(root[0], root[1]), np.maximum(root[0], root[1])
+        joined[t] = low != high
+        parent[low] = high  # a no-op (a root onto itself) where both ends share a root
     opened = np.zeros((count, V, 4), dtype=bool)
-    d_ab = np.where(b - a == 1, 0, 1)  # a is west of b (east edge) or north of b (south edge)
-    _open_edge(opened, a // V, a % V, d_ab, nbr)
+    t, rows = np.nonzero(joined)
+    edge = order[rows, t]
+    _open_edge(opened, rows, cell[edge], d[edge], nbr)
     return opened
 
 
@@ -194,16 +252,17 @@ def _solve(
 ) -> tuple[np.ndarray, CompactMazes]:
     """Pick endpoints and draw mazes with their shortest paths; returns (valid mask, mazes)."""
     N, V, _ = opened.shape
-    nbr = _neighbours(m)
-    degree = opened.sum(2)
+    degree = np.bitwise_count(opened.view(np.uint32)[..., 0])  # the 4 passage flags of a cell, one word
     start, ok = _random_choice(rng, degree == 1 if deadend_start else degree >= 1)
-    # One BFS for the batch: a virtual source (node N*V) linked to every valid maze's start.
+    # One BFS for the batch over node n*V + cell, plus a virtual source (node N*V) linked to every
+    # valid maze's start. The adjacency comes out of np.flatnonzero already in CSR order.
     src = N * V
-    rows, cells, dirs = np.nonzero(opened)
-    u, v = rows * V + cells, rows * V + nbr[cells, dirs]
-    u = np.concatenate([u, np.full(ok.sum(), src)])
-    v = np.concatenate([v, np.nonzero(ok)[0] * V + start[ok]])
-    graph = coo_matrix((np.ones(u.size), (u, v)), shape=(src + 1, src + 1)).tocsr()
+    passage = np.flatnonzero(opened)  # (node * 4 + direction), ascending
+    neighbour = (passage >> 2) + np.array([1, m, -1, -m])[passage & 3]
+    starts = np.flatnonzero(ok) * V + start[ok]
+    indptr = np.concatenate([[0], np.cumsum(degree, axis=None), [passage.size + starts.size]])
+    indices = np.concatenate([neighbour, starts])
+    graph = csr_matrix((np.ones(indices.size), indices, indptr), shape=(src + 1, src + 1))
     _, pred = breadth_first_order(graph, src, directed=True, return_predecessors=True)
     reachable = (pred[:src] >= 0).reshape(N, V)
     reachable[np.arange(N), start] = False
@@ -215,22 +274,27 @@ def _solve(
     grid[:, 1::2, 1::2] = (degree > 0).reshape(N, m, m)
     grid[:, 1::2, 2:-1:2] = opened[:, :, 0].reshape(N, m, m)[:, :, :-1]
     grid[:, 2:-1:2, 1::2] = opened[:, :, 1].reshape(N, m, m)[:, :-1, :]
-    path = np.zeros_like(grid)
-    active = np.nonzero(ok)[0]
-    node = active * V + end[active]
-    while active.size:  # all paths traced back towards their starts together
-        i, j = np.divmod(node - active * V, m)
-        path[active, 1 + 2 * i, 1 + 2 * j] = 1
-        parent = pred[node]
-        going = parent != src
-        active, node, i, j, parent = active[going], node[going], i[going], j[going], parent[going]
-        pi, pj = np.divmod(parent - active * V, m)
-        path[active, 1 + i + pi, 1 + j + pj] = 1
-        node = parent
+    # Trace every path back from its end at once. A start is its own predecessor, so finished
+    # paths keep re-marking their start; the passage between two cells is the mean of their pixels.
+    maze, cell = np.divmod(np.arange(src), V)
+    pixel = maze * side * side + (1 + 2 * (cell // m)) * side + 1 + 2 * (cell % m)  # flat pixel of each node
+    parent = np.where(pred[:src] == src, np.arange(src), pred[:src])
+    path = np.zeros(N * side * side, dtype=np.uint8)
+    node = np.flatnonzero(ok) * V + end[ok]
+    here = pixel[node]
+    path[here] = 1
+    while True:
+        node_up = parent[node]
+        up = pixel[node_up]
+        path[(here + up) >> 1] = 1
+        path[up] = 1
+        if np.array_equal(node_up, node):
+            break
+        node, here = node_up, up
     idx = np.nonzero(ok)[0]
     grid[idx, 1 + 2 * (start[idx] // m), 1 + 2 * (start[idx] % m)] = START
     grid[idx, 1 + 2 * (end[idx] // m), 1 + 2 * (end[idx] % m)] = END
-    return ok, CompactMazes(grid, path)
+    return ok, CompactMazes(grid, path.reshape(N, side, side))
 
 
 def _batch_cap(m: int) -> int:
@@ -260,6 +324,8 @@ def generate_compact(
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"maze count must be a positive integer (not {count!r})")
     rng = np.random.default_rng([seed, 0x6D617A65])
+    # a spanning tree always has a leaf to start from and another cell to end at
+    always_valid = generator in ("dfs", "wilson", "kruskal") and percolation == 0.0
     grids, paths, found, attempts = [], [], 0, 0
     while found < count:
         if attempts >= _MAX_ATTEMPTS_PER_MAZE * count:
@@ -270,7 +336,8 @@ def generate_compact(
                 "reachable end); lower the percolation or set deadend_start = false"
             )
         yield_rate = found / attempts if found else 1.0
-        batch = min(_batch_cap(m), max(16, int((count - found) * 1.1 / max(yield_rate, 0.02)) + 1))
+        margin = 1.0 if always_valid else 1.1
+        batch = min(_batch_cap(m), max(16, int((count - found) * margin / max(yield_rate, 0.02)) + 1))
         ok, mazes = _solve(rng, _carve(rng, generator, batch, m, percolation), m, deadend_start)
         attempts += batch
         grids.append(mazes.grid[ok])
@@ -279,26 +346,54 @@ def generate_compact(
     return CompactMazes(np.concatenate(grids)[:count], np.concatenate(paths)[:count])
 
 
-def upscale(a: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(..., S, S) -> (..., 2S+2, 2S+2): every pixel a 2x2 tile, then a one-pixel zero border.
+_COLOURS = torch.tensor([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0]], dtype=torch.float32)  # (r, g, b) per code
+_LABELS = torch.tensor([0, 1], dtype=torch.long)  # path pixel -> target class
+_CHUNK = 64  # pictures per step on the CPU: the intermediates stay small and reused
 
-    The tiles are written straight into the result (converted to ``dtype`` on the way), so the
-    large tensor is touched once."""
-    *lead, s, _ = a.shape
-    out = torch.zeros(*lead, 2 * s + 2, 2 * s + 2, dtype=dtype or a.dtype, device=a.device)
-    tiles = out[..., 1:-1, 1:-1].unflatten(-1, (s, 2)).unflatten(-3, (s, 2))  # (..., S, 2, S, 2) view
-    tiles.copy_(a[..., :, None, :, None].expand(*lead, s, 2, s, 2))
-    return out
+
+def _tile(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, ..., S, S) -> (N, ..., 2S+2, 2S+2): every pixel a 2x2 tile, plus a one-pixel frame that
+    repeats the outer ring. With a ``table``, ``a`` holds codes that become their table entries
+    first: a (K,) table keeps the shape, a (K, C) one adds channels, (N, S, S) -> (N, C, ...).
+
+    Two gathers, columns then whole rows. On the CPU numpy does them chunk by chunk straight into
+    the result: ``take`` copies whole rows, never waits for torch's worker threads on a busy
+    machine, and the only fresh memory is the result, which numpy puts on transparent huge pages."""
+    s = a.shape[-1]
+    index = ((torch.arange(2 * s + 2) - 1) // 2).clamp(0, s - 1)  # output row -> input row
+    if a.device.type != "cpu":
+        if table is not None:
+            a = table.to(a.device)[a.long()]
+            a = a.movedim(-1, 1) if table.dim() == 2 else a
+        on_device = index.to(a.device)
+        return a.index_select(-1, on_device).index_select(-2, on_device)
+    src, rows = a.numpy(), index.numpy()
+    lut = None if table is None else table.numpy()
+    inner = src.shape[1:-2] if lut is None else lut.shape[1:]
+    out = np.empty((len(src), *inner, 2 * s + 2, 2 * s + 2), dtype=src.dtype if lut is None else lut.dtype)
+    for lo in range(0, len(src), _CHUNK):
+        part = src[lo : lo + _CHUNK]
+        if lut is not None:
+            part = lut.take(part, axis=0)
+            part = np.moveaxis(part, -1, 1) if lut.ndim == 2 else part
+        part.take(rows, axis=-1).take(rows, axis=-2, out=out[lo : lo + _CHUNK], mode="clip")
+    return torch.from_numpy(out)
+
+
+def upscale(a: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Compact picture (..., S, S) -> (..., 2S+2, 2S+2): every pixel a 2x2 tile, then a one-pixel
+    border that repeats the outer ring — zero (wall) in every compact picture, so a black frame."""
+    s = a.shape[-1]
+    flat = (a if dtype is None else a.to(dtype)).reshape(-1, s, s)
+    return _tile(flat).reshape(*a.shape[:-2], 2 * s + 2, 2 * s + 2)
 
 
 def to_pixels(grid: torch.Tensor, path: torch.Tensor | None = None) -> Mazes:
-    """DeepThinking tensors from compact grids (on the grids' device): 2x2 tiles plus a black border."""
-    open_ = grid > 0
-    red = open_ & (grid != START)  # start is (0, 1, 0)
-    green = open_ & (grid != END)  # end is (1, 0, 0)
-    blue = grid == OPEN
-    x = upscale(torch.stack([red, green, blue], 1), torch.float32)  # (N, 3, 2n+6, 2n+6)
-    y = torch.empty(0, dtype=torch.long) if path is None else upscale(path, torch.long)  # (N, 2n+6, 2n+6)
+    """DeepThinking tensors from compact grids (on the grids' device): 2x2 tiles plus a black border.
+
+    Colours and labels are table lookups on the compact pixels, done while tiling."""
+    x = _tile(grid, _COLOURS)  # (N, 3, 2n+6, 2n+6) float32
+    y = torch.empty(0, dtype=torch.long) if path is None else _tile(path, _LABELS)  # (N, 2n+6, 2n+6) int64
     return Mazes(x, y)
 
 
