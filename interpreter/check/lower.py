@@ -30,6 +30,8 @@ class _Lowerer(Resolver):
     def declare(self, binding: Binding) -> None:
         self.env[binding.name] = binding
         self.later.pop(binding.name, None)
+        if len(binding.steps) == 1:
+            self.names_of.setdefault(binding.steps[0], []).append(binding.name)
 
     def decl(self, d: ast.Decl) -> None:
         previous = self.env.get(d.name)
@@ -148,12 +150,12 @@ class _Lowerer(Resolver):
                 step_name = self.action_step(op, name, {"model": model, "on": data}, a, raw, grid_point)
                 if rule.rebinds:
                     previous = self.env[self._subject_name(model)]
-                    self.env[previous.name] = Binding(previous.name, previous.span, "step", out=previous.out,
-                                                       steps=[step_name])
+                    self.declare(Binding(previous.name, previous.span, "step", out=previous.out, steps=[step_name]))
 
     def _subject_name(self, step: str) -> str:
-        for name, b in self.env.items():
-            if b.steps == [step]:
+        """The name a step is known by in the spec (a lookup, so checking stays linear)."""
+        for name in self.names_of.get(step, ()):
+            if self.env[name].steps == [step]:
                 return name
         return step
 
