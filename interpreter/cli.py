@@ -58,10 +58,12 @@ def main() -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
+              help="accept paths outside the output folder, and `use` outside the spec's folder")
 @_fail_cleanly
-def check(spec: str) -> None:
+def check(spec: str, allow_outside: bool) -> None:
     """Validate SPEC without running anything."""
-    plan = _load(spec).check()
+    plan = _load(spec, allow_outside).check()
     click.echo(f"{spec}: ok — {len(plan.graph)} steps")
 
 
@@ -129,8 +131,8 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
 @click.option("--device", help="override the study's device (cpu, cuda, cuda:N)")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local processes, or Ray tasks (RAY_ADDRESS joins a cluster)")
-@click.option("--allow-outside-out", "allow_outside", is_flag=True,
-              help="let exports and reports use absolute paths or '..'")
+@click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
+              help="let exports and reports write, and `use` read, outside their folders")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,

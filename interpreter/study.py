@@ -66,7 +66,7 @@ class Study:
         return self.plan
 
     def default_out_dir(self) -> Path:
-        return Path("out") / self.plan.study.name
+        return Path("out") / self.plan.study.folder
 
     def run(self, *, out: str | Path | None = None, jobs: int = 1, force: bool = False,
             cache_dir: str | Path | None = None, progress: Progress | None = None,
@@ -90,7 +90,7 @@ class Study:
             n: {"state": o.state, "duration_s": round(o.duration_s, 4), "error": o.error}
             for n, o in outcome.outcomes.items()}})
         if report:
-            results.report = render(plan, results, provenance, out_dir)
+            results.report = render(plan, results, provenance, out_dir, allow_outside=self.allow_outside)
         return results
 
 
@@ -131,8 +131,12 @@ def _provenance(command: str | None, device: str, started: _dt.datetime, duratio
             "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3)}
 
 
-def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path) -> Path:
+def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path, *,
+           allow_outside: bool = False) -> Path:
     from mlspec.report import render_report
+    from mlspec.run.context import confine
+
+    confine(out_dir, plan.study.report_name, allow_outside=allow_outside)  # no symlink leads it out
 
     bundle = {
         "study": {**results.study, "spec_file": plan.study.spec_file, "spec_text": plan.study.spec_text},

@@ -18,7 +18,7 @@ from mlspec import registry
 from mlspec.check.dialects import ACTIONS, DECL_KINDS, StudyOptions
 from mlspec.check.resolve import Abort, Binding, Resolver, format_value, shown
 from mlspec.errors import Span, SpecError, did_you_mean
-from mlspec.plan.steps import Lowered, Step, StudyInfo
+from mlspec.plan.steps import RESERVED_OUTPUTS, Lowered, Step, StudyInfo, path_component
 from mlspec.registry import Kind, OpSpec
 from mlspec.syntax import ast
 from mlspec.syntax.parser import parse_file
@@ -27,6 +27,12 @@ __all__ = ["lower", "format_value"]
 
 
 class _Lowerer(Resolver):
+    def __init__(self, program: ast.Program, *, allow_outside: bool):
+        super().__init__(program, allow_outside=allow_outside)
+        self.exports: list[tuple[Path, Span]] = []
+        # `use` reads files from here and below only (symlinks resolved), unless the user allows more.
+        self.spec_folder = Path(program.file).resolve().parent
+
     def declare(self, binding: Binding) -> None:
         self.env[binding.name] = binding
         self.later.pop(binding.name, None)
@@ -193,23 +199,58 @@ class _Lowerer(Resolver):
 
     def export(self, s: ast.Export) -> None:
         path = Path(s.path)
-        if not self.allow_outside and (path.is_absolute() or ".." in path.parts):
-            raise self.error(f"export path {s.path!r} leaves the output directory", s.path_span,
-                             help="use a relative path, or pass --allow-outside-out")
+        if not self.output_path(s.path, s.path_span, "export"):
+            raise Abort()
+        self.exports.append((path, s.path_span))
         op = registry.get("export")
         assert op is not None
         steps = self.subjects(s.target, Kind.MODEL, "export")
         fmt = s.format or ("safetensors" if s.path.endswith(".safetensors") else "hf")
         for step in steps:
-            target = s.path if len(steps) == 1 else str(path.with_name(f"{path.stem}-{step}{path.suffix}"))
+            target = s.path if len(steps) == 1 else \
+                str(path.with_name(f"{path.stem}-{path_component(step)}{path.suffix}"))
             statement_call = ast.Call(span=s.span, func="export", name_span=s.span)
             params = self.validate(op, {"path": target, "format": fmt}, {"format": s.span}, statement_call)
             self.add_step(Step(name=f"export {step} to {target}", op="export", params=params,
                                inputs={"model": step}, span=s.span, statement="export"))
 
+    def output_path(self, text: str, span: Span, what: str) -> bool:
+        """Whether a path the spec writes stays inside the output folder and leaves the run's own
+        files (results.json, provenance.json, figures/) alone; reports the problem if not."""
+        path = Path(text)
+        if path.is_absolute() or ".." in path.parts:
+            if self.allow_outside:
+                return True
+            self.error(f"{what} path {text!r} leaves the output directory", span,
+                       help="use a relative path, or pass --allow-outside-out")
+            return False
+        parts = [p for p in path.parts if p != "."]
+        if not parts:
+            self.error(f"{what} path {text!r} names the output directory itself", span,
+                       help="name a file inside it, e.g. \"model.safetensors\"")
+            return False
+        if parts[0] in RESERVED_OUTPUTS:
+            self.error(f"{what} path {text!r} would overwrite the run's own {parts[0]}", span,
+                       help=f"the run writes {', '.join(RESERVED_OUTPUTS)} itself; choose another name")
+            return False
+        return True
+
+    def check_collisions(self, report: str) -> None:
+        """No export may overwrite the report or the figures beside it."""
+        report_path = Path(report)
+        figures = report_path.parent / "figures"
+        for path, span in self.exports:
+            if path == report_path or path == figures or figures in path.parents:
+                what = "file" if path == report_path else "figures"
+                self.error(f"export path '{path}' would overwrite the report's {what}", span,
+                           help="choose another name")
+
     # --- program ---------------------------------------------------------------------------------
     def include(self, use: ast.Use, seen: set[str]) -> None:
         path = (Path(use.span.file).parent / use.path).resolve()
+        if not self.allow_outside and not path.is_relative_to(self.spec_folder):
+            raise self.error(f"'{use.path}' is outside the spec's folder ({self.spec_folder})", use.span,
+                             help="copy it next to the spec, or pass --allow-outside to include it")
         if str(path) in seen:
             raise self.error(f"'{use.path}' is already included (a `use` cycle)", use.span)
         if path.suffix != Path(self.program.file).suffix:
@@ -261,6 +302,7 @@ class _Lowerer(Resolver):
                 self.guard(self.export, s)
             elif isinstance(s, ast.Report):
                 report_name = self.report_name(s) or report_name
+        self.check_collisions(report_name)
         if self.diags:
             raise SpecError(self.diags, self.sources)
         info = StudyInfo(name=study_name, seed=options.seed, device=options.device, dialect=self.dialect,
@@ -273,11 +315,7 @@ class _Lowerer(Resolver):
         if path.suffix != ".html":
             self.error(f"a report is an .html file (not {s.path!r})", s.span)
             return None
-        if not self.allow_outside and (path.is_absolute() or ".." in path.parts):
-            self.error(f"report path {s.path!r} leaves the output directory", s.span,
-                       help="use a relative path, or pass --allow-outside-out")
-            return None
-        return s.path
+        return s.path if self.output_path(s.path, s.span, "report") else None
 
     def study_options(self, s: ast.Study) -> StudyOptions:
         raw: dict[str, Any] = {}

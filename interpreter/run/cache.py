@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from mlspec.plan.steps import path_component
 from mlspec.values import Value, from_parts, to_parts
 
 __all__ = ["Cache", "default_cache_dir"]
@@ -66,8 +67,7 @@ class Cache:
 
     # The last plan of each study, for `--dry-run` to say *why* a step will re-run.
     def _index_path(self, study: str) -> Path:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in study)
-        return self.root / "index" / f"{safe}.json"
+        return self.root / "index" / f"{path_component(study)}.json"
 
     def read_index(self, study: str) -> dict[str, Any]:
         try:
