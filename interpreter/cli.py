@@ -144,7 +144,8 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
     study = _load(spec, allow_outside)
     plan = study.check()
     if dry_run:
-        rows = explain(plan, Cache(cache_dir or default_cache_dir()), force=force)
+        rows = explain(plan, Cache(cache_dir or default_cache_dir()), Path(out) if out else study.default_out_dir(),
+                       force=force)
         width = max(len(s.name) for s, _, _ in rows) if rows else 0
         for step, state, reason in rows:
             click.echo(f"{state:<7} {step.name:<{width}}  [{step.op}]" + (f"  {reason}" if reason else ""))
@@ -203,6 +204,54 @@ def compare(a: str, b: str) -> None:
     except json.JSONDecodeError as exc:
         raise MlspecError(f"not a results.json file: {exc}") from None
     click.echo(compare_results(left, right))
+
+
+@main.group(name="cache")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MLSPEC_CACHE_DIR",
+              help="artifact cache [default: .mlspec/cache, or $MLSPEC_CACHE_DIR]")
+@click.pass_context
+def cache_(ctx: click.Context, cache_dir: str | None) -> None:
+    """Check, measure and prune the artifact cache by hand."""
+    from mlspec.run.cache import Cache, default_cache_dir
+
+    ctx.obj = Cache(cache_dir or default_cache_dir(), notify=lambda line: click.echo(line, err=True))
+
+
+@cache_.command()
+@click.pass_obj
+@_fail_cleanly
+def verify(cache: Any) -> None:
+    """Check every entry against its recorded sha256; discard the damaged ones (exit 1 if any)."""
+    total = sum(1 for _ in cache.keys())
+    bad = cache.verify_all()
+    click.echo(f"{total - len(bad)} of {total} entries intact" + (f", {len(bad)} discarded" if bad else ""))
+    if bad:
+        sys.exit(EXIT_FAILED)
+
+
+@cache_.command()
+@click.pass_obj
+def size(cache: Any) -> None:
+    """Entries and bytes in the cache."""
+    entries, total = cache.size()
+    click.echo(f"{entries} entries, {total / 2**20:.1f} MiB in {cache.root}")
+
+
+@cache_.command()
+@click.option("--dry-run", is_flag=True, help="list what would be removed")
+@click.pass_obj
+@_fail_cleanly
+def gc(cache: Any, dry_run: bool) -> None:
+    """Remove leftovers of interrupted runs and entries no study's last run used."""
+    import shutil
+
+    garbage = cache.garbage()
+    for path in garbage:
+        if dry_run:
+            click.echo(str(path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    click.echo(f"{'would remove' if dry_run else 'removed'} {len(garbage)} entries or leftovers")
 
 
 @main.command()

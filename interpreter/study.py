@@ -15,7 +15,7 @@ from typing import Any
 
 from mlspec.check.lower import lower
 from mlspec.plan.graph import Plan, build_plan
-from mlspec.run.cache import Cache, default_cache_dir
+from mlspec.run.cache import Cache, default_cache_dir, write_atomic
 from mlspec.run.context import Progress
 from mlspec.syntax.ast import Program
 from mlspec.syntax.parser import parse, parse_file
@@ -96,6 +96,8 @@ class Study:
 
 def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
     """Read every finished step's JSON result from the cache (nothing is recomputed)."""
+    from mlspec.run.executor import stale
+
     study = _study_dict(plan)
     steps: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
@@ -103,8 +105,8 @@ def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
         steps[step.name] = {"op": step.op, "key": step.key, "params": step.params, "inputs": step.inputs,
                             "statement": step.statement, "family": step.family, "sweep": step.sweep,
                             "seed": step.seed}
-        if not cache.has(step.key):
-            continue
+        if stale(step, cache, out_dir) is not None:
+            continue  # not computed, or a file record that no longer describes its file
         meta = cache.load_meta(step.key)
         if meta["type"] == "Record":
             results[step.name] = meta["data"]
@@ -167,10 +169,7 @@ def _kind(op: str) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def load(path: str | Path, *, allow_outside: bool = False) -> Study:
