@@ -44,10 +44,14 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _load(spec: str, allow_outside: bool = False) -> Any:
+def _load(spec: str, allow_outside: bool = False, max_steps: int | None = None) -> Any:
     from mlspec.study import load
 
-    return load(spec, allow_outside=allow_outside)
+    return load(spec, allow_outside=allow_outside, **({"max_steps": max_steps} if max_steps else {}))
+
+
+_MAX_STEPS = click.option("--max-steps", type=click.IntRange(1), metavar="N",
+                          help="plan up to N steps [default: 10,000]")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,10 +64,11 @@ def main() -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
               help="accept paths outside the output folder, and `use` outside the spec's folder")
+@_MAX_STEPS
 @_fail_cleanly
-def check(spec: str, allow_outside: bool) -> None:
+def check(spec: str, allow_outside: bool, max_steps: int | None) -> None:
     """Validate SPEC without running anything."""
-    plan = _load(spec, allow_outside).check()
+    plan = _load(spec, allow_outside, max_steps).check()
     click.echo(f"{spec}: ok — {len(plan.graph)} steps")
 
 
@@ -134,14 +139,15 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
 @click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
               help="let exports and reports write, and `use` read, outside their folders")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@_MAX_STEPS
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,
-        device: str | None, executor: str, allow_outside: bool, no_progress: bool) -> None:
+        device: str | None, executor: str, allow_outside: bool, no_progress: bool, max_steps: int | None) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.run.executor import explain
 
-    study = _load(spec, allow_outside)
+    study = _load(spec, allow_outside, max_steps)
     plan = study.check()
     if dry_run:
         rows = explain(plan, Cache(cache_dir or default_cache_dir()), Path(out) if out else study.default_out_dir(),

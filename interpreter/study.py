@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlspec.check.lower import lower
+from mlspec.check.lower import MAX_STEPS, lower
 from mlspec.plan.graph import Plan, build_plan
 from mlspec.run.cache import Cache, default_cache_dir, write_atomic
 from mlspec.run.context import Progress
@@ -50,16 +50,18 @@ class Results:
 
 
 class Study:
-    def __init__(self, program: Program, *, allow_outside: bool = False):
+    def __init__(self, program: Program, *, allow_outside: bool = False, max_steps: int = MAX_STEPS):
         self.program = program
         self.allow_outside = allow_outside
+        self.max_steps = max_steps
         self._plan: Plan | None = None
 
     @property
     def plan(self) -> Plan:
         """Checked and planned (raises SpecError with every problem found)."""
         if self._plan is None:
-            self._plan = build_plan(lower(self.program, allow_outside=self.allow_outside))
+            self._plan = build_plan(lower(self.program, allow_outside=self.allow_outside,
+                                              max_steps=self.max_steps))
         return self._plan
 
     def check(self) -> Plan:
@@ -172,9 +174,10 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
-def load(path: str | Path, *, allow_outside: bool = False) -> Study:
-    return Study(parse_file(path), allow_outside=allow_outside)
+def load(path: str | Path, *, allow_outside: bool = False, max_steps: int = MAX_STEPS) -> Study:
+    return Study(parse_file(path), allow_outside=allow_outside, max_steps=max_steps)
 
 
-def loads(text: str, file: str = "<spec>.merge", *, allow_outside: bool = False) -> Study:
-    return Study(parse(text, file), allow_outside=allow_outside)
+def loads(text: str, file: str = "<spec>.merge", *, allow_outside: bool = False,
+          max_steps: int = MAX_STEPS) -> Study:
+    return Study(parse(text, file), allow_outside=allow_outside, max_steps=max_steps)

@@ -23,12 +23,19 @@ from mlspec.registry import Kind, OpSpec
 from mlspec.syntax import ast
 from mlspec.syntax.parser import parse_file
 
-__all__ = ["lower", "format_value"]
+__all__ = ["lower", "format_value", "MAX_STEPS"]
+
+
+#: Steps a study may plan unless the user raises the limit (`--max-steps`): checked before any
+#: sweep or grid is expanded, so a spec cannot make `check` itself run out of memory.
+MAX_STEPS = 10_000
 
 
 class _Lowerer(Resolver):
-    def __init__(self, program: ast.Program, *, allow_outside: bool):
+    def __init__(self, program: ast.Program, *, allow_outside: bool, max_steps: int = MAX_STEPS):
         super().__init__(program, allow_outside=allow_outside)
+        self.max_steps = max_steps
+        self.planned = 0  # steps planned by the expansions so far
         self.exports: list[tuple[Path, Span]] = []
         # `use` reads files from here and below only (symlinks resolved), unless the user allows more.
         self.spec_folder = Path(program.file).resolve().parent
@@ -76,6 +83,7 @@ class _Lowerer(Resolver):
             for b in d.bindings:
                 vals = self.value(b.values, {})
                 grids.append(vals if isinstance(vals, list) else [vals])
+            self.plan_expansion([len(g) for g in grids], d.span, f"the sweep '{d.name}'")
             members: dict[tuple[Any, ...], str] = {}
             order = [names.index(v) for v in d.sweep_vars]
             out = Kind.ANY
@@ -96,6 +104,18 @@ class _Lowerer(Resolver):
         out = Kind(self.output_kind(step))
         self.check_decl_kind(d, out, allowed)
         self.declare(Binding(d.name, d.name_span, "step", out=out, steps=[step], template=d))
+
+    def plan_expansion(self, factors: list[int], span: Span, what: str) -> None:
+        """Count the steps an expansion will make — a product, before any of them is made — and
+        refuse it past the study's limit."""
+        count = 1
+        for n in factors:
+            count *= n
+        self.planned += count
+        if self.planned > self.max_steps:
+            raise self.error(f"{what} plans {count:,} steps ({' × '.join(f'{n:,}' for n in factors)}); a study "
+                             f"may plan at most {self.max_steps:,}", span,
+                             help="make the sweep smaller, or pass --max-steps to raise the limit")
 
     def check_decl_kind(self, d: ast.Decl, out: Kind, allowed: tuple[Kind, ...]) -> None:
         if out is not Kind.ANY and out not in allowed:
@@ -139,6 +159,8 @@ class _Lowerer(Resolver):
             if b.kind != "axis":
                 raise self.error(f"'{n.id}' is not an axis; declare it with `axis {n.id} = [...]`", n.span)
         on_items = (a.on.items if isinstance(a.on, ast.ListExpr) else [a.on]) if a.on is not None else [None]
+        self.plan_expansion([len(models), len(on_items), *[len(b.values) for b in grid_axes]], a.span,
+                            f"this '{a.keyword}'")
         for item in on_items:
             for combo in itertools.product(*[b.values for b in grid_axes]):
                 over = {n.id: (v, n.span) for n, v in zip(axes, combo)}
@@ -338,6 +360,6 @@ class _Lowerer(Resolver):
             return StudyOptions()
 
 
-def lower(program: ast.Program, *, allow_outside: bool = False) -> Lowered:
+def lower(program: ast.Program, *, allow_outside: bool = False, max_steps: int = MAX_STEPS) -> Lowered:
     """Check ``program`` and lower it to steps; raises SpecError with every problem found."""
-    return _Lowerer(program, allow_outside=allow_outside).run()
+    return _Lowerer(program, allow_outside=allow_outside, max_steps=max_steps).run()

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from mlspec import registry
-from mlspec.errors import MlspecError
+from mlspec.errors import MlspecError, StepError
 from mlspec.plan.graph import Plan
 from mlspec.plan.steps import Step
 from mlspec.run.cache import Cache
 from mlspec.run.context import Progress, StepContext, file_problem
-from mlspec.values import Value
+from mlspec.values import Value, first_non_finite
 
 __all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "EXECUTORS"]
 
@@ -151,6 +151,10 @@ def _compute(spec: registry.OpSpec, payload: dict[str, Any], cache: Cache, progr
     torch.manual_seed(ctx.seed)
     start = time.perf_counter()
     value = _implementation(spec, inputs)(ctx, params, **inputs)
+    where = first_non_finite(value)
+    if where is not None:
+        raise StepError(f"the result is not finite: {where} is NaN or infinite (an overflow, or parameters "
+                        "that push the numbers out of range)")
     return time.perf_counter() - start, value
 
 
