@@ -28,7 +28,7 @@ from mlspec.run.cache import Cache
 from mlspec.run.context import Progress, StepContext, file_problem
 from mlspec.values import Value, first_non_finite
 
-__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "EXECUTORS"]
+__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "torch_threads", "EXECUTORS"]
 
 #: "local": in-process, or a pool of worker processes with --jobs; "ray": each step a Ray task.
 EXECUTORS = ("local", "ray")
@@ -51,6 +51,21 @@ class RunResult:
     @property
     def failed(self) -> list[StepOutcome]:
         return [o for o in self.outcomes.values() if o.state in ("failed", "skipped")]
+
+
+def torch_threads() -> int:
+    """The intra-op threads every step runs with: every usable core (``MLSPEC_THREADS`` overrides).
+
+    One number for the in-process run, each ``--jobs`` worker and each Ray task, because a reduction
+    split over another number of threads rounds differently, and the promise is the same bytes
+    however a study is executed. Idle waiting threads sleep instead of spinning
+    (``OMP_WAIT_POLICY=PASSIVE``, set by the CLI before torch loads), so a busy machine slows a run
+    down in proportion instead of collapsing it: ``benchmarks/quickstart.py --busy`` measures it.
+    """
+    configured = os.environ.get("MLSPEC_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_device(device: str) -> str:
@@ -146,7 +161,7 @@ def _compute(spec: registry.OpSpec, payload: dict[str, Any], cache: Cache, progr
                       device=payload["device"], out_dir=Path(payload["out_dir"]), work_dir=work_dir,
                       allow_outside=payload["allow_outside"], input_names=payload["input_names"],
                       _progress=progress)
-    if payload.get("threads"):
+    if torch.get_num_threads() != payload["threads"]:
         torch.set_num_threads(payload["threads"])
     torch.manual_seed(ctx.seed)
     start = time.perf_counter()
@@ -219,13 +234,13 @@ class Runner:
         self.device = resolve_device(device or plan.study.device)
         self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
 
-    def payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:
+    def payload(self, step: Step) -> dict[str, Any]:
         keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)
                        else self.plan.step(names).key) for port, names in step.inputs.items()}
         return {"name": step.name, "op": step.op, "params": step.params, "inputs": keys,
                 "input_names": dict(step.inputs), "key": step.key, "seed": step.seed, "device": self.device,
                 "cache": str(self.cache.root), "out_dir": str(self.out_dir), "allow_outside": self.allow_outside,
-                "threads": threads, "reuse": not self.force and self.cacheable(step)}
+                "threads": torch_threads(), "reuse": not self.force and self.cacheable(step)}
 
     def cacheable(self, step: Step) -> bool:
         spec = registry.get(step.op)
@@ -298,7 +313,6 @@ class Runner:
                     self.values.pop(key, None)
 
     def _run_parallel(self, todo: list[Step], result: RunResult, advance: Callable[..., None]) -> None:
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         waiting = {s.name: s for s in todo}
         running: dict[Future[tuple[float, str | None]], Step] = {}
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn")) as pool:
@@ -312,7 +326,7 @@ class Runner:
                         del waiting[name]
                         continue
                     if all(result.outcomes.get(up) is not None for up in step.upstream()):
-                        running[pool.submit(_worker, self.payload(step, threads))] = step
+                        running[pool.submit(_worker, self.payload(step))] = step
                         del waiting[name]
                 if not running:
                     continue
