@@ -8,7 +8,6 @@ from pydantic import Field, model_validator
 
 from mlspec.registry import Kind, OpSpec, Params, Port, register
 
-
 #: Layer widths and weight counts past these make no model a study can train; refused at check time.
 MAX_WIDTH = 1_000_000
 MAX_WEIGHTS = 1_000_000_000
