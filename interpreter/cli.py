@@ -44,30 +44,40 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _load(spec: str, allow_outside: bool = False, allow_python: bool = False) -> Any:
+def _load(spec: str, allow_outside: bool = False, allow_python: bool = False, max_steps: int | None = None) -> Any:
     from mlspec.study import load
 
-    return load(spec, allow_outside=allow_outside, allow_python=allow_python)
+    return load(spec, allow_outside=allow_outside, allow_python=allow_python,
+                **({"max_steps": max_steps} if max_steps else {}))
 
 
 _allow_python = click.option(
     "--allow-python", is_flag=True,
     help="run the Python files the spec names with `use python` (their code runs as you)")
+_MAX_STEPS = click.option("--max-steps", type=click.IntRange(1), metavar="N",
+                          help="plan up to N steps [default: 10,000]")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlspec")
 def main() -> None:
     """mlspec — declarative studies of how neural networks learn and combine."""
+    import os
+
+    # Before torch loads: waiting OpenMP threads sleep rather than spin (see run.executor.torch_threads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
+              help="accept paths outside the output folder, and `use` outside the spec's folder")
+@_MAX_STEPS
 @_allow_python
 @_fail_cleanly
-def check(spec: str, allow_python: bool) -> None:
+def check(spec: str, allow_outside: bool, max_steps: int | None, allow_python: bool) -> None:
     """Validate SPEC without running anything."""
-    plan = _load(spec, allow_python=allow_python).check()
+    plan = _load(spec, allow_outside, allow_python, max_steps).check()
     click.echo(f"{spec}: ok — {len(plan.graph)} steps")
 
 
@@ -136,21 +146,24 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
 @click.option("--device", help="override the study's device (cpu, cuda, cuda:N)")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local processes, or Ray tasks (RAY_ADDRESS joins a cluster)")
-@click.option("--allow-outside-out", "allow_outside", is_flag=True,
-              help="let exports and reports use absolute paths or '..'")
+@click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
+              help="let exports and reports write, and `use` read, outside their folders")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@_MAX_STEPS
 @_allow_python
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,
-        device: str | None, executor: str, allow_outside: bool, no_progress: bool, allow_python: bool) -> None:
+        device: str | None, executor: str, allow_outside: bool, no_progress: bool, max_steps: int | None,
+        allow_python: bool) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.run.executor import explain
 
-    study = _load(spec, allow_outside, allow_python)
+    study = _load(spec, allow_outside, allow_python, max_steps)
     plan = study.check()
     if dry_run:
-        rows = explain(plan, Cache(cache_dir or default_cache_dir()), force=force)
+        rows = explain(plan, Cache(cache_dir or default_cache_dir()), Path(out) if out else study.default_out_dir(),
+                       force=force)
         width = max(len(s.name) for s, _, _ in rows) if rows else 0
         for step, state, reason in rows:
             click.echo(f"{state:<7} {step.name:<{width}}  [{step.op}]" + (f"  {reason}" if reason else ""))
@@ -210,6 +223,54 @@ def compare(a: str, b: str) -> None:
     except json.JSONDecodeError as exc:
         raise MlspecError(f"not a results.json file: {exc}") from None
     click.echo(compare_results(left, right))
+
+
+@main.group(name="cache")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MLSPEC_CACHE_DIR",
+              help="artifact cache [default: .mlspec/cache, or $MLSPEC_CACHE_DIR]")
+@click.pass_context
+def cache_(ctx: click.Context, cache_dir: str | None) -> None:
+    """Check, measure and prune the artifact cache by hand."""
+    from mlspec.run.cache import Cache, default_cache_dir
+
+    ctx.obj = Cache(cache_dir or default_cache_dir(), notify=lambda line: click.echo(line, err=True))
+
+
+@cache_.command()
+@click.pass_obj
+@_fail_cleanly
+def verify(cache: Any) -> None:
+    """Check every entry against its recorded sha256; discard the damaged ones (exit 1 if any)."""
+    total = sum(1 for _ in cache.keys())
+    bad = cache.verify_all()
+    click.echo(f"{total - len(bad)} of {total} entries intact" + (f", {len(bad)} discarded" if bad else ""))
+    if bad:
+        sys.exit(EXIT_FAILED)
+
+
+@cache_.command()
+@click.pass_obj
+def size(cache: Any) -> None:
+    """Entries and bytes in the cache."""
+    entries, total = cache.size()
+    click.echo(f"{entries} entries, {total / 2**20:.1f} MiB in {cache.root}")
+
+
+@cache_.command()
+@click.option("--dry-run", is_flag=True, help="list what would be removed")
+@click.pass_obj
+@_fail_cleanly
+def gc(cache: Any, dry_run: bool) -> None:
+    """Remove leftovers of interrupted runs and entries no study's last run used."""
+    import shutil
+
+    garbage = cache.garbage()
+    for path in garbage:
+        if dry_run:
+            click.echo(str(path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    click.echo(f"{'would remove' if dry_run else 'removed'} {len(garbage)} entries or leftovers")
 
 
 @main.command()

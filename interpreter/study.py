@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlspec.check.lower import lower
+from mlspec.check.lower import MAX_STEPS, lower
 from mlspec.plan.graph import Plan, build_plan
-from mlspec.run.cache import Cache, default_cache_dir
+from mlspec.run.cache import Cache, default_cache_dir, write_atomic
 from mlspec.run.context import Progress
 from mlspec.syntax.ast import Program
 from mlspec.syntax.parser import parse, parse_file
@@ -50,10 +50,12 @@ class Results:
 
 
 class Study:
-    def __init__(self, program: Program, *, allow_outside: bool = False, allow_python: bool = False):
+    def __init__(self, program: Program, *, allow_outside: bool = False, allow_python: bool = False,
+                 max_steps: int = MAX_STEPS):
         self.program = program
         self.allow_outside = allow_outside
         self.allow_python = allow_python
+        self.max_steps = max_steps
         self._plan: Plan | None = None
 
     @property
@@ -61,14 +63,14 @@ class Study:
         """Checked and planned (raises SpecError with every problem found)."""
         if self._plan is None:
             self._plan = build_plan(lower(self.program, allow_outside=self.allow_outside,
-                                                    allow_python=self.allow_python))
+                                              allow_python=self.allow_python, max_steps=self.max_steps))
         return self._plan
 
     def check(self) -> Plan:
         return self.plan
 
     def default_out_dir(self) -> Path:
-        return Path("out") / self.plan.study.name
+        return Path("out") / self.plan.study.folder
 
     def run(self, *, out: str | Path | None = None, jobs: int = 1, force: bool = False,
             cache_dir: str | Path | None = None, progress: Progress | None = None,
@@ -92,12 +94,14 @@ class Study:
             n: {"state": o.state, "duration_s": round(o.duration_s, 4), "error": o.error}
             for n, o in outcome.outcomes.items()}})
         if report:
-            results.report = render(plan, results, provenance, out_dir)
+            results.report = render(plan, results, provenance, out_dir, allow_outside=self.allow_outside)
         return results
 
 
 def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
     """Read every finished step's JSON result from the cache (nothing is recomputed)."""
+    from mlspec.run.executor import stale
+
     study = _study_dict(plan)
     steps: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
@@ -105,8 +109,8 @@ def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
         steps[step.name] = {"op": step.op, "key": step.key, "params": step.params, "inputs": step.inputs,
                             "statement": step.statement, "family": step.family, "sweep": step.sweep,
                             "seed": step.seed}
-        if not cache.has(step.key):
-            continue
+        if stale(step, cache, out_dir) is not None:
+            continue  # not computed, or a file record that no longer describes its file
         meta = cache.load_meta(step.key)
         if meta["type"] == "Record":
             results[step.name] = meta["data"]
@@ -133,8 +137,12 @@ def _provenance(command: str | None, device: str, started: _dt.datetime, duratio
             "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3)}
 
 
-def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path) -> Path:
+def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path, *,
+           allow_outside: bool = False) -> Path:
     from mlspec.report import render_report
+    from mlspec.run.context import confine
+
+    confine(out_dir, plan.study.report_name, allow_outside=allow_outside)  # no symlink leads it out
 
     bundle = {
         "study": {**results.study, "spec_file": plan.study.spec_file, "spec_text": plan.study.spec_text},
@@ -165,16 +173,14 @@ def _kind(op: str) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
-def load(path: str | Path, *, allow_outside: bool = False, allow_python: bool = False) -> Study:
-    return Study(parse_file(path), allow_outside=allow_outside, allow_python=allow_python)
+def load(path: str | Path, *, allow_outside: bool = False, allow_python: bool = False,
+         max_steps: int = MAX_STEPS) -> Study:
+    return Study(parse_file(path), allow_outside=allow_outside, allow_python=allow_python, max_steps=max_steps)
 
 
-def loads(text: str, file: str = "<spec>.merge", *, allow_outside: bool = False,
-          allow_python: bool = False) -> Study:
-    return Study(parse(text, file), allow_outside=allow_outside, allow_python=allow_python)
+def loads(text: str, file: str = "<spec>.merge", *, allow_outside: bool = False, allow_python: bool = False,
+          max_steps: int = MAX_STEPS) -> Study:
+    return Study(parse(text, file), allow_outside=allow_outside, allow_python=allow_python, max_steps=max_steps)

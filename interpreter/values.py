@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Model", "CheckpointRef", "Dataset", "Record", "Value", "to_parts", "from_parts", "json_safe"]
+__all__ = ["Model", "CheckpointRef", "Dataset", "Record", "Value", "to_parts", "from_parts", "json_safe", "first_non_finite"]
 
 
 @dataclass
@@ -136,3 +136,26 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def first_non_finite(value: Value) -> str | None:
+    """Where a step's result stops being a number — ``"loss"``, ``"curve[3]"``, ``"weight
+    'layers.0.weight'"`` — or None. A result that is not finite is an error, never a silent ``null``."""
+    if isinstance(value, Model):
+        import torch
+
+        for name, tensor in value.state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return f"weight {name!r}"
+        return None
+    if isinstance(value, Record):
+        stack: list[tuple[str, Any]] = [("", value.data)]
+        while stack:
+            where, item = stack.pop()
+            if isinstance(item, float) and not math.isfinite(item):
+                return where or "the result"
+            if isinstance(item, dict):
+                stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(item.items()))
+            elif isinstance(item, (list, tuple)):
+                stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None

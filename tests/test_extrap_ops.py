@@ -72,6 +72,7 @@ def test_impossible_or_mismatched_settings_are_step_errors(tmp_path: Path) -> No
         registry.get("train_recurrent").params(loss={"type": "focal"})
 
 
+@pytest.mark.slow
 def test_quickstart_extrap_runs_and_extrapolates(quickstart_extrap_run: Any) -> None:
     results, base = quickstart_extrap_run
     data = json.loads((base / "out" / "results.json").read_text())["results"]

@@ -45,9 +45,16 @@ def test_wheel_installs_into_a_clean_venv_and_runs_a_spec(tmp_path: Path) -> Non
                     "-w", str(dist), str(ROOT)], check=True)
     wheel = next(dist.glob("mlspec-*.whl"))
     venv = tmp_path / "venv"
-    # System site-packages provide torch & co. (no multi-GB download); mlspec itself comes from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    # The dependencies (torch & co.) come from the environment running this test, whatever it is (a
+    # venv or the system), with no multi-GB download: its site directories are appended to the new
+    # venv's path. `--system-site-packages` would give the *base* interpreter's instead. Directories
+    # named by a .pth line get no .pth processing, so the running editable install stays out.
+    site_dir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    inherited = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (Path(site_dir) / "inherited.pth").write_text("\n".join(inherited) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
     work = tmp_path / "work"
     work.mkdir()

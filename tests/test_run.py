@@ -72,22 +72,6 @@ def test_warm_rerun_does_no_work(quickstart_run) -> None:
         (base / "out2" / "results.json").read_text())
 
 
-def test_same_spec_twice_from_cold_caches_gives_identical_results(tmp_path: Path) -> None:
-    spec = write(tmp_path, SMALL)
-    mlspec.load(spec).run(out=tmp_path / "o1", cache_dir=tmp_path / "c1", report=False)
-    mlspec.load(spec).run(out=tmp_path / "o2", cache_dir=tmp_path / "c2", report=False)
-    assert (tmp_path / "o1" / "results.json").read_bytes() == (tmp_path / "o2" / "results.json").read_bytes()
-
-
-def test_parallel_jobs_match_serial(tmp_path: Path) -> None:
-    spec = write(tmp_path, SMALL)
-    serial = mlspec.load(spec).run(out=tmp_path / "s", cache_dir=tmp_path / "cs", report=False)
-    parallel = mlspec.load(spec).run(out=tmp_path / "p", cache_dir=tmp_path / "cp", jobs=2, report=False)
-    assert parallel.ok, parallel.failures()
-    assert parallel["evaluate avg on digits"]["accuracy"] == pytest.approx(serial["evaluate avg on digits"]["accuracy"])
-    assert parallel["ab"]["loss"] == pytest.approx(serial["ab"]["loss"], rel=1e-5)
-
-
 def test_changing_one_parameter_reruns_only_dependents(tmp_path: Path) -> None:
     spec = write(tmp_path, SMALL)
     mlspec.load(spec).run(out=tmp_path / "o", cache_dir=tmp_path / "c", report=False)

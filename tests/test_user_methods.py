@@ -181,7 +181,7 @@ def test_without_allow_python_nothing_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "imported.marker").exists()
     assert not (tmp_path / "o").exists()
     with pytest.raises(SpecError, match="--allow-python"):
-        mlspec.load(spec).plan()
+        mlspec.load(spec).plan  # noqa: B018  (planning is what raises)
     result = CliRunner().invoke(main, ["check", str(spec), "--allow-python"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "imported.marker").exists()

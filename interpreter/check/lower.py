@@ -18,18 +18,33 @@ from mlspec import registry
 from mlspec.check.dialects import ACTIONS, DECL_KINDS, StudyOptions
 from mlspec.check.resolve import Abort, Binding, Resolver, format_value, shown
 from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
-from mlspec.plan.steps import Lowered, Step, StudyInfo
+from mlspec.plan.steps import RESERVED_OUTPUTS, Lowered, Step, StudyInfo, path_component
 from mlspec.registry import Kind, OpSpec
 from mlspec.syntax import ast
 from mlspec.syntax.parser import parse_file
 
-__all__ = ["lower", "format_value"]
+__all__ = ["lower", "format_value", "MAX_STEPS"]
+
+
+#: Steps a study may plan unless the user raises the limit (`--max-steps`): checked before any
+#: sweep or grid is expanded, so a spec cannot make `check` itself run out of memory.
+MAX_STEPS = 10_000
 
 
 class _Lowerer(Resolver):
+    def __init__(self, program: ast.Program, *, allow_outside: bool, max_steps: int = MAX_STEPS):
+        super().__init__(program, allow_outside=allow_outside)
+        self.max_steps = max_steps
+        self.planned = 0  # steps planned by the expansions so far
+        self.exports: list[tuple[Path, Span]] = []
+        # `use` reads files from here and below only (symlinks resolved), unless the user allows more.
+        self.spec_folder = Path(program.file).resolve().parent
+
     def declare(self, binding: Binding) -> None:
         self.env[binding.name] = binding
         self.later.pop(binding.name, None)
+        if len(binding.steps) == 1:
+            self.names_of.setdefault(binding.steps[0], []).append(binding.name)
 
     def decl(self, d: ast.Decl) -> None:
         previous = self.env.get(d.name)
@@ -68,6 +83,7 @@ class _Lowerer(Resolver):
             for b in d.bindings:
                 vals = self.value(b.values, {})
                 grids.append(vals if isinstance(vals, list) else [vals])
+            self.plan_expansion([len(g) for g in grids], d.span, f"the sweep '{d.name}'")
             members: dict[tuple[Any, ...], str] = {}
             order = [names.index(v) for v in d.sweep_vars]
             out = Kind.ANY
@@ -88,6 +104,18 @@ class _Lowerer(Resolver):
         out = Kind(self.output_kind(step))
         self.check_decl_kind(d, out, allowed)
         self.declare(Binding(d.name, d.name_span, "step", out=out, steps=[step], template=d))
+
+    def plan_expansion(self, factors: list[int], span: Span, what: str) -> None:
+        """Count the steps an expansion will make — a product, before any of them is made — and
+        refuse it past the study's limit."""
+        count = 1
+        for n in factors:
+            count *= n
+        self.planned += count
+        if self.planned > self.max_steps:
+            raise self.error(f"{what} plans {count:,} steps ({' × '.join(f'{n:,}' for n in factors)}); a study "
+                             f"may plan at most {self.max_steps:,}", span,
+                             help="make the sweep smaller, or pass --max-steps to raise the limit")
 
     def check_decl_kind(self, d: ast.Decl, out: Kind, allowed: tuple[Kind, ...]) -> None:
         if out is not Kind.ANY and out not in allowed:
@@ -131,6 +159,8 @@ class _Lowerer(Resolver):
             if b.kind != "axis":
                 raise self.error(f"'{n.id}' is not an axis; declare it with `axis {n.id} = [...]`", n.span)
         on_items = (a.on.items if isinstance(a.on, ast.ListExpr) else [a.on]) if a.on is not None else [None]
+        self.plan_expansion([len(models), len(on_items), *[len(b.values) for b in grid_axes]], a.span,
+                            f"this '{a.keyword}'")
         for item in on_items:
             for combo in itertools.product(*[b.values for b in grid_axes]):
                 over = {n.id: (v, n.span) for n, v in zip(axes, combo)}
@@ -148,12 +178,12 @@ class _Lowerer(Resolver):
                 step_name = self.action_step(op, name, {"model": model, "on": data}, a, raw, grid_point)
                 if rule.rebinds:
                     previous = self.env[self._subject_name(model)]
-                    self.env[previous.name] = Binding(previous.name, previous.span, "step", out=previous.out,
-                                                       steps=[step_name])
+                    self.declare(Binding(previous.name, previous.span, "step", out=previous.out, steps=[step_name]))
 
     def _subject_name(self, step: str) -> str:
-        for name, b in self.env.items():
-            if b.steps == [step]:
+        """The name a step is known by in the spec (a lookup, so checking stays linear)."""
+        for name in self.names_of.get(step, ()):
+            if self.env[name].steps == [step]:
                 return name
         return step
 
@@ -191,23 +221,58 @@ class _Lowerer(Resolver):
 
     def export(self, s: ast.Export) -> None:
         path = Path(s.path)
-        if not self.allow_outside and (path.is_absolute() or ".." in path.parts):
-            raise self.error(f"export path {s.path!r} leaves the output directory", s.path_span,
-                             help="use a relative path, or pass --allow-outside-out")
+        if not self.output_path(s.path, s.path_span, "export"):
+            raise Abort()
+        self.exports.append((path, s.path_span))
         op = registry.get("export")
         assert op is not None
         steps = self.subjects(s.target, Kind.MODEL, "export")
         fmt = s.format or ("safetensors" if s.path.endswith(".safetensors") else "hf")
         for step in steps:
-            target = s.path if len(steps) == 1 else str(path.with_name(f"{path.stem}-{step}{path.suffix}"))
+            target = s.path if len(steps) == 1 else \
+                str(path.with_name(f"{path.stem}-{path_component(step)}{path.suffix}"))
             statement_call = ast.Call(span=s.span, func="export", name_span=s.span)
             params = self.validate(op, {"path": target, "format": fmt}, {"format": s.span}, statement_call)
             self.add_step(Step(name=f"export {step} to {target}", op="export", params=params,
                                inputs={"model": step}, span=s.span, statement="export"))
 
+    def output_path(self, text: str, span: Span, what: str) -> bool:
+        """Whether a path the spec writes stays inside the output folder and leaves the run's own
+        files (results.json, provenance.json, figures/) alone; reports the problem if not."""
+        path = Path(text)
+        if path.is_absolute() or ".." in path.parts:
+            if self.allow_outside:
+                return True
+            self.error(f"{what} path {text!r} leaves the output directory", span,
+                       help="use a relative path, or pass --allow-outside-out")
+            return False
+        parts = [p for p in path.parts if p != "."]
+        if not parts:
+            self.error(f"{what} path {text!r} names the output directory itself", span,
+                       help="name a file inside it, e.g. \"model.safetensors\"")
+            return False
+        if parts[0] in RESERVED_OUTPUTS:
+            self.error(f"{what} path {text!r} would overwrite the run's own {parts[0]}", span,
+                       help=f"the run writes {', '.join(RESERVED_OUTPUTS)} itself; choose another name")
+            return False
+        return True
+
+    def check_collisions(self, report: str) -> None:
+        """No export may overwrite the report or the figures beside it."""
+        report_path = Path(report)
+        figures = report_path.parent / "figures"
+        for path, span in self.exports:
+            if path == report_path or path == figures or figures in path.parents:
+                what = "file" if path == report_path else "figures"
+                self.error(f"export path '{path}' would overwrite the report's {what}", span,
+                           help="choose another name")
+
     # --- program ---------------------------------------------------------------------------------
     def include(self, use: ast.Use, seen: set[str]) -> None:
         path = (Path(use.span.file).parent / use.path).resolve()
+        if not self.allow_outside and not path.is_relative_to(self.spec_folder):
+            raise self.error(f"'{use.path}' is outside the spec's folder ({self.spec_folder})", use.span,
+                             help="copy it next to the spec, or pass --allow-outside to include it")
         if str(path) in seen:
             raise self.error(f"'{use.path}' is already included (a `use` cycle)", use.span)
         if path.suffix != Path(self.program.file).suffix:
@@ -262,6 +327,7 @@ class _Lowerer(Resolver):
                 self.guard(self.export, s)
             elif isinstance(s, ast.Report):
                 report_name = self.report_name(s) or report_name
+        self.check_collisions(report_name)
         if self.diags:
             raise SpecError(self.diags, self.sources)
         info = StudyInfo(name=study_name, seed=options.seed, device=options.device, dialect=self.dialect,
@@ -274,11 +340,7 @@ class _Lowerer(Resolver):
         if path.suffix != ".html":
             self.error(f"a report is an .html file (not {s.path!r})", s.span)
             return None
-        if not self.allow_outside and (path.is_absolute() or ".." in path.parts):
-            self.error(f"report path {s.path!r} leaves the output directory", s.span,
-                       help="use a relative path, or pass --allow-outside-out")
-            return None
-        return s.path
+        return s.path if self.output_path(s.path, s.span, "report") else None
 
     def study_options(self, s: ast.Study) -> StudyOptions:
         raw: dict[str, Any] = {}
@@ -301,13 +363,14 @@ class _Lowerer(Resolver):
             return StudyOptions()
 
 
-def lower(program: ast.Program, *, allow_outside: bool = False, allow_python: bool = False) -> Lowered:
+def lower(program: ast.Program, *, allow_outside: bool = False, allow_python: bool = False,
+          max_steps: int = MAX_STEPS) -> Lowered:
     """Check ``program`` and lower it to steps; raises SpecError with every problem found.
 
     A ``use python`` file is imported (its operators registered) only with ``allow_python``;
     without it the spec is refused before any of its code runs."""
     python = _python_files(program, allow_python)
-    lowered = _Lowerer(program, allow_outside=allow_outside).run()
+    lowered = _Lowerer(program, allow_outside=allow_outside, max_steps=max_steps).run()
     lowered.study.python = python
     return lowered
 

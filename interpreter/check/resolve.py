@@ -8,6 +8,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,12 @@ def shown(v: Any) -> str:
 def _range_values(start: Any, stop: Any, step: Any) -> list[Any]:
     if step == 0:
         raise ValueError("a range's step cannot be 0")
-    count = int((stop - start) / step + 1e-9) + 1
+    spread = (stop - start) / step  # a float: finite, as every literal is (syntax/limits.py)
+    if not math.isfinite(spread) or spread > 100_000:
+        raise ValueError(f"the range {start} .. {stop} step {step} has {spread + 1:.4g} values (at most 100,000)")
+    count = int(spread + 1e-9) + 1
     if count <= 0:
         raise ValueError(f"the range {start} .. {stop} step {step} is empty")
-    if count > 100_000:
-        raise ValueError(f"the range {start} .. {stop} step {step} has {count} values (at most 100,000)")
     if all(isinstance(x, int) and not isinstance(x, bool) for x in (start, stop, step)):
         return [start + i * step for i in range(count)]
     return [round(start + i * step, 12) for i in range(count)]
@@ -88,6 +90,7 @@ class Resolver:
         self.steps: dict[str, Step] = {}
         self.families: dict[str, list[str]] = {}
         self.failed: set[str] = set()  # declarations that already have a diagnostic
+        self.names_of: dict[str, list[str]] = {}  # step -> the names bound to it alone, in order
 
     # --- diagnostics ----------------------------------------------------------------------
     def error(self, message: str, span: Span | None, help: str | None = None,

@@ -36,17 +36,18 @@ def config_source(model: Model | CheckpointRef) -> Path | None:
     return None
 
 
-def _write_weights(model: Model | CheckpointRef, out: Path, shard_bytes: int) -> tuple[dict[str, Any], set[torch.dtype]]:
+def _write_weights(model: Model | CheckpointRef, out: Path, shard_bytes: int,
+                   metadata: dict[str, str] | None = None) -> tuple[dict[str, Any], set[torch.dtype]]:
     """Write the weights; returns the source config (if any) and the dtypes written."""
     if isinstance(model, CheckpointRef):
         with Checkpoint.open(model.path) as ck:
             plan = [PlannedTensor(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names]
-            with ShardedWriter(out, plan, shard_bytes=shard_bytes) as writer:
+            with ShardedWriter(out, plan, shard_bytes=shard_bytes, metadata=metadata) as writer:
                 for name in ck.names:
                     writer.write(name, ck.tensor(name))
             return ck.config, {p.dtype for p in plan}
     plan = [PlannedTensor(n, tuple(t.shape), t.dtype) for n, t in model.state.items()]
-    with ShardedWriter(out, plan, shard_bytes=shard_bytes) as writer:
+    with ShardedWriter(out, plan, shard_bytes=shard_bytes, metadata=metadata) as writer:
         for name, tensor in model.state.items():
             writer.write(name, tensor)
     return {}, {p.dtype for p in plan}
@@ -101,13 +102,14 @@ def export_hf(
     return out_path
 
 
-def export_safetensors_file(model: Model | CheckpointRef, target: Path) -> None:
+def export_safetensors_file(model: Model | CheckpointRef, target: Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``model`` (a checkpoint reference or weights in memory) as one .safetensors file,
-    tensor by tensor, renamed into place only when complete."""
+    tensor by tensor, renamed into place only when complete. The same model always gives the same
+    bytes (tensors in the model's order, metadata sorted)."""
     target = Path(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _write_weights(model, staging, shard_bytes=2**62)
+        _write_weights(model, staging, shard_bytes=2**62, metadata=metadata)
         (staging / SINGLE_NAME).replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -57,7 +57,7 @@ def _shards(plan: list[PlannedTensor], shard_bytes: int) -> list[list[PlannedTen
 
 
 def _header(shard: list[PlannedTensor], metadata: dict[str, str]) -> bytes:
-    entries: dict[str, object] = {"__metadata__": metadata}
+    entries: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}  # same bytes every time
     offset = 0
     for t in shard:
         entries[t.name] = {

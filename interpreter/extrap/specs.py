@@ -41,18 +41,18 @@ class PrefixSumParams(Params):
 
 
 class _NetParams(Params):
-    width: int = Field(default=128, ge=1, description="channels of the hidden state")
+    width: int = Field(default=128, ge=1, le=4096, description="channels of the hidden state")
     dims: Literal[1, 2] = Field(default=2, description="2 for mazes, 1 for prefix sums")
 
 
 class DTNetParams(_NetParams):
-    blocks: int = Field(default=2, ge=1, description="BasicBlocks in the recurrent block")
+    blocks: int = Field(default=2, ge=1, le=256, description="BasicBlocks in the recurrent block")
     recall: bool = Field(default=True, description="feed the input to every iteration")
     iterations: int = Field(default=30, ge=1, description="iterations used in training")
 
 
 class ImplicitNetParams(_NetParams):
-    blocks: int = Field(default=4, ge=1, description="BasicBlocks in the update")
+    blocks: int = Field(default=4, ge=1, le=256, description="BasicBlocks in the update")
     solver: Literal["picard", "anderson"] = Field(default="anderson", description="fixed-point solver")
     tol: float = Field(default=1e-3, gt=0.0, description="a sample stops once its max |Δh| is below tol")
     budget: int = Field(default=30, ge=1, description="solver iterations used in training")
@@ -60,7 +60,7 @@ class ImplicitNetParams(_NetParams):
 
 
 class FeedForwardParams(_NetParams):
-    depth: int = Field(default=30, ge=1, description="distinct (not weight-tied) BasicBlocks")
+    depth: int = Field(default=30, ge=1, le=10_000, description="distinct (not weight-tied) BasicBlocks")
 
 
 class TrainRecurrentParams(Params):

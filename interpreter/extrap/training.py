@@ -28,7 +28,7 @@ from torch import nn
 
 from mlspec.extrap.batches import autocast, batch, batches, count, prepare_model
 from mlspec.extrap.models import DTNet, IterativeNet
-from mlspec.ops.models.train import ensure_finite
+from mlspec.ops.models.train import ensure_finite, optimizer_step
 
 __all__ = ["TrainConfig", "train", "masked_cross_entropy", "progressive_loss", "solved"]
 
@@ -182,9 +182,10 @@ def train(
             loss.backward()
             if config.clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            opt.step()
+            optimizer_step(opt, epoch=epoch + 1, lr=config.lr)
+            meta.setdefault("start_loss", float(loss.detach()))  # saved with a resume checkpoint
             total += float(loss.detach())
-        ensure_finite(total / steps, epoch=epoch + 1, lr=config.lr)
+        ensure_finite(total / steps, epoch=epoch + 1, lr=config.lr, start=meta.get("start_loss"))
         accuracy = _validate(model, val, config, device) if val else None
         meta["history"].append({"epoch": epoch + 1, "loss": total / steps, "val_accuracy": accuracy})
         if accuracy is None or accuracy > meta["best_accuracy"]:

@@ -7,7 +7,17 @@ from typing import Any
 
 from mlspec.errors import Span
 
-__all__ = ["Step", "StudyInfo", "Lowered"]
+__all__ = ["Step", "StudyInfo", "Lowered", "RESERVED_OUTPUTS", "path_component"]
+
+#: What a run writes in its output folder itself; no export or report may take these names.
+RESERVED_OUTPUTS = ("results.json", "provenance.json", "figures")
+
+
+def path_component(name: str) -> str:
+    """``name`` as one harmless path component: a study name is a name, never a path, so
+    ``"../x"`` or ``"/etc"`` cannot steer where a run writes."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).lstrip(".")
+    return safe[:120] or "study"
 
 
 @dataclass
@@ -42,6 +52,11 @@ class StudyInfo:
     question: str
     report_name: str = "report.html"
     python: list[str] = field(default_factory=list)  # `use python` files (resolved), imported to run
+
+    @property
+    def folder(self) -> str:
+        """The study's name as a folder name (the default output folder, the cache index)."""
+        return path_component(self.name)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["StepContext", "Progress"]
+__all__ = ["StepContext", "Progress", "confine", "file_problem"]
 
 #: ``progress(total, description)`` yields an ``advance(n=1, **fields)`` callable.
 Progress = Callable[[int, str], Any]
@@ -48,14 +48,36 @@ class StepContext:
 
     def output_path(self, relative: str) -> Path:
         """Resolve a path the spec asked to write, refusing escapes from the output directory."""
-        from mlspec.errors import StepError
-
-        path = Path(relative)
-        if not self.allow_outside and (path.is_absolute() or ".." in path.parts):
-            raise StepError(
-                f"refusing to write {relative!r} outside the output directory "
-                "(pass --allow-outside-out to allow absolute paths and '..')"
-            )
-        target = path if path.is_absolute() else self.out_dir / path
+        target = confine(self.out_dir, relative, allow_outside=self.allow_outside)
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+def confine(out_dir: Path, relative: str, *, allow_outside: bool) -> Path:
+    """``out_dir / relative``, refused when it would land outside ``out_dir`` — by an absolute path,
+    by '..', or through a symlink (resolved before the check) — unless the user allowed it."""
+    from mlspec.errors import StepError
+
+    path = Path(relative)
+    target = path if path.is_absolute() else Path(out_dir) / path
+    if allow_outside:
+        return target
+    root, resolved = Path(out_dir).resolve(), target.resolve()
+    if path.is_absolute() or ".." in path.parts or resolved == root or not resolved.is_relative_to(root):
+        raise StepError(f"refusing to write {relative!r} outside the output directory {str(root)!r}: it "
+                        f"resolves to {str(resolved)!r} (pass --allow-outside-out to allow it)")
+    return target
+
+
+def file_problem(record: dict[str, Any], out_dir: Path) -> str | None:
+    """Why a record that describes a written file (an export: ``path`` and ``sha256``) no longer
+    describes the file on disk — or None when it still does. Read anew on every run."""
+    from mlspec.run.cache import file_sha256
+
+    if "path" not in record or "sha256" not in record:
+        return "it records no file digest"
+    path = Path(out_dir) / record["path"]  # an absolute path stays absolute
+    try:
+        return None if file_sha256(path) == record["sha256"] else f"{record['path']} has changed"
+    except OSError:
+        return f"{record['path']} is missing"

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from mlspec import registry
-from mlspec.errors import MlspecError
+from mlspec.errors import MlspecError, StepError
 from mlspec.plan.graph import Plan
 from mlspec.plan.steps import Step
 from mlspec.run.cache import Cache
-from mlspec.run.context import Progress, StepContext
-from mlspec.values import Value
+from mlspec.run.context import Progress, StepContext, file_problem
+from mlspec.values import Value, first_non_finite
 
-__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "EXECUTORS"]
+__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "torch_threads", "EXECUTORS"]
 
 #: "local": in-process, or a pool of worker processes with --jobs; "ray": each step a Ray task.
 EXECUTORS = ("local", "ray")
@@ -53,6 +53,21 @@ class RunResult:
         return [o for o in self.outcomes.values() if o.state in ("failed", "skipped")]
 
 
+def torch_threads() -> int:
+    """The intra-op threads every step runs with: every usable core (``MLSPEC_THREADS`` overrides).
+
+    One number for the in-process run, each ``--jobs`` worker and each Ray task, because a reduction
+    split over another number of threads rounds differently, and the promise is the same bytes
+    however a study is executed. Idle waiting threads sleep instead of spinning
+    (``OMP_WAIT_POLICY=PASSIVE``, set by the CLI before torch loads), so a busy machine slows a run
+    down in proportion instead of collapsing it: ``benchmarks/quickstart.py --busy`` measures it.
+    """
+    configured = os.environ.get("MLSPEC_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -61,26 +76,33 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def explain(plan: Plan, cache: Cache, *, force: bool = False) -> list[tuple[Step, str, str]]:
+def explain(plan: Plan, cache: Cache, out_dir: Path, *, force: bool = False) -> list[tuple[Step, str, str]]:
     """For ``--dry-run``: each step with "cached" or "run" and the reason."""
     previous = cache.read_index(plan.study.name)
     out: list[tuple[Step, str, str]] = []
     rerun: set[str] = set()
     for step in plan.steps:
-        spec = registry.get(step.op)
-        if force:
-            reason, state = "--force", "run"
-        elif spec is not None and not spec.cacheable:
-            reason, state = "always runs (writes files)", "run"
-        elif cache.has(step.key):
-            reason, state = "", "cached"
-        else:
-            state = "run"
+        reason = stale(step, cache, out_dir, force=force)
+        if reason == "not in the cache":
             reason = _why(step, previous.get(step.name), rerun)
-        if state == "run":
+        if reason is not None:
             rerun.add(step.name)
-        out.append((step, state, reason))
+        out.append((step, "cached" if reason is None else "run", reason or ""))
     return out
+
+
+def stale(step: Step, cache: Cache, out_dir: Path, *, force: bool = False) -> str | None:
+    """Why ``step`` must run, or None when its result can be used as it is. A step that writes files
+    (an export) is used as it is only while the file is still the one its record describes."""
+    if force:
+        return "--force"
+    if not cache.has(step.key):
+        return "not in the cache"
+    spec = registry.get(step.op)
+    if spec is not None and not spec.cacheable:
+        problem = file_problem(cache.load_meta(step.key).get("data", {}), out_dir)
+        return None if problem is None else f"writes a file, and {problem}"
+    return None
 
 
 def _why(step: Step, before: dict[str, Any] | None, rerun: set[str]) -> str:
@@ -102,16 +124,32 @@ def _why(step: Step, before: dict[str, Any] | None, rerun: set[str]) -> str:
 
 
 def execute_step(payload: dict[str, Any], progress: Progress | None = None,
-             values: dict[str, Value] | None = None, *, save: bool = True) -> tuple[float, Value]:
+                 values: dict[str, Value] | None = None, *, save: bool = True) -> tuple[float | None, Value]:
     """Run one step; used in-process, in worker processes and in Ray tasks alike. Inputs come from
-    ``values`` (by key) when there, else from the cache; with ``save`` the output goes to the cache."""
-    import torch
-
+    ``values`` (by key) when there, else from the cache; with ``save`` the output goes to the cache,
+    under the entry's lock, and the value returned is the one read back from it — so what later
+    steps see is the same whether they run now, in another process, or in a resumed run. Seconds
+    are None when another run computed the step while this one waited for the lock."""
     for file in payload.get("python", []):  # the spec's own operators (allowed when it was checked)
         registry.load_python(file)
     spec = registry.get(payload["op"])
     assert spec is not None
     cache = Cache(payload["cache"])
+    if not save:
+        return _compute(spec, payload, cache, progress, values)
+    with cache.lock(payload["key"]):
+        if payload.get("reuse") and cache.has(payload["key"]):
+            return None, cache.load(payload["key"])
+        duration, value = _compute(spec, payload, cache, progress, values)
+        cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]},
+                   replace=not spec.cacheable)
+    return duration, cache.load(payload["key"])
+
+
+def _compute(spec: registry.OpSpec, payload: dict[str, Any], cache: Cache, progress: Progress | None,
+             values: dict[str, Value] | None) -> tuple[float, Value]:
+    import torch
+
     memo = values if values is not None else {}
 
     def load(key: str) -> Value:
@@ -125,33 +163,41 @@ def execute_step(payload: dict[str, Any], progress: Progress | None = None,
                       device=payload["device"], out_dir=Path(payload["out_dir"]), work_dir=work_dir,
                       allow_outside=payload["allow_outside"], input_names=payload["input_names"],
                       _progress=progress)
-    if payload.get("threads"):
+    if torch.get_num_threads() != payload["threads"]:
         torch.set_num_threads(payload["threads"])
     torch.manual_seed(ctx.seed)
     start = time.perf_counter()
     value = spec.load()(ctx, params, **inputs)
-    duration = time.perf_counter() - start
-    if save:
-        cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]})
-    return duration, value
+    where = first_non_finite(value)
+    if where is not None:
+        raise StepError(f"the result is not finite: {where} is NaN or infinite (an overflow, or parameters "
+                        "that push the numbers out of range)")
+    return time.perf_counter() - start, value
 
 
 def try_step(payload: dict[str, Any], progress: Progress | None = None, values: dict[str, Value] | None = None,
-             *, save: bool = True) -> tuple[float, Value | None, str | None]:
+             *, save: bool = True) -> tuple[float | None, Value | None, str | None]:
     """:func:`execute_step` that reports failure instead of raising: ``(seconds, value, error)``.
     A spec's own errors keep their message; a crash inside an operator says what and where."""
     try:
         duration, value = execute_step(payload, progress, values, save=save)
     except MlspecError as exc:
         return 0.0, None, str(exc)
+    except OSError as exc:  # a full or read-only disk: what failed, and which file
+        return 0.0, None, f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
     except Exception as exc:  # a bug or a bad input inside an operator: report it, keep the run going
         return 0.0, None, describe_crash(exc)
     return duration, value, None
 
 
-def _worker(payload: dict[str, Any]) -> tuple[float, str | None]:
+def _worker(payload: dict[str, Any]) -> tuple[float | None, str | None]:
     duration, _, error = try_step(payload)
     return duration, error
+
+
+def _finished(name: str, duration: float | None) -> StepOutcome:
+    """A step that finished: computed here, or by another run while this one waited (None)."""
+    return StepOutcome(name, "cached", 0.0) if duration is None else StepOutcome(name, "ran", duration)
 
 
 def describe_crash(exc: BaseException) -> str:
@@ -177,17 +223,21 @@ class Runner:
         self.device = resolve_device(device or plan.study.device)
         self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
 
-    def payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:
+    def payload(self, step: Step) -> dict[str, Any]:
         keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)
                        else self.plan.step(names).key) for port, names in step.inputs.items()}
         return {"name": step.name, "op": step.op, "params": step.params, "inputs": keys,
                 "input_names": dict(step.inputs), "key": step.key, "seed": step.seed, "device": self.device,
                 "cache": str(self.cache.root), "out_dir": str(self.out_dir), "allow_outside": self.allow_outside,
-                "threads": threads, "python": list(self.plan.study.python)}
+                "threads": torch_threads(), "reuse": not self.force and self.cacheable(step),
+                "python": list(self.plan.study.python)}
+
+    def cacheable(self, step: Step) -> bool:
+        spec = registry.get(step.op)
+        return spec is not None and spec.cacheable
 
     def _needs_run(self, step: Step) -> bool:
-        spec = registry.get(step.op)
-        return self.force or (spec is not None and not spec.cacheable) or not self.cache.has(step.key)
+        return stale(step, self.cache, self.out_dir, force=self.force) is not None
 
     def run(self) -> RunResult:
         start = time.perf_counter()
@@ -206,7 +256,7 @@ class Runner:
                 self._run_serial(todo, result, advance)
             else:
                 self._run_parallel(todo, result, advance)
-        self.cache.write_index(self.plan.study.name, {s.name: s.key_parts for s in steps
+        self.cache.write_index(self.plan.study.name, {s.name: {**s.key_parts, "key": s.key} for s in steps
                                                        if result.outcomes[s.name].state in ("cached", "ran")})
         result.duration_s = time.perf_counter() - start
         return result
@@ -243,7 +293,7 @@ class Runner:
             if error is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "failed", error=error)
                 continue
-            result.outcomes[step.name] = StepOutcome(step.name, "ran", duration)
+            result.outcomes[step.name] = _finished(step.name, duration)
             if remaining_uses.get(step.key):
                 self.values[step.key] = value
             for up in step.upstream():
@@ -253,7 +303,6 @@ class Runner:
                     self.values.pop(key, None)
 
     def _run_parallel(self, todo: list[Step], result: RunResult, advance: Callable[..., None]) -> None:
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         waiting = {s.name: s for s in todo}
         running: dict[Future[tuple[float, str | None]], Step] = {}
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn")) as pool:
@@ -267,7 +316,7 @@ class Runner:
                         del waiting[name]
                         continue
                     if all(result.outcomes.get(up) is not None for up in step.upstream()):
-                        running[pool.submit(_worker, self.payload(step, threads))] = step
+                        running[pool.submit(_worker, self.payload(step))] = step
                         del waiting[name]
                 if not running:
                     continue
@@ -278,6 +327,6 @@ class Runner:
                         duration, error = fut.result()
                     except Exception as exc:  # the worker process died
                         duration, error = 0.0, describe_crash(exc)
-                    state = "failed" if error else "ran"
-                    result.outcomes[step.name] = StepOutcome(step.name, state, duration, error)
+                    result.outcomes[step.name] = (StepOutcome(step.name, "failed", 0.0, error) if error
+                                                  else _finished(step.name, duration))
                     advance(step=step.name)

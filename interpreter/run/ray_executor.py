@@ -70,7 +70,8 @@ def run_on_ray(runner: Runner, todo: list[Step], result: RunResult, advance: Cal
         step = pending.pop(done[0])
         parts, error, seconds, skipped = ray.get(done[0])
         if error is None:
-            runner.cache.save(step.key, from_parts(*parts), extra={"name": step.name, "op": step.op})
+            runner.cache.save(step.key, from_parts(*parts), extra={"name": step.name, "op": step.op},
+                              replace=not runner.cacheable(step))
             result.outcomes[step.name] = StepOutcome(step.name, "ran", seconds)
         else:
             result.outcomes[step.name] = StepOutcome(step.name, "skipped" if skipped else "failed", 0.0, error)

@@ -8,7 +8,7 @@ from typing import Any
 from lark import Token, Tree
 
 from mlspec.errors import Span
-from mlspec.syntax import ast
+from mlspec.syntax import ast, limits
 
 __all__ = ["build_program"]
 
@@ -20,8 +20,9 @@ def _unquote(text: str) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str):
+    def __init__(self, file: str, text: str):
         self.file = file
+        self.text = text
 
     def span(self, item: Tree | Token) -> Span:
         if isinstance(item, Token):
@@ -42,8 +43,7 @@ class _Builder:
         kids = self.kids(t) if isinstance(t, Tree) else []
         if kind == "number":
             text = str(kids[0])
-            value: int | float = int(text) if re.fullmatch(r"-?\d+", text) else float(text)
-            return ast.Number(span=sp, value=value, text=text)
+            return ast.Number(span=sp, value=limits.number(text, sp, self.text), text=text)
         if kind == "string":
             return ast.String(span=sp, value=_unquote(str(kids[0])))
         if kind in ("true", "false"):
@@ -132,7 +132,7 @@ def _comment_text(tok: Token) -> str:
 
 
 def build_program(tree: Tree, comments: list[Token], *, text: str, file: str, dialect: str) -> ast.Program:
-    builder = _Builder(file)
+    builder = _Builder(file, text)
     raw = [builder.statement(c) for c in tree.children if c is not None]
     pending = sorted(comments, key=lambda c: (c.line, c.column))
     statements: list[Any] = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
+from mlspec.syntax import limits
 from mlspec.syntax.ast import Program
 from mlspec.syntax.build import build_program
 
@@ -76,6 +77,7 @@ def _statement_keywords(dialect: str) -> list[str]:
 
 def parse(text: str, file: str = "<spec>", dialect: str | None = None) -> Program:
     dialect = dialect or dialect_of(file)
+    limits.check_characters(text, file)
     comments: list[Token] = []
     reset = _comments.set(comments)
     try:
@@ -84,6 +86,7 @@ def parse(text: str, file: str = "<spec>", dialect: str | None = None) -> Progra
         raise SpecError(_syntax_diagnostic(exc, text, file, dialect), {file: text}) from None
     finally:
         _comments.reset(reset)
+    limits.check_nesting(tree, file, text)
     return build_program(tree, comments, text=text, file=file, dialect=dialect)
 
 

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mlspec.registry import Kind, OpSpec, Params, Port, register
 
+#: Layer widths and weight counts past these make no model a study can train; refused at check time.
+MAX_WIDTH = 1_000_000
+MAX_WEIGHTS = 1_000_000_000
+
 
 class MLPParams(Params):
-    in_features: int = Field(alias="in", ge=1, description="input features (64 for digits)")
-    hidden: list[int] = Field(default=[256, 256], description="widths of the hidden layers")
-    out_features: int = Field(alias="out", ge=1, description="number of classes")
+    in_features: int = Field(alias="in", ge=1, le=MAX_WIDTH, description="input features (64 for digits)")
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(default=[256, 256],
+                                                                    description="widths of the hidden layers")
+    out_features: int = Field(alias="out", ge=1, le=MAX_WIDTH, description="number of classes")
     norm: Literal["none", "layernorm", "batchnorm"] = Field(default="none", description="after each hidden layer")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> MLPParams:
+        widths = [self.in_features, *self.hidden, self.out_features]
+        weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
+        if weights > MAX_WEIGHTS:
+            raise ValueError(f"this network would have {weights:,} weights (at most {MAX_WEIGHTS:,})")
+        return self
 
 
 class TrainParams(Params):

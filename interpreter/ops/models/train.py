@@ -16,7 +16,7 @@ from mlspec.ops.models.specs import MLPParams, TrainParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 
-__all__ = ["mlp", "train", "fit", "make_optimizer", "ensure_finite"]
+__all__ = ["mlp", "train", "fit", "make_optimizer", "ensure_finite", "optimizer_step"]
 
 
 def mlp(ctx: StepContext, params: MLPParams) -> Model:
@@ -27,11 +27,31 @@ def mlp(ctx: StepContext, params: MLPParams) -> Model:
     return Model(arch=arch, state={k: v.detach().clone() for k, v in net.state_dict().items()})
 
 
-def ensure_finite(loss: float, *, epoch: int, lr: float) -> None:
-    """Stop a diverged run with a message a user can act on, instead of writing NaN results."""
+#: A training loss this many times above its value at the start (at least 1) has diverged.
+DIVERGED_FACTOR = 100.0
+
+
+def _diverged(epoch: int, lr: float, what: str) -> StepError:
+    return StepError(f"training diverged in epoch {epoch}: {what} (lr = {lr}); lower the learning rate")
+
+
+def ensure_finite(loss: float, *, epoch: int, lr: float, start: float | None = None) -> None:
+    """Stop a diverged run with a message a user can act on, instead of writing NaN results — or
+    results at chance level: a loss far above its starting value ``start`` has diverged too."""
     if not math.isfinite(loss):
-        raise StepError(f"training diverged in epoch {epoch}: the loss is {loss} (lr = {lr}); "
-                        "lower the learning rate")
+        raise _diverged(epoch, lr, f"the loss is {loss}")
+    if start is not None and loss > DIVERGED_FACTOR * max(start, 1.0):
+        raise _diverged(epoch, lr, f"the loss grew from {start:.4g} to {loss:.4g}")
+
+
+def optimizer_step(opt: torch.optim.Optimizer, *, epoch: int, lr: float) -> None:
+    """``opt.step()``; an update too large for a float is the same divergence, in the same words."""
+    try:
+        opt.step()
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        raise _diverged(epoch, lr, "an update overflowed") from None
 
 
 def make_optimizer(module: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -55,6 +75,7 @@ def fit(
     module.to(device).train()
     opt = make_optimizer(module, params)
     history: list[float] = []
+    initial: float | None = None  # the loss before the first update
     for epoch in range(params.epochs):
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
@@ -64,10 +85,11 @@ def fit(
             loss = F.cross_entropy(module(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            optimizer_step(opt, epoch=epoch + 1, lr=params.lr)
+            initial = loss.item() if initial is None else initial
             total += loss.item() * len(idx)
         history.append(total / max(1, len(x)))
-        ensure_finite(history[-1], epoch=epoch + 1, lr=params.lr)
+        ensure_finite(history[-1], epoch=epoch + 1, lr=params.lr, start=initial)
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
     return history
