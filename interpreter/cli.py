@@ -62,7 +62,7 @@ def main() -> None:
 def check(spec: str) -> None:
     """Validate SPEC without running anything."""
     plan = _load(spec).check()
-    click.echo(f"{spec}: ok — {len(plan.graph)} steps")
+    click.echo(f"{spec}: ok — {len(plan)} steps")
 
 
 @main.command()
@@ -92,11 +92,10 @@ def fmt(spec: str, write: bool) -> None:
 
 
 @contextmanager
-def _progress_bars(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
+def _progress_bars() -> Iterator[Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mlspec.run.progress import describe_fields
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), transient=True) as bars:
@@ -106,7 +105,10 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
             task = bars.add_task(description, total=total, info="")
 
             def advance(n: int = 1, **fields: Any) -> None:
-                info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+                if "started" in fields or "finished" in fields:  # the runner's step events: name the step
+                    info = str(fields.get("started") or fields.get("finished"))
+                else:
+                    info = describe_fields(fields)
                 bars.update(task, advance=n, info=info)
 
             try:
@@ -115,6 +117,20 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
                 bars.remove_task(task)
 
         yield bar
+
+
+@contextmanager
+def _progress(silent: bool) -> Iterator[Any]:
+    """Bars on a terminal; plain lines (one per step, and periodic ones inside long steps) in a log."""
+    if silent:
+        yield None
+    elif sys.stderr.isatty():
+        with _progress_bars() as bars:
+            yield bars
+    else:
+        from mlspec.run.progress import plain_progress
+
+        yield plain_progress(sys.stderr)
 
 
 @main.command()
@@ -131,10 +147,11 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
               help="local processes, or Ray tasks (RAY_ADDRESS joins a cluster)")
 @click.option("--allow-outside-out", "allow_outside", is_flag=True,
               help="let exports and reports use absolute paths or '..'")
-@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--no-progress", is_flag=True, help="no progress bars or progress lines")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing but errors")
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,
-        device: str | None, executor: str, allow_outside: bool, no_progress: bool) -> None:
+        device: str | None, executor: str, allow_outside: bool, no_progress: bool, quiet: bool) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.run.executor import explain
@@ -142,7 +159,8 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
     study = _load(spec, allow_outside)
     plan = study.check()
     if dry_run:
-        rows = explain(plan, Cache(cache_dir or default_cache_dir()), force=force)
+        rows = explain(plan, Cache(cache_dir or default_cache_dir()), force=force,
+                       out_dir=Path(out) if out else study.default_out_dir())
         width = max(len(s.name) for s, _, _ in rows) if rows else 0
         for step, state, reason in rows:
             click.echo(f"{state:<7} {step.name:<{width}}  [{step.op}]" + (f"  {reason}" if reason else ""))
@@ -150,15 +168,16 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
         click.echo(f"\n{todo} to run, {len(rows) - todo} cached")
         return
     command = "mlspec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with _progress_bars(not no_progress and sys.stderr.isatty()) as bars:
-        results = study.run(out=out, jobs=jobs, force=force, cache_dir=cache_dir, progress=bars,
+    with _progress(quiet or no_progress) as progress:
+        results = study.run(out=out, jobs=jobs, force=force, cache_dir=cache_dir, progress=progress,
                             command=command, device=device, executor=executor)
     states = [o.state for o in results.outcomes.values()]
-    click.echo(f"{states.count('ran')} ran, {states.count('cached')} cached"
-               + (f", {len(results.failures())} failed or skipped" if results.failures() else ""))
-    click.echo(f"results: {results.out_dir / 'results.json'}")
-    if results.report is not None:
-        click.echo(f"report:  {results.report}")
+    if not quiet:
+        click.echo(f"{states.count('ran')} ran, {states.count('cached')} cached"
+                   + (f", {len(results.failures())} failed or skipped" if results.failures() else ""))
+        click.echo(f"results: {results.out_dir / 'results.json'}")
+        if results.report is not None:
+            click.echo(f"report:  {results.report}")
     if results.failures():
         for name, error in results.failures().items():
             step = plan.step(name)
@@ -174,15 +193,14 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
 def report(spec: str, out: str | None, cache_dir: str | None) -> None:
     """Re-render SPEC's report from the cache without computing anything."""
     from mlspec.run.cache import Cache, default_cache_dir
-    from mlspec.study import collect, render
+    from mlspec.study import collect, read_provenance, render
 
     study = _load(spec)
     plan = study.check()
     out_dir = Path(out) if out else study.default_out_dir()
     results = collect(plan, Cache(cache_dir or default_cache_dir()), out_dir)
     missing = [s.name for s in plan.steps if s.name not in results.results]
-    prov_path = out_dir / "provenance.json"
-    provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {"command": "mlspec report"}
+    provenance = read_provenance(out_dir) or {"command": "mlspec report"}
     provenance.pop("steps", None)
     path = render(plan, results, provenance, out_dir)
     click.echo(f"report: {path}" + (f" ({len(missing)} steps not in the cache yet)" if missing else ""))

@@ -57,7 +57,7 @@ def test_every_figure_has_alt_text_data_and_paper_files(rendered: dict[str, Any]
         assert 'role="img"' in tag and label and len(label.group(1)) > 40
     for fig_id, text in data:
         assert json.loads(text), fig_id
-    files = sorted(p.name for p in (path.parent / "figures").iterdir())
+    files = sorted(p.name for p in (path.parent / "figures").iterdir() if p.name != ".figure-cache.json")
     stems = {f.rsplit(".", 1)[0] for f in files}
     assert len(stems) == len(svgs)
     assert files == sorted(f"{s}.{ext}" for s in stems for ext in ("svg", "png", "pdf"))

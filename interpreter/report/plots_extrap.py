@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from matplotlib.colors import ListedColormap
 
 from mlspec.report.draw import heatmap, series
 from mlspec.report.figures import COLOURS, Figure, figure, new_figure, slugify, style
@@ -36,8 +35,8 @@ __all__ = ["Grid", "dynamics", "extrapolation", "grids", "maze_pictures"]
 PANELS = 4  # models per heatmap figure
 MAZES = 6  # examples drawn per model
 TRAJECTORIES = 16  # instances drawn per dynamics figure
-MAZE_COLOURS = ListedColormap(["#000000", "#ffffff", COLOURS[2], COLOURS[1], COLOURS[0]])
-PATH_COLOURS = ListedColormap(["#ffffff", COLOURS[0]])
+MAZE_COLOURS = ["#000000", "#ffffff", COLOURS[2], COLOURS[1], COLOURS[0]]  # wall, open, start, goal, path
+PATH_COLOURS = ["#ffffff", COLOURS[0]]
 NOT_AXES = {"seed", "count", "task", "generator"}
 
 
@@ -282,7 +281,9 @@ def _picture(ax: Any, grid: Any, *, kind: str) -> np.ndarray | None:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         ax.imshow(np.clip(arr, 0.0, 1.0), interpolation="nearest")
     elif arr.ndim == 2:
-        cmap = MAZE_COLOURS if kind == "input" else PATH_COLOURS
+        from matplotlib.colors import ListedColormap
+
+        cmap = ListedColormap(MAZE_COLOURS if kind == "input" else PATH_COLOURS)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=cmap.N - 1, interpolation="nearest")
     else:
         return None

@@ -79,6 +79,7 @@ class StepView:
     record: Any = None
     state: str = ""  # "cached" | "ran" | "failed" | "skipped" when the runner says
     error: str | None = None
+    computed: str = ""  # when the cached artifact was computed (duration_s is how long that took)
 
     @classmethod
     def from_bundle(cls, step: dict[str, Any], record: Any) -> StepView:
@@ -101,6 +102,7 @@ class StepView:
             record=record,
             state=str(step.get("state") or ""),
             error=str(step["error"]) if step.get("error") else None,
+            computed=str(step.get("computed") or ""),
         )
 
 
@@ -138,6 +140,13 @@ class StudyView:
     @property
     def name(self) -> str:
         return str(self.study.get("name") or "study")
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the study into this output directory, oldest first (provenance keeps them all)."""
+        runs = self.provenance.get("runs")
+        if isinstance(runs, list):
+            return [r for r in runs if isinstance(r, dict)]
+        return [self.provenance] if self.provenance.get("started") else []
 
     def step(self, name: str) -> StepView | None:
         return self._by_name.get(name)

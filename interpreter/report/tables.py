@@ -245,11 +245,19 @@ def step_table(study: StudyView) -> Table:
                 Cell(s.kind),
                 Cell(s.key[:12], title=s.key),
                 Cell(cache),
+                Cell(s.computed.replace("T", " ").removesuffix("+00:00") or "—"),
                 Cell(fmt(s.duration_s, 3) if s.duration_s is not None else "—", numeric=True),
                 _num(s.seed),
             ]
         )
-    return Table("Steps", ["step", "operator", "kind", "key", "cache", "seconds", "seed"], rows, id="steps")
+    return Table(
+        "Steps",
+        ["step", "operator", "kind", "key", "this run", "computed (UTC)", "seconds", "seed"],
+        rows,
+        id="steps",
+        caption="'this run': hit when the artifact came from the cache. 'computed' and 'seconds': when the "
+        "artifact was made and how long that took, kept in the cache across runs.",
+    )
 
 
 @dataclass

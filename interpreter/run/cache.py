@@ -33,7 +33,9 @@ class Cache:
     def has(self, key: str) -> bool:
         return (self.path(key) / "meta.json").is_file()
 
-    def save(self, key: str, value: Value, extra: dict[str, Any] | None = None) -> None:
+    def save(self, key: str, value: Value, extra: dict[str, Any] | None = None, *, replace: bool = False) -> None:
+        """Store ``value`` under ``key``. An artifact already there is kept (another worker made the same
+        one), unless ``replace``: a step that writes files records what it wrote this time."""
         from safetensors.torch import save_file
 
         tensors, meta = to_parts(value)
@@ -46,8 +48,12 @@ class Cache:
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # another worker finished the same step first; keep theirs
-                return
+            if final.exists():
+                if not replace:  # another worker finished the same step first; keep theirs
+                    return
+                old = self.root / "tmp" / f"{key}.{uuid.uuid4().hex}.old"
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

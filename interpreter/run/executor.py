@@ -9,6 +9,7 @@ independent steps still run, and every finished artifact stays in the cache.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import time
 import traceback
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ from mlspec.plan.graph import Plan
 from mlspec.plan.steps import Step
 from mlspec.run.cache import Cache
 from mlspec.run.context import Progress, StepContext
+from mlspec.run.outputs import intact
 from mlspec.values import Value
 
-__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "EXECUTORS"]
+__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "computed", "EXECUTORS"]
 
 #: "local": in-process, or a pool of worker processes with --jobs; "ray": each step a Ray task.
 EXECUTORS = ("local", "ray")
@@ -54,6 +57,8 @@ class RunResult:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when present, else ``cpu``. Imports torch, so a run calls it only once a
+    step has to run."""
     if device != "auto":
         return device
     import torch
@@ -61,17 +66,31 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def explain(plan: Plan, cache: Cache, *, force: bool = False) -> list[tuple[Step, str, str]]:
+def computed(name: str, op: str, seconds: float) -> dict[str, Any]:
+    """What the cache keeps about how an artifact was made; provenance reads it on later runs."""
+    return {"name": name, "op": op, "duration_s": round(seconds, 4),
+            "computed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _writes_files_again(step: Step, cache: Cache, out_dir: Path | None) -> bool:
+    """A step that writes files (an export) runs again unless every file it wrote is still intact."""
+    spec = registry.get(step.op)
+    if spec is None or spec.cacheable:
+        return False
+    return out_dir is None or not cache.has(step.key) or not intact(cache.load_meta(step.key).get("data"), out_dir)
+
+
+def explain(plan: Plan, cache: Cache, *, force: bool = False,
+            out_dir: Path | None = None) -> list[tuple[Step, str, str]]:
     """For ``--dry-run``: each step with "cached" or "run" and the reason."""
     previous = cache.read_index(plan.study.name)
     out: list[tuple[Step, str, str]] = []
     rerun: set[str] = set()
     for step in plan.steps:
-        spec = registry.get(step.op)
         if force:
             reason, state = "--force", "run"
-        elif spec is not None and not spec.cacheable:
-            reason, state = "always runs (writes files)", "run"
+        elif _writes_files_again(step, cache, out_dir):
+            reason, state = "writes files that are missing or changed", "run"
         elif cache.has(step.key):
             reason, state = "", "cached"
         else:
@@ -130,7 +149,8 @@ def execute_step(payload: dict[str, Any], progress: Progress | None = None,
     value = _implementation(spec, inputs)(ctx, params, **inputs)
     duration = time.perf_counter() - start
     if save:
-        cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]})
+        cache.save(payload["key"], value, extra=computed(payload["name"], payload["op"], duration),
+                   replace=not spec.cacheable)
     return duration, value
 
 
@@ -185,8 +205,12 @@ class Runner:
         self.force = force
         self.allow_outside = allow_outside
         self.progress = progress
-        self.device = resolve_device(device or plan.study.device)
+        self.requested_device = device or plan.study.device
         self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
+
+    @cached_property
+    def device(self) -> str:
+        return resolve_device(self.requested_device)
 
     def payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:
         keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)
@@ -197,15 +221,15 @@ class Runner:
                 "threads": threads}
 
     def _needs_run(self, step: Step) -> bool:
-        spec = registry.get(step.op)
-        return self.force or (spec is not None and not spec.cacheable) or not self.cache.has(step.key)
+        return self.force or _writes_files_again(step, self.cache, self.out_dir) or not self.cache.has(step.key)
 
     def run(self) -> RunResult:
         start = time.perf_counter()
-        result = RunResult(device=self.device)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         steps = self.plan.steps
         todo = [s for s in steps if self._needs_run(s)]
+        # With nothing to run, torch is never imported just to name a device.
+        result = RunResult(device=self.device if todo else f"{self.requested_device} (not needed: every step cached)")
         to_run = {s.name for s in todo}
         result.outcomes.update({s.name: StepOutcome(s.name, "cached") for s in steps if s.name not in to_run})
         with self._overall(len(todo)) as advance:
@@ -245,12 +269,14 @@ class Runner:
                 key = self.plan.step(up).key
                 remaining_uses[key] = remaining_uses.get(key, 0) + 1
         for step in todo:
-            advance(step=step.name)
             blocker = self._blocked(step, result)
             if blocker is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "skipped", error=f"'{blocker}' did not finish")
+                advance(finished=step.name, skipped=f"'{blocker}' did not finish")
                 continue
+            advance(0, started=step.name)
             duration, value, error = try_step(self.payload(step), self.progress, self.values)
+            advance(finished=step.name, seconds=duration, **({"error": error} if error else {}))
             if error is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "failed", error=error)
                 continue
@@ -280,6 +306,7 @@ class Runner:
                     if all(result.outcomes.get(up) is not None for up in step.upstream()):
                         running[pool.submit(_worker, self.payload(step, threads))] = step
                         del waiting[name]
+                        advance(0, started=name)
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -291,4 +318,4 @@ class Runner:
                         duration, error = 0.0, describe_crash(exc)
                     state = "failed" if error else "ran"
                     result.outcomes[step.name] = StepOutcome(step.name, state, duration, error)
-                    advance(step=step.name)
+                    advance(finished=step.name, seconds=duration, **({"error": error} if error else {}))
