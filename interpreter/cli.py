@@ -209,16 +209,23 @@ def report(spec: str, out: str | None, cache_dir: str | None) -> None:
 @main.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rtol", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="relative tolerance: numbers differ when |B − A| > atol + rtol·|A|")
+@click.option("--atol", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="absolute tolerance")
+@click.option("--all", "show_all", is_flag=True, help="list every value, not only those that differ")
 @_fail_cleanly
-def compare(a: str, b: str) -> None:
-    """Put two runs' results.json side by side."""
-    from mlspec.report import compare as compare_results
+def compare(a: str, b: str, rtol: float, atol: float, show_all: bool) -> None:
+    """Put two runs' results.json side by side; exit 1 when any value differs beyond the tolerance."""
+    from mlspec.report.compare import compare as compare_results
+    from mlspec.report.compare import rows
 
     try:
         left, right = json.loads(Path(a).read_text()), json.loads(Path(b).read_text())
     except json.JSONDecodeError as exc:
         raise MlspecError(f"not a results.json file: {exc}") from None
-    click.echo(compare_results(left, right))
+    click.echo(compare_results(left, right, rtol=rtol, atol=atol, show_all=show_all))
+    if any(r.differs for r in rows(left, right, rtol=rtol, atol=atol)):
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
