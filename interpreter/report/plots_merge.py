@@ -121,6 +121,7 @@ def _curve_panels(
     loss_ax.set(xlabel=xkey[:-1], ylabel="loss", title="loss")
     err_ax.set(xlabel=xkey[:-1], ylabel="error (1 − accuracy)", title="error")
     loss_ax.legend(fontsize=7)
+    err_ax.legend(fontsize=7)
     datasets = sorted({str(s.record.get("dataset", "?")) for s in chunk})
     return Figure(
         slug=_slug(prefix, chunk),
