@@ -78,7 +78,7 @@ def main() -> None:
 def check(spec: str, allow_outside: bool, max_steps: int | None, allow_python: bool) -> None:
     """Validate SPEC without running anything."""
     plan = _load(spec, allow_outside, allow_python, max_steps).check()
-    click.echo(f"{spec}: ok — {len(plan.graph)} steps")
+    click.echo(f"{spec}: ok — {len(plan)} steps")
 
 
 @main.command()
@@ -109,11 +109,10 @@ def fmt(spec: str, write: bool) -> None:
 
 
 @contextmanager
-def _progress_bars(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
+def _progress_bars() -> Iterator[Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mlspec.run.progress import describe_fields
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), transient=True) as bars:
@@ -123,7 +122,10 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
             task = bars.add_task(description, total=total, info="")
 
             def advance(n: int = 1, **fields: Any) -> None:
-                info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+                if "started" in fields or "finished" in fields:  # the runner's step events: name the step
+                    info = str(fields.get("started") or fields.get("finished"))
+                else:
+                    info = describe_fields(fields)
                 bars.update(task, advance=n, info=info)
 
             try:
@@ -132,6 +134,20 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
                 bars.remove_task(task)
 
         yield bar
+
+
+@contextmanager
+def _progress(silent: bool) -> Iterator[Any]:
+    """Bars on a terminal; plain lines (one per step, and periodic ones inside long steps) in a log."""
+    if silent:
+        yield None
+    elif sys.stderr.isatty():
+        with _progress_bars() as bars:
+            yield bars
+    else:
+        from mlspec.run.progress import plain_progress
+
+        yield plain_progress(sys.stderr)
 
 
 @main.command()
@@ -148,13 +164,14 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
               help="local processes, or Ray tasks (RAY_ADDRESS joins a cluster)")
 @click.option("--allow-outside-out", "--allow-outside", "allow_outside", is_flag=True,
               help="let exports and reports write, and `use` read, outside their folders")
-@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--no-progress", is_flag=True, help="no progress bars or progress lines")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing but errors")
 @_MAX_STEPS
 @_allow_python
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,
-        device: str | None, executor: str, allow_outside: bool, no_progress: bool, max_steps: int | None,
-        allow_python: bool) -> None:
+        device: str | None, executor: str, allow_outside: bool, no_progress: bool, quiet: bool,
+        max_steps: int | None, allow_python: bool) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.run.executor import explain
@@ -171,15 +188,16 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
         click.echo(f"\n{todo} to run, {len(rows) - todo} cached")
         return
     command = "mlspec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with _progress_bars(not no_progress and sys.stderr.isatty()) as bars:
-        results = study.run(out=out, jobs=jobs, force=force, cache_dir=cache_dir, progress=bars,
+    with _progress(quiet or no_progress) as progress:
+        results = study.run(out=out, jobs=jobs, force=force, cache_dir=cache_dir, progress=progress,
                             command=command, device=device, executor=executor)
     states = [o.state for o in results.outcomes.values()]
-    click.echo(f"{states.count('ran')} ran, {states.count('cached')} cached"
-               + (f", {len(results.failures())} failed or skipped" if results.failures() else ""))
-    click.echo(f"results: {results.out_dir / 'results.json'}")
-    if results.report is not None:
-        click.echo(f"report:  {results.report}")
+    if not quiet:
+        click.echo(f"{states.count('ran')} ran, {states.count('cached')} cached"
+                   + (f", {len(results.failures())} failed or skipped" if results.failures() else ""))
+        click.echo(f"results: {results.out_dir / 'results.json'}")
+        if results.report is not None:
+            click.echo(f"report:  {results.report}")
     if results.failures():
         for name, error in results.failures().items():
             step = plan.step(name)
@@ -196,15 +214,14 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
 def report(spec: str, out: str | None, cache_dir: str | None, allow_python: bool) -> None:
     """Re-render SPEC's report from the cache without computing anything."""
     from mlspec.run.cache import Cache, default_cache_dir
-    from mlspec.study import collect, render
+    from mlspec.study import collect, read_provenance, render
 
     study = _load(spec, allow_python=allow_python)
     plan = study.check()
     out_dir = Path(out) if out else study.default_out_dir()
     results = collect(plan, Cache(cache_dir or default_cache_dir()), out_dir)
     missing = [s.name for s in plan.steps if s.name not in results.results]
-    prov_path = out_dir / "provenance.json"
-    provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {"command": "mlspec report"}
+    provenance = read_provenance(out_dir) or {"command": "mlspec report"}
     provenance.pop("steps", None)
     path = render(plan, results, provenance, out_dir)
     click.echo(f"report: {path}" + (f" ({len(missing)} steps not in the cache yet)" if missing else ""))
@@ -213,16 +230,23 @@ def report(spec: str, out: str | None, cache_dir: str | None, allow_python: bool
 @main.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rtol", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="relative tolerance: numbers differ when |B − A| > atol + rtol·|A|")
+@click.option("--atol", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="absolute tolerance")
+@click.option("--all", "show_all", is_flag=True, help="list every value, not only those that differ")
 @_fail_cleanly
-def compare(a: str, b: str) -> None:
-    """Put two runs' results.json side by side."""
-    from mlspec.report import compare as compare_results
+def compare(a: str, b: str, rtol: float, atol: float, show_all: bool) -> None:
+    """Put two runs' results.json side by side; exit 1 when any value differs beyond the tolerance."""
+    from mlspec.report.compare import compare as compare_results
+    from mlspec.report.compare import rows
 
     try:
         left, right = json.loads(Path(a).read_text()), json.loads(Path(b).read_text())
     except json.JSONDecodeError as exc:
         raise MlspecError(f"not a results.json file: {exc}") from None
-    click.echo(compare_results(left, right))
+    click.echo(compare_results(left, right, rtol=rtol, atol=atol, show_all=show_all))
+    if any(r.differs for r in rows(left, right, rtol=rtol, atol=atol)):
+        sys.exit(EXIT_FAILED)
 
 
 @main.group(name="cache")

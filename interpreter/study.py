@@ -34,6 +34,8 @@ class Results:
     out_dir: Path
     outcomes: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None
+    # step -> {"computed": when, "duration_s": how long} of the run that made its cached artifact
+    computed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.results[name]
@@ -89,9 +91,10 @@ class Study:
         results.outcomes = outcome.outcomes
         write_json(out_dir / "results.json", {"study": results.study, "steps": results.steps,
                                                "results": results.results})
-        provenance = _provenance(command, outcome.device, started, outcome.duration_s)
+        provenance = _provenance(command, outcome.device, started, outcome.duration_s, outcome.outcomes,
+                                 read_provenance(out_dir))
         write_json(out_dir / "provenance.json", {**provenance, "steps": {
-            n: {"state": o.state, "duration_s": round(o.duration_s, 4), "error": o.error}
+            n: {"state": o.state, "error": o.error, **results.computed.get(n, {})}
             for n, o in outcome.outcomes.items()}})
         if report:
             results.report = render(plan, results, provenance, out_dir, allow_outside=self.allow_outside)
@@ -105,6 +108,7 @@ def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
     study = _study_dict(plan)
     steps: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
+    computed: dict[str, dict[str, Any]] = {}
     for step in plan.steps:
         steps[step.name] = {"op": step.op, "key": step.key, "params": step.params, "inputs": step.inputs,
                             "statement": step.statement, "family": step.family, "sweep": step.sweep,
@@ -112,13 +116,15 @@ def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
         if stale(step, cache, out_dir) is not None:
             continue  # not computed, or a file record that no longer describes its file
         meta = cache.load_meta(step.key)
+        made = meta.get("step") or {}
+        computed[step.name] = {"computed": made.get("computed"), "duration_s": made.get("duration_s")}
         if meta["type"] == "Record":
             results[step.name] = meta["data"]
         elif meta["type"] == "Model":
             results[step.name] = {"arch": meta["arch"], **meta.get("info", {})}
         else:
             results[step.name] = meta.get("meta", {})
-    return Results(study=study, steps=steps, results=results, out_dir=out_dir)
+    return Results(study=study, steps=steps, results=results, out_dir=out_dir, computed=computed)
 
 
 def _study_dict(plan: Plan) -> dict[str, Any]:
@@ -127,14 +133,36 @@ def _study_dict(plan: Plan) -> dict[str, Any]:
             "spec_sha256": hashlib.sha256(s.spec_text.encode()).hexdigest(), "question": s.question}
 
 
-def _provenance(command: str | None, device: str, started: _dt.datetime, duration: float) -> dict[str, Any]:
-    import torch
+def read_provenance(out_dir: Path) -> dict[str, Any]:
+    """The output directory's provenance.json, or ``{}`` when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((out_dir / "provenance.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _provenance(command: str | None, device: str, started: _dt.datetime, duration: float,
+                outcomes: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """This run's facts, and every earlier run's line kept: a warm run adds a line, never replaces one."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from mlspec import __version__
 
-    return {"command": command or "mlspec.load(...).run()", "mlspec": __version__, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "device": device,
-            "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3)}
+    try:
+        torch_version = version("torch")  # read from the installed metadata: importing torch costs seconds
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    states = [o.state for o in outcomes.values()]
+    this = {"command": command or "mlspec.load(...).run()", "started": started.isoformat(timespec="seconds"),
+            "duration_s": round(duration, 3), "device": device,
+            **{state: states.count(state) for state in ("ran", "cached", "failed", "skipped")}}
+    runs = previous.get("runs")
+    if not isinstance(runs, list):  # an older provenance.json described one run only
+        runs = [{k: previous[k] for k in ("command", "started", "duration_s", "device") if k in previous}]
+        runs = [r for r in runs if r]
+    return {**this, "mlspec": __version__, "torch": torch_version, "python": platform.python_version(),
+            "platform": platform.platform(), "runs": [*runs, this]}
 
 
 def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path, *,
@@ -150,19 +178,22 @@ def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Pa
         "steps": [{"name": name, **info, "kind": _kind(info["op"]), **_state(name, results)}
                   for name, info in results.steps.items()],
         "results": results.results,
-        "graph": {"nodes": list(plan.graph.nodes), "edges": [list(e) for e in plan.graph.edges]},
+        "graph": {"nodes": list(plan.nodes), "edges": [list(e) for e in plan.edges]},
     }
     return render_report(bundle, out_dir, report_name=plan.study.report_name)  # type: ignore[no-any-return]
 
 
 def _state(name: str, results: Results) -> dict[str, Any]:
-    """How a step fared in this run; re-rendering from the cache (no run) knows only cached or not."""
+    """How a step fared in this run, and when and in how long its artifact was first computed (kept in
+    the cache, so a warm run shows the original cost); re-rendering without a run knows only cached
+    or not."""
+    made = results.computed.get(name, {})
     outcome = results.outcomes.get(name)
     if outcome is None:
         state = "cached" if name in results.results else "not run"
-        return {"cached": state == "cached", "duration_s": 0.0, "state": state, "error": None}
-    return {"cached": outcome.state == "cached", "duration_s": outcome.duration_s, "state": outcome.state,
-            "error": outcome.error}
+        return {"cached": state == "cached", "state": state, "error": None, **made}
+    return {"cached": outcome.state == "cached", "state": outcome.state, "error": outcome.error,
+            "duration_s": made.get("duration_s", outcome.duration_s), "computed": made.get("computed")}
 
 
 def _kind(op: str) -> str:

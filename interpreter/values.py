@@ -84,7 +84,7 @@ class Dataset:
         return self.tensors[name]
 
     def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of the ``train`` or ``test`` split."""
+        """``(x, y)`` of the ``train``, ``val`` (when the data has one) or ``test`` split."""
         return self.tensors[f"x_{which}"], self.tensors[f"y_{which}"]
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,24 @@ def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
+def _cache(base: Path) -> Path:
+    """``base/cache``; with MLSPEC_TEST_CACHE set, a link to that directory, so re-running the
+    report tests on a slow machine need not retrain the quickstarts (unset: a cold cache)."""
+    cache = base / "cache"
+    shared = os.environ.get("MLSPEC_TEST_CACHE")
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        cache.symlink_to(Path(shared).resolve(), target_is_directory=True)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory):
     """The quickstart, run once from a cold cache for the whole session (shared by several tests)."""
     import mlspec
 
     base = tmp_path_factory.mktemp("quickstart")
-    results = mlspec.load(SPECS / "quickstart.merge").run(out=base / "out", cache_dir=base / "cache")
+    results = mlspec.load(SPECS / "quickstart.merge").run(out=base / "out", cache_dir=_cache(base))
     return results, base
 
 
@@ -29,5 +41,5 @@ def quickstart_extrap_run(tmp_path_factory: pytest.TempPathFactory):
     import mlspec
 
     base = tmp_path_factory.mktemp("quickstart-extrap")
-    results = mlspec.load(SPECS / "quickstart.extrap").run(out=base / "out", cache_dir=base / "cache")
+    results = mlspec.load(SPECS / "quickstart.extrap").run(out=base / "out", cache_dir=_cache(base))
     return results, base

@@ -72,7 +72,7 @@ def test_report_rerenders_from_cache_and_compare(tmp_path: Path) -> None:
     other["results"]["evaluate t on digits"]["accuracy"] = 0.5
     (tmp_path / "b.json").write_text(json.dumps(other))
     cmp = invoke("compare", str(out / "results.json"), str(tmp_path / "b.json"))
-    assert cmp.exit_code == 0 and "evaluate t on digits" in cmp.output and "0.5" in cmp.output
+    assert cmp.exit_code == 1 and "evaluate t on digits" in cmp.output and "0.5" in cmp.output  # 1: they differ
 
 
 def test_missing_file_is_a_clean_error(tmp_path: Path) -> None:

@@ -145,9 +145,12 @@ PROBE = """JSON.stringify({
   figures: [...document.querySelectorAll("figure.figure")].map(f => {
     const svg = f.querySelector("svg.plot"); const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
     let data = null; try { data = JSON.parse(f.querySelector("script.figure-data").textContent) } catch (e) {}
-    return {id: f.id, width: r.width, height: r.height, hasData: data !== null,
-            label: svg ? svg.getAttribute("aria-label") || "" : ""};
+    return {id: f.id, width: r.width, height: r.height, hasData: data !== null, data: data,
+            label: svg ? svg.getAttribute("aria-label") || "" : "",
+            svgText: svg ? [...svg.querySelectorAll("text")].map(t => t.textContent).join(" | ") : ""};
   }),
+  tables: Object.fromEntries([...document.querySelectorAll("table[id]")].map(t =>
+    [t.id, [...t.querySelectorAll("tr")].map(r => [...r.children].map(c => c.innerText.trim()))])),
   text: document.body.innerText,
   title: document.title,
 })"""
@@ -219,12 +222,46 @@ def check_report(report: Path, results: dict[str, Any], screenshot: Path, tmp_pa
     return probe
 
 
+def check_claims(probe: dict[str, Any], results: dict[str, Any]) -> None:
+    """What the page claims agrees with itself: barriers in the table are the ones the figure marks;
+    a sweep figure draws its baselines and marks the point selected on validation, the point the
+    summary table shows; every budget of an extrapolation grid is drawn."""
+    figures, tables = probe["figures"], probe["tables"]
+    if "table-barriers" in tables:
+        header, *rows = tables["table-barriers"]
+        assert rows
+        for row in rows:
+            drawn = [f for f in figures if isinstance(f["data"], dict) and isinstance(f["data"].get(row[0]), dict)
+                     and "barriers" in f["data"][row[0]]]
+            assert drawn, row
+            for column in ("loss barrier", "error barrier"):
+                assert f"(barrier {row[header.index(column)]})" in drawn[0]["svgText"], (column, row)
+    sweeps = [f for f in figures if isinstance(f["data"], dict) and "baselines" in f["data"]]
+    for f in sweeps:
+        roles = f["data"]["baselines"]["roles"]
+        assert f["data"]["baselines"]["values"] and roles, f["data"]["family"]
+        for model, role in roles.items():
+            assert f"{model} ({role})" in f["svgText"]
+        assert f["data"]["parameter"] in f["svgText"]  # the parameter's name on the axis
+        selected = f["data"]["selected_on_validation"]
+        if selected:
+            assert f"{selected}: selected on validation" in f["svgText"]
+            summary = [r[0] for r in tables["table-summary"]]
+            assert any(r.startswith(f"{selected} (selected on validation") for r in summary), summary
+    budgets = sorted({b for r in results.values() if isinstance(r, dict) and "pixel_accuracy" in r
+                      for b in r.get("iterations") or []})
+    if budgets:
+        heatmaps = [f["data"] for f in figures if isinstance(f["data"], dict) and "panels" in f["data"]]
+        assert heatmaps and all(h["budgets"] == budgets for h in heatmaps), (budgets, heatmaps)
+
+
 @pytest.mark.parametrize("make", [merge_bundle, extrap_bundle], ids=["merge", "extrap"])
 def test_rendered_fixture_reports_open_offline_without_errors(make: Any, tmp_path: Path) -> None:
     bundle = make()
     report = render_report(bundle, tmp_path / "out")
     dialect = bundle["study"]["dialect"]
     probe = check_report(report, bundle["results"], ARTIFACTS / f"report-fixture-{dialect}.png", tmp_path)
+    check_claims(probe, bundle["results"])
     assert bundle["study"]["question"] in probe["text"]
     assert bundle["study"]["spec_sha256"] in probe["text"]
     if dialect == "extrap":  # the hardest cell of dt's grid, at its largest budget, in the summary
@@ -256,6 +293,11 @@ def test_quickstart_report_opens_offline_and_shows_its_numbers(quickstart_run: A
     assert report.stat().st_size < 5_000_000
     assert data["study"]["spec_sha256"] in probe["text"]
     assert len(probe["figures"]) >= 4  # training, sweep, interpolation, execution graph
+    check_claims(probe, data["results"])
+    sweep = next(f for f in probe["figures"] if isinstance(f["data"], dict) and f["data"].get("family") == "ta")
+    assert sweep["data"]["selected_on_validation"] and sweep["data"]["parameter"] == "scale"
+    assert set(sweep["data"]["baselines"]["roles"]) == {"base", "a", "b", "avg"}
+    assert "table-barriers" in probe["tables"]
 
 
 def test_extrap_quickstart_report_opens_offline_and_shows_its_numbers(
@@ -267,6 +309,10 @@ def test_extrap_quickstart_report_opens_offline_and_shows_its_numbers(
     probe = check_report(report, data["results"], ARTIFACTS / "report-quickstart-extrap.png", tmp_path)
     assert report.stat().st_size < 5_000_000
     assert data["study"]["spec_sha256"] in probe["text"]
+    check_claims(probe, data["results"])
+    assert any(f["data"]["budgets"] == [1, 5, 10, 20] for f in probe["figures"]
+               if isinstance(f["data"], dict) and "panels" in f["data"])
+    assert "dt: training" in probe["text"]  # loss and validation accuracy per epoch
     # The summary shows the easiest and hardest cells of the grid at the largest budget.
     for size in (5, 9):
         assert fmt(data["results"][f"evaluate dt @ size = {size}"]["accuracy"][-1]) in probe["text"]

@@ -6,6 +6,7 @@ import pytest
 
 from mlspec.errors import MlspecError
 from mlspec.report import compare
+from mlspec.report.compare import rows as compare_rows
 
 A = {
     "study": {"name": "digits", "seed": 0},
@@ -63,3 +64,33 @@ def test_a_run_compared_with_itself_differs_nowhere() -> None:
 def test_a_file_that_is_not_results_json_is_a_clear_error() -> None:
     with pytest.raises(MlspecError, match='no "results" object'):
         compare({"steps": []}, B)
+
+
+def test_tolerances_decide_what_differs_and_only_differences_are_listed_by_default() -> None:
+    near = {"study": A["study"], "results": {"e": {"accuracy": 0.5, "loss": 1.0, "model": "a"}}}
+    far = {"study": A["study"], "results": {"e": {"accuracy": 0.5 + 4e-7, "loss": 1.01, "model": "a"}}}
+    assert [r.field for r in compare_rows(near, far) if r.differs] == ["accuracy", "loss"]
+    # |B − A| > atol + rtol·|A|: 4e-7 is within atol 1e-6; 0.01 on 1.0 is outside rtol 1e-3
+    assert [r.field for r in compare_rows(near, far, rtol=1e-3, atol=1e-6) if r.differs] == ["loss"]
+    assert [r.field for r in compare_rows(near, far, rtol=0.02) if r.differs] == []
+    table = compare(near, far, rtol=1e-3, atol=1e-6, show_all=False)
+    assert set(rows(table)) == {("e", "loss")}
+    assert "1 of 3 values differ beyond rtol = 0.001, atol = 1e-06. 2 rows that agree are not shown" in table
+
+
+def test_the_command_exits_non_zero_only_when_values_differ(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mlspec.cli import main
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(A))
+    b.write_text(json.dumps(B))
+    same = CliRunner().invoke(main, ["compare", str(a), str(a)])
+    assert same.exit_code == 0 and "0 of 6 values differ" in same.output
+    differ = CliRunner().invoke(main, ["compare", str(a), str(b)])
+    assert differ.exit_code == 1 and ("evaluate(a, low)", "loss") not in rows(differ.output)
+    every = CliRunner().invoke(main, ["compare", str(a), str(b), "--all", "--atol", "2"])
+    assert every.exit_code == 1 and ("evaluate(a, low)", "loss") in rows(every.output)  # "gone" is absent in B

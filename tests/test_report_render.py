@@ -57,7 +57,7 @@ def test_every_figure_has_alt_text_data_and_paper_files(rendered: dict[str, Any]
         assert 'role="img"' in tag and label and len(label.group(1)) > 40
     for fig_id, text in data:
         assert json.loads(text), fig_id
-    files = sorted(p.name for p in (path.parent / "figures").iterdir())
+    files = sorted(p.name for p in (path.parent / "figures").iterdir() if p.name != ".figure-cache.json")
     stems = {f.rsplit(".", 1)[0] for f in files}
     assert len(stems) == len(svgs)
     assert files == sorted(f"{s}.{ext}" for s in stems for ext in ("svg", "png", "pdf"))
@@ -68,7 +68,10 @@ def test_merge_report_shows_the_studys_numbers(rendered: dict[str, Any]) -> None
     res = bundle["results"]
     assert fmt(res["evaluate(a, low)"]["accuracy"]) in html
     assert fmt(res["raw"]["barriers"]["loss_max_minus_linear"]) in html
-    assert "ta[0.7] (best of 8 by mean accuracy)" in html  # the sweep's peak stands for it in the tables
+    # The sweep is summarised by its best point on validation (0.5), not on the test split it reports (0.7).
+    assert "ta[0.5] (selected on validation: best mean validation accuracy of 8)" in html
+    summary = html[html.index('id="table-summary"') :]
+    assert "<th scope=\"row\">ta[0.7]" not in summary[: summary.index("</table>")]
     assert bundle["study"]["spec_sha256"] in html and bundle["provenance"]["command"] in html
     assert "hit" in html and "miss" in html
     for section in ("Training", "Sweeps", "Loss landscape", "Task vectors", "Execution graph"):
@@ -81,8 +84,11 @@ def test_merge_report_shows_the_studys_numbers(rendered: dict[str, Any]) -> None
 def test_extrap_report_has_every_extrap_figure(rendered: dict[str, Any]) -> None:
     _, path, html = rendered["extrap"]
     for title in (
-        "Accuracy over difficulty axes",
+        "dt: accuracy over size × percolation at every budget",
+        "it: accuracy over size × percolation at every budget",
         "accuracy vs test-time iterations",
+        "size = 25 (mean over percolation)",  # a curve per axis value says it is an average
+        "dt: example mazes at size = 9, percolation = 0, 300 iterations",
         "dynamics",
         "example mazes",
         "Limiting behaviour",
@@ -90,6 +96,9 @@ def test_extrap_report_has_every_extrap_figure(rendered: dict[str, Any]) -> None
     ):
         assert title in html
     assert "✗ failed" in (path.parent / "figures" / "mazes-predict-dt.svg").read_text()
+    heatmaps = [json.loads(t) for _, t in DATA_SCRIPT.findall(html) if '"panels"' in t]
+    assert [h["budgets"] for h in heatmaps] == [[30, 100, 300]] * 2  # small multiples: every budget drawn
+    assert "overthinking" in html and "peak budget" in html
     assert "agreement with dead-end filling" in html
 
 

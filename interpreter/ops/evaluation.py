@@ -75,4 +75,8 @@ def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Data
     out.update({m: scores[m] for m in params.metrics})
     out["split"] = params.split
     out["n"] = len(x)
+    if params.split == "test" and "x_val" in on.tensors:  # what the report selects on, never the test split
+        xv, yv = on.split("val")
+        val = evaluate_module(model.module(), xv, yv, device=ctx.device)
+        out["validation"] = {"accuracy": val["accuracy"], "loss": val["loss"], "n": len(xv)}
     return Record(out)

@@ -27,11 +27,13 @@ register(
         doc="""Accuracy and mean cross-entropy loss of a classifier on a dataset's split.
 
         Written as a statement: `evaluate [a, b] on [low, high] metrics [accuracy, loss]`
-        scores every model on every dataset (one cached step per pair).""",
+        scores every model on every dataset (one cached step per pair). When the data has a
+        validation split, the record also holds the scores on it (`validation`).""",
         inputs=(Port("model", Kind.MODEL), Port("on", Kind.DATASET)),
         output=Kind.METRICS,
         params=EvaluateParams,
         impl="mlspec.ops.evaluation:evaluate",
+        version="2",
     )
 )
 

@@ -7,13 +7,15 @@ never depends on colour alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
 
 from mlspec.report.figures import style
 from mlspec.report.study import fmt
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["as_grid", "contour_map", "heatmap", "series"]
 

@@ -13,7 +13,8 @@ with :func:`study_figure`. A step that no handler claims is shown by the generic
 operator are never lost from the report.
 
 Rendering is deterministic: a fixed ``svg.hashsalt``, no dates in the metadata, text kept as SVG
-``<text>`` (smaller, searchable, read by screen readers). Figures are told apart by markers and
+``<text>`` (smaller, searchable, read by screen readers). matplotlib is imported only when a figure
+is drawn, so a report whose figures all come from the figure cache never loads it. Figures are told apart by markers and
 line styles as well as colour, so they survive greyscale printing and colour-blind readers.
 """
 
@@ -27,12 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-from matplotlib.figure import Figure as MplFigure
-
 from mlspec.values import json_safe
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure as MplFigure
+
     from mlspec.report.study import StepView, StudyView
 
 __all__ = [
@@ -53,6 +53,8 @@ __all__ = [
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
+
+FILE_FORMATS = ("svg", "png", "pdf")
 
 RC = {
     "svg.hashsalt": "mlspec",
@@ -120,6 +122,9 @@ def handler_for(op: str, record: Any) -> Handler | None:
 
 def new_figure(width: float = 6.4, height: float = 3.6, *, ncols: int = 1, nrows: int = 1) -> MplFigure:
     """A pyplot-free figure (no global state, nothing to close) with the house style applied."""
+    import matplotlib
+    from matplotlib.figure import Figure as MplFigure
+
     with matplotlib.rc_context(RC):
         fig = MplFigure(figsize=(width, height), layout="constrained")
         fig.subplots(nrows, ncols, squeeze=False)
@@ -137,16 +142,24 @@ def style(i: int) -> dict[str, Any]:
 
 @dataclass
 class RenderedFigure:
-    """A figure after rendering: what the template embeds and the files written for papers."""
+    """A figure after rendering: what the template embeds and the files written for papers. Plain
+    data (the figure cache stores it as JSON); ``id`` is given when the page is assembled."""
 
-    id: str
+    slug: str
     title: str
     alt: str
     caption: str
     section: str
-    svg: str
+    raw_svg: str
     data_json: str
     files: dict[str, str] = field(default_factory=dict)  # format -> path relative to the report
+    steps: list[str] = field(default_factory=list)
+    id: str = ""
+
+    @property
+    def svg(self) -> str:
+        """The SVG for inlining: ids scoped by the figure's page id, labelled for screen readers."""
+        return _inline_svg(self.raw_svg, self.id, self.title, self.alt)
 
 
 _XML_PROLOGUE = re.compile(r"^.*?(?=<svg)", re.DOTALL)
@@ -191,9 +204,10 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot embed a {type(value).__name__} in the report")
 
 
-def render_figure(fig: Figure, index: int, figures_dir: Path | None) -> RenderedFigure:
-    """Render to inline SVG, and (when ``figures_dir`` is given) to SVG, PNG and PDF files."""
-    fig_id = f"fig{index}"
+def render_figure(fig: Figure, figures_dir: Path | None) -> RenderedFigure:
+    """Render to SVG, and (when ``figures_dir`` is given) write SVG, PNG and PDF files."""
+    import matplotlib
+
     with matplotlib.rc_context(RC):
         buffer = io.StringIO()
         fig.mpl.savefig(buffer, format="svg", metadata={"Date": None})
@@ -201,24 +215,24 @@ def render_figure(fig: Figure, index: int, figures_dir: Path | None) -> Rendered
         files: dict[str, str] = {}
         if figures_dir is not None:
             figures_dir.mkdir(parents=True, exist_ok=True)
-            paths = {ext: figures_dir / f"{fig.slug}.{ext}" for ext in ("svg", "png", "pdf")}
-            # The SVG is deterministic, so an unchanged SVG means unchanged PNG and PDF files: a warm
-            # re-run skips the two slowest renders.
+            paths = {ext: figures_dir / f"{fig.slug}.{ext}" for ext in FILE_FORMATS}
+            # The SVG is deterministic, so an unchanged SVG means unchanged PNG and PDF files.
             unchanged = all(p.exists() for p in paths.values()) and paths["svg"].read_text(encoding="utf-8") == raw
             if not unchanged:
                 paths["svg"].write_text(raw, encoding="utf-8")
                 fig.mpl.savefig(paths["png"], format="png", dpi=150, metadata={"Software": None})
                 fig.mpl.savefig(paths["pdf"], format="pdf", metadata={"CreationDate": None})
-            files = {ext: f"{figures_dir.name}/{fig.slug}.{ext}" for ext in ("svg", "png", "pdf")}
+            files = {ext: f"{figures_dir.name}/{fig.slug}.{ext}" for ext in FILE_FORMATS}
     return RenderedFigure(
-        id=fig_id,
+        slug=fig.slug,
         title=fig.title,
         alt=fig.alt,
         caption=fig.caption,
         section=fig.section,
-        svg=_inline_svg(raw, fig_id, fig.title, fig.alt),
+        raw_svg=raw,
         data_json=json_for_script(json_safe(fig.data)),
         files=files,
+        steps=list(fig.steps),
     )
 
 

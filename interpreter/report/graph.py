@@ -3,17 +3,19 @@
 Sweep families collapse to one node (``ta[…] ×15``), and so do the many steps of one statement
 (``evaluate ×30``), so that neither drowns the picture; within a column, nodes sit near the mean
 height of their inputs, which keeps most arrows short and uncrossed. A node's
-kind is shown by its box shape and a legend as well as by colour, and a cache hit is written in
-the label (``✓`` cached).
+kind is shown by its box shape and a legend as well as by colour. The figure shows the plan only;
+which steps came from the cache in a run is the step table's job (so a warm run redraws nothing).
 """
 
 from __future__ import annotations
 
-import networkx as nx
-from matplotlib.patches import FancyArrowPatch, Patch
+from typing import TYPE_CHECKING
 
 from mlspec.report.figures import COLOURS, Figure, new_figure, study_figure
 from mlspec.report.study import StudyView
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["collapsed_graph", "execution_graph"]
 
@@ -55,13 +57,13 @@ def _group_of(study: StudyView) -> dict[str, tuple[str, str]]:
 
 def collapsed_graph(study: StudyView) -> nx.DiGraph:
     """The plan graph with sweeps and many-step statements merged; nodes carry kind and label."""
+    import networkx as nx
+
     groups = _group_of(study)
     graph = nx.DiGraph()
     for name in study.nodes or [s.name for s in study.steps]:
         node, label = groups.get(name, (name, name))
         step = study.step(name)
-        if step is not None and step.cached and name not in groups:
-            label += " ✓"
         graph.add_node(node, kind=step.kind if step else "", label=label)
     for src, dst in study.edges:
         a, b = groups.get(src, (src,))[0], groups.get(dst, (dst,))[0]
@@ -72,6 +74,8 @@ def collapsed_graph(study: StudyView) -> nx.DiGraph:
 
 def _layout(graph: nx.DiGraph) -> tuple[dict[str, tuple[float, float]], int, int]:
     """Columns by dependency depth; in each column, nodes ordered by their inputs' mean height."""
+    import networkx as nx
+
     pos: dict[str, tuple[float, float]] = {}
     layers = [list(layer) for layer in nx.topological_generations(graph)]
     for x, layer in enumerate(layers):
@@ -87,6 +91,9 @@ def _layout(graph: nx.DiGraph) -> tuple[dict[str, tuple[float, float]], int, int
 
 @study_figure
 def execution_graph(study: StudyView) -> list[Figure]:
+    import networkx as nx
+    from matplotlib.patches import FancyArrowPatch, Patch
+
     graph = collapsed_graph(study)
     if graph.number_of_nodes() == 0 or not nx.is_directed_acyclic_graph(graph):
         return []
@@ -130,14 +137,13 @@ def execution_graph(study: StudyView) -> list[Figure]:
         Patch(facecolor="white", edgecolor=c, linestyle=ls, label=label) for label, (_, ls, c) in LEGEND
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, 1.02), ncols=3, fontsize=7)
-    cached = sum(1 for s in study.steps if s.cached)
     return [
         Figure(
             slug="execution-graph",
             title="Execution graph",
             section="Provenance",
             mpl=fig,
-            alt=f"The plan as a graph of {len(study.steps)} steps ({cached} cache hits) in {columns} columns "
+            alt=f"The plan as a graph of {len(study.steps)} steps in {columns} columns "
             "by dependency depth; arrows run from inputs to the steps that use them. Sweeps, and "
             "statements that expand to many steps, are drawn as one node.",
             data={"nodes": list(graph.nodes), "edges": [list(e) for e in graph.edges]},

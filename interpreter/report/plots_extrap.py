@@ -8,6 +8,8 @@ Record shapes these handlers read (missing optional keys only drop a panel):
   ``sweep`` (``{"size": 9, "percolation": 0.0}`` from ``along size x percolation``) names the axes;
   without one, the task-meta keys that differ between a model's records do. The model is the step's
   ``model`` input.
+- ``train_recurrent`` (Model info): ``{"history": [{"epoch": 1, "loss": f, "val_accuracy": f}, ...],
+  "best_epoch": e}`` — the model kept is the one of the best validation epoch.
 - ``dynamics``: ``{"iterations": n, "window": w, "residual": {"mean": [per iteration], "median":
   [...], "final": [per instance]}, "limit": {"kind": ["fixed_point" | "cycle" | "none", ...],
   "period": [...], "counts": {...}} (optional), "pca": [{"points": [[pc1, pc2] per iterate in the
@@ -15,7 +17,8 @@ Record shapes these handlers read (missing optional keys only drop a panel):
   "agreement": [...]} (optional)}``; residual r_j = ‖u_j − u_{j−1}‖₂.
 - ``predict`` / ``mazes`` (solved examples): ``{"model": "dt", "mazes": [{"input": H×W ints
   (0 wall, 1 open, 2 start, 3 goal) or H×W×3 floats in [0, 1], "target": H×W 0/1 path,
-  "prediction": H×W 0/1, "correct": bool, "size": 9 (optional)}, ...]}``.
+  "prediction": H×W 0/1, "correct": bool, "size": 9 (optional)}, ...], "task": {axis values}
+  (optional), "iterations": [budgets] (optional; pictures are at the largest)}``.
 """
 
 from __future__ import annotations
@@ -25,19 +28,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from matplotlib.colors import ListedColormap
 
 from mlspec.report.draw import heatmap, series
 from mlspec.report.figures import COLOURS, Figure, figure, new_figure, slugify, style
 from mlspec.report.study import StepView, StudyView, fmt, number, numbers
 
-__all__ = ["Grid", "dynamics", "extrapolation", "grids", "maze_pictures"]
+__all__ = ["Grid", "budgets", "dynamics", "extrapolation", "grids", "maze_pictures", "training_history"]
 
-PANELS = 4  # models per heatmap figure
+MULTIPLES = 4  # heatmap panels (one per budget) per row
 MAZES = 6  # examples drawn per model
 TRAJECTORIES = 16  # instances drawn per dynamics figure
-MAZE_COLOURS = ListedColormap(["#000000", "#ffffff", COLOURS[2], COLOURS[1], COLOURS[0]])
-PATH_COLOURS = ListedColormap(["#ffffff", COLOURS[0]])
+MAZE_COLOURS = ["#000000", "#ffffff", COLOURS[2], COLOURS[1], COLOURS[0]]  # wall, open, start, goal, path
+PATH_COLOURS = ["#ffffff", COLOURS[0]]
 NOT_AXES = {"seed", "count", "task", "generator"}
 
 
@@ -96,57 +98,85 @@ def _order(value: Any) -> tuple[int, Any]:
     return (0, n) if n is not None else (1, str(value))
 
 
-def _heatmaps(chunk: list[Grid]) -> Figure:
-    fig = new_figure(3.9 * len(chunk), 3.6, ncols=len(chunk))
-    sentences, data = [], {}
-    for ax, g in zip(fig.axes, chunk):
-        budget = max(c["iterations"] for c in g.cells)
-        if len(g.axes) >= 2:
-            chosen = [c for c in g.cells if c["iterations"] == budget]
-            ys, xs, grid = _mean_grid(chosen, g.axes[1], g.axes[0])
-            ylabel, note = g.axes[1], f" at {budget} iterations"
-        else:
-            ys, xs, grid = _mean_grid(g.cells, "iterations", g.axes[0])
-            ylabel, note = "test-time iterations", ""
-        heatmap(
-            ax,
-            grid,
-            xlabels=xs,
-            ylabels=ys,
-            xlabel=g.axes[0],
-            ylabel=ylabel,
-            vmin=0.0,
-            vmax=1.0,
-            colorbar="accuracy" if ax is fig.axes[-1] else "",
-        )
-        ax.set_title(f"{g.model}{note}")
-        data[g.model] = {"rows": ys, "columns": xs, "accuracy": grid.tolist()}
-        sentences.append(
-            f"{g.model}: accuracy from {fmt(float(np.nanmin(grid)), 3)} to {fmt(float(np.nanmax(grid)), 3)}{note}"
-        )
-    return Figure(
-        slug=slugify("extrapolation-" + "-".join(g.model for g in chunk)),
-        title="Accuracy over difficulty axes",
-        section="Extrapolation",
-        mpl=fig,
-        data=data,
-        steps=tuple(n for g in chunk for n in g.steps),
-        alt="Heatmaps of exact-solve accuracy (0 to 1, value written in each cell) over the difficulty axes. "
-        + "; ".join(sentences)
-        + ".",
-    )
+def budgets(g: Grid) -> list[Any]:
+    return sorted({c["iterations"] for c in g.cells}, key=_order)
+
+
+def _heatmaps(g: Grid) -> list[Figure]:
+    """Every budget is drawn. One axis: the axis against the budget. Two or more: for every pair of
+    axes, small multiples, one panel per budget (the other axes averaged, and said so)."""
+    if len(g.axes) == 1:
+        ys, xs, grid = _mean_grid(g.cells, "iterations", g.axes[0])
+        fig = new_figure(4.4, 3.6)
+        ax = fig.axes[0]
+        heatmap(ax, grid, xlabels=xs, ylabels=ys, xlabel=g.axes[0], ylabel="test-time iterations",
+                vmin=0.0, vmax=1.0, colorbar="accuracy")
+        ax.set_title(g.model)
+        return [
+            Figure(
+                slug=slugify(f"extrapolation-{g.model}"),
+                title=f"{g.model}: accuracy over {g.axes[0]} and every iteration budget",
+                section="Extrapolation",
+                mpl=fig,
+                data={"model": g.model, "x": g.axes[0], "y": "iterations", "budgets": ys,
+                      "panels": [{"budget": "all", "rows": ys, "columns": xs, "accuracy": grid.tolist()}]},
+                steps=tuple(g.steps),
+                alt=f"Heatmap of {g.model}'s exact-solve accuracy (0 to 1, value written in each cell) over "
+                f"{g.axes[0]} (columns) and the iteration budget (rows {', '.join(fmt(b) for b in ys)}); "
+                f"from {fmt(float(np.nanmin(grid)), 3)} to {fmt(float(np.nanmax(grid)), 3)}.",
+            )
+        ]
+    out = []
+    for i, col in enumerate(g.axes):
+        for row in g.axes[i + 1 :]:
+            others = [a for a in g.axes if a not in (col, row)]
+            note = f" (mean over {', '.join(others)})" if others else ""
+            shown = budgets(g)
+            ncols = min(len(shown), MULTIPLES)
+            nrows = -(-len(shown) // ncols)
+            fig = new_figure(3.3 * ncols + 0.8, 3.3 * nrows, ncols=ncols, nrows=nrows)
+            for ax in fig.axes[len(shown) :]:
+                ax.set_visible(False)
+            panels, sentences = [], []
+            for ax, budget in zip(fig.axes, shown):
+                ys, xs, grid = _mean_grid([c for c in g.cells if c["iterations"] == budget], row, col)
+                heatmap(ax, grid, xlabels=xs, ylabels=ys, xlabel=col, ylabel=row, vmin=0.0, vmax=1.0,
+                        colorbar="accuracy" if ax is fig.axes[ncols - 1] else "")
+                ax.set_title(f"{fmt(budget)} iterations")
+                panels.append({"budget": budget, "rows": ys, "columns": xs, "accuracy": grid.tolist()})
+                sentences.append(f"at {fmt(budget)} iterations from {fmt(float(np.nanmin(grid)), 3)} "
+                                 f"to {fmt(float(np.nanmax(grid)), 3)}")
+            fig.suptitle(f"{g.model}: {col} × {row}{note}", fontsize=9)
+            out.append(
+                Figure(
+                    slug=slugify(f"extrapolation-{g.model}-{col}-{row}"),
+                    title=f"{g.model}: accuracy over {col} × {row} at every budget{note}",
+                    section="Extrapolation",
+                    mpl=fig,
+                    data={"model": g.model, "x": col, "y": row, "averaged_over": others, "budgets": shown,
+                          "panels": panels},
+                    steps=tuple(g.steps),
+                    alt=f"Small multiples, one heatmap per iteration budget, of {g.model}'s exact-solve accuracy "
+                    f"(value written in each cell) over {col} (columns) and {row} (rows){note}: "
+                    + "; ".join(sentences) + ".",
+                )
+            )
+    return out
 
 
 def _iteration_curves(g: Grid) -> Figure:
-    """One panel per axis (one line per value, the other axes averaged), or one line without axes."""
+    """One panel per axis, one line per value: a slice when it is the only axis, otherwise the mean
+    over the other axes, and the legend says which."""
     panels = g.axes[:3] or [""]
     fig = new_figure(3.8 * len(panels), 3.2, ncols=len(panels))
     sentences = []
     for ax, axis in zip(fig.axes, panels):
         cells = g.cells if axis else [{**c, "_": g.model} for c in g.cells]
+        others = [a for a in g.axes if a != axis]
+        how = f" (mean over {', '.join(others)})" if axis and others else ""
         values, budgets, grid = _mean_grid(cells, axis or "_", "iterations")
         for i, (value, row) in enumerate(zip(values, grid)):
-            label = f"{axis} = {fmt(value)}" if axis else g.model
+            label = f"{axis} = {fmt(value)}{how}" if axis else g.model
             series(ax, budgets, row, i, label)
             sentences.append(
                 f"{label}: {fmt(float(row[0]), 3)} at {budgets[0]} iterations, "
@@ -155,7 +185,7 @@ def _iteration_curves(g: Grid) -> Figure:
         ax.set(
             xlabel="test-time iterations",
             ylabel="accuracy",
-            title=f"by {axis}" if axis else g.model,
+            title=(f"by {axis}" + (" (averages)" if how else "")) if axis else g.model,
             ylim=(-0.03, 1.03),
         )
         if len(budgets) > 2 and min(budgets) > 0 and max(budgets) / min(budgets) >= 10:
@@ -171,7 +201,8 @@ def _iteration_curves(g: Grid) -> Figure:
         data={"axes": g.axes, "cells": g.cells},
         steps=tuple(g.steps),
         alt=f"Accuracy of {g.model} against the iteration budget"
-        + (", one line per axis value (averaged over the other axes): " if g.axes else ": ")
+        + (", one line per axis value (averaged over the other axes, as each legend says): " if len(g.axes) > 1
+           else ", one line per axis value: " if g.axes else ": ")
         + "; ".join(sentences)
         + ".",
     )
@@ -180,8 +211,7 @@ def _iteration_curves(g: Grid) -> Figure:
 @figure("evaluate_extrap")
 def extrapolation(study: StudyView, steps: list[StepView]) -> list[Figure]:
     found = grids(study)
-    with_axes = [g for g in found if g.axes and g.cells]
-    out = [_heatmaps(with_axes[i : i + PANELS]) for i in range(0, len(with_axes), PANELS)]
+    out = [fig for g in found if g.axes and g.cells for fig in _heatmaps(g)]
     out += [_iteration_curves(g) for g in found if len({c["iterations"] for c in g.cells}) > 1]
     # Example mazes of each model at its hardest grid point (the last in the axes' order).
     hardest: dict[str, StepView] = {}
@@ -189,6 +219,50 @@ def extrapolation(study: StudyView, steps: list[StepView]) -> list[Figure]:
         if isinstance(s.record, dict) and s.record.get("mazes"):
             hardest[str(s.inputs.get("model", s.name))] = s
     return out + maze_pictures(study, list(hardest.values()))
+
+
+@figure(keys=("history", "best_epoch"))  # train_recurrent's record, by its shape
+def training_history(study: StudyView, steps: list[StepView]) -> list[Figure]:
+    out = []
+    for s in steps:
+        history = [h for h in s.record.get("history") or [] if isinstance(h, dict)]
+        epochs = [number(h.get("epoch")) for h in history]
+        loss = [number(h.get("loss")) for h in history]
+        val = [number(h.get("val_accuracy")) for h in history]
+        if not history or None in epochs:
+            continue
+        best = number(s.record.get("best_epoch"))
+        fig = new_figure(7.6, 3.0, ncols=2)
+        loss_ax, val_ax = fig.axes
+        if None not in loss:
+            series(loss_ax, epochs, loss, 0, "training loss")
+            loss_ax.set(yscale="log")
+        loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+        if None not in val:
+            series(val_ax, epochs, val, 1, "validation accuracy")
+        if best:
+            val_ax.axvline(best, color="black", linestyle=":", linewidth=1.0, label=f"kept: epoch {fmt(int(best))}")
+        val_ax.set(xlabel="epoch", ylabel="exact-solve accuracy", title="validation accuracy", ylim=(-0.03, 1.03))
+        val_ax.legend(fontsize=7)
+        model = str(s.inputs.get("model") or s.name)
+        out.append(
+            Figure(
+                slug=slugify(f"training-{s.name}"),
+                title=f"{model}: training",
+                section="Training",
+                mpl=fig,
+                data={"history": history, "best_epoch": best},
+                steps=(s.name,),
+                alt=f"Training loss (log scale) and validation exact-solve accuracy of {model} over "
+                f"{len(history)} epochs"
+                + (f"; loss from {fmt(loss[0])} to {fmt(loss[-1])}" if None not in loss else "")
+                + (f"; validation accuracy ends at {fmt(val[-1], 3)}, best {fmt(max(val), 3)}" if None not in val
+                   else "")
+                + (f"; the model kept is the one of epoch {fmt(int(best))} (dotted line)" if best else "")
+                + ".",
+            )
+        )
+    return out
 
 
 @figure("dynamics", keys=("residual", "window"))
@@ -282,7 +356,9 @@ def _picture(ax: Any, grid: Any, *, kind: str) -> np.ndarray | None:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         ax.imshow(np.clip(arr, 0.0, 1.0), interpolation="nearest")
     elif arr.ndim == 2:
-        cmap = MAZE_COLOURS if kind == "input" else PATH_COLOURS
+        from matplotlib.colors import ListedColormap
+
+        cmap = ListedColormap(MAZE_COLOURS if kind == "input" else PATH_COLOURS)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=cmap.N - 1, interpolation="nearest")
     else:
         return None
@@ -290,6 +366,17 @@ def _picture(ax: Any, grid: Any, *, kind: str) -> np.ndarray | None:
     ax.set_yticks([])
     ax.grid(False)
     return arr
+
+
+def _where(s: StepView) -> str:
+    """Every axis value of the grid point and the budget the pictures were taken at."""
+    task = s.record.get("task") if isinstance(s.record.get("task"), dict) else {}
+    point = s.sweep or {k: v for k, v in task.items() if k not in NOT_AXES}
+    budgets = numbers(s.record.get("iterations"))
+    parts = [f"{k} = {fmt(v)}" for k, v in point.items()]
+    if budgets:
+        parts.append(f"{fmt(int(max(budgets)))} iterations")  # examples are kept at the largest budget
+    return ", ".join(parts) or s.name
 
 
 @figure(keys=("mazes",))
@@ -300,7 +387,9 @@ def maze_pictures(study: StudyView, steps: list[StepView]) -> list[Figure]:
         shown = sorted(mazes, key=lambda m: bool(m.get("correct")))[:MAZES]  # failures first
         if not shown:
             continue
-        fig = new_figure(5.0, 1.7 * len(shown), ncols=3, nrows=len(shown))
+        where = _where(s)
+        fig = new_figure(5.0, 1.7 * len(shown) + 0.3, ncols=3, nrows=len(shown))
+        fig.suptitle(where, fontsize=8)
         for row, maze in enumerate(shown):
             cells = fig.axes[3 * row : 3 * row + 3]
             verdict = "✓ solved" if maze.get("correct") else "✗ failed"
@@ -320,12 +409,12 @@ def maze_pictures(study: StudyView, steps: list[StepView]) -> list[Figure]:
         out.append(
             Figure(
                 slug=slugify(f"mazes-{s.name}"),
-                title=f"{model}: example mazes",
+                title=f"{model}: example mazes at {where}",
                 section="Mazes",
                 mpl=fig,
-                data={"model": model, "mazes": shown},
+                data={"model": model, "where": where, "mazes": shown},
                 steps=(s.name,),
-                alt=f"{len(shown)} of the {len(mazes)} mazes shown to {model}, failures first "
+                alt=f"{len(shown)} of the {len(mazes)} mazes shown to {model} at {where}, failures first "
                 f"({failed} of {len(mazes)} failed). "
                 "Each row: the input maze (black walls, green start, orange goal), the target path, and the "
                 "prediction with wrongly predicted cells crossed.",

@@ -94,8 +94,11 @@ def _curve_panels(
                 ys = [1.0 - y for y in ys]
             a_star, v_star, lift = _barrier_point(xs, ys)
             base = v_star - lift
+            # The operator's own number, so the legend and the barrier table show one value.
+            barrier = number((rec.get("barriers") or {}).get(f"{transform or key}_max_minus_linear"))
+            barrier = lift if barrier is None else barrier
             st = style(i)
-            series(ax, xs, ys, i, f"{label} (barrier {fmt(lift, 3)})")
+            series(ax, xs, ys, i, f"{label} (barrier {fmt(barrier)})")
             ax.plot([xs[0], xs[-1]], [ys[0], ys[-1]], color=st["color"], linestyle=":", linewidth=0.9)
             ax.vlines(a_star, base, v_star, color=st["color"], linewidth=2.5, alpha=0.7)
             line = numbers((rec.get("line") or {}).get(key))
@@ -112,11 +115,13 @@ def _curve_panels(
                     label=f"{s.name}: straight line",
                 )
             sentences.append(
-                f"{label}: {transform or key} barrier {fmt(lift, 3)} at {xkey[:-1]} {fmt(a_star, 3)}"
+                f"{label}: {transform or key} barrier {fmt(barrier)} at {xkey[:-1]} {fmt(a_star, 3)}, "
+                f"endpoints {fmt(ys[0])} and {fmt(ys[-1])}"
             )
     loss_ax.set(xlabel=xkey[:-1], ylabel="loss", title="loss")
     err_ax.set(xlabel=xkey[:-1], ylabel="error (1 − accuracy)", title="error")
     loss_ax.legend(fontsize=7)
+    err_ax.legend(fontsize=7)
     datasets = sorted({str(s.record.get("dataset", "?")) for s in chunk})
     return Figure(
         slug=_slug(prefix, chunk),
@@ -126,7 +131,8 @@ def _curve_panels(
         alt=f"{title} on {', '.join(datasets)}, {xkey[:-1]} from the first model (0) to the second (1). "
         + "; ".join(sentences)
         + ". Dotted lines join the endpoints; vertical bars mark each barrier.",
-        caption="Barrier = largest rise above the straight line joining the endpoint values.",
+        caption="Barrier (Entezari et al. 2022) = largest rise above the dotted straight line joining the "
+        "endpoint values, marked by the vertical bar; the barrier table shows the same numbers.",
         data={s.name: s.record for s in chunk},
         steps=tuple(s.name for s in chunk),
     )

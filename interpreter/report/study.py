@@ -79,6 +79,7 @@ class StepView:
     record: Any = None
     state: str = ""  # "cached" | "ran" | "failed" | "skipped" when the runner says
     error: str | None = None
+    computed: str = ""  # when the cached artifact was computed (duration_s is how long that took)
 
     @classmethod
     def from_bundle(cls, step: dict[str, Any], record: Any) -> StepView:
@@ -101,6 +102,7 @@ class StepView:
             record=record,
             state=str(step.get("state") or ""),
             error=str(step["error"]) if step.get("error") else None,
+            computed=str(step.get("computed") or ""),
         )
 
 
@@ -111,7 +113,8 @@ class Evaluation:
     step: str
     model: str
     dataset: str
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # on the split the record reports (the test split unless asked otherwise)
+    validation: dict[str, float] = field(default_factory=dict)  # on the validation split, when the data has one
 
 
 class StudyView:
@@ -139,6 +142,13 @@ class StudyView:
     def name(self) -> str:
         return str(self.study.get("name") or "study")
 
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the study into this output directory, oldest first (provenance keeps them all)."""
+        runs = self.provenance.get("runs")
+        if isinstance(runs, list):
+            return [r for r in runs if isinstance(r, dict)]
+        return [self.provenance] if self.provenance.get("started") else []
+
     def step(self, name: str) -> StepView | None:
         return self._by_name.get(name)
 
@@ -152,7 +162,23 @@ class StudyView:
             if not isinstance(rec, dict) or "model" not in rec:
                 continue
             metrics = {k: v for k in ("accuracy", "loss", "error") if (v := number(rec.get(k))) is not None}
-            out.append(Evaluation(s.name, str(rec["model"]), str(rec.get("dataset", "")), metrics))
+            val = rec.get("validation") if isinstance(rec.get("validation"), dict) else {}
+            validation = {k: v for k in ("accuracy", "loss") if (v := number(val.get(k))) is not None}
+            out.append(Evaluation(s.name, str(rec["model"]), str(rec.get("dataset", "")), metrics, validation))
+        return out
+
+    def selections(self) -> dict[str, str]:
+        """``family -> member`` with the best mean validation accuracy over the datasets it was
+        evaluated on. A family some of whose evaluated members lack validation scores has no
+        selection: choosing on the test split that is then reported would flatter the sweep."""
+        scores: dict[str, list[float | None]] = {}
+        for ev in self.evaluations():
+            scores.setdefault(ev.model, []).append(ev.validation.get("accuracy"))
+        out = {}
+        for family, members in self.families().items():
+            scored = {m.name: scores[m.name] for m in members if m.name in scores}
+            if scored and all(v is not None for vs in scored.values() for v in vs):
+                out[family] = max(scored, key=lambda n: sum(scored[n]) / len(scored[n]))  # type: ignore[arg-type]
         return out
 
     def families(self) -> dict[str, list[StepView]]:

@@ -1,7 +1,8 @@
 """The report's tables: the evaluation summary, barriers, merge methods, steps, and the fallback.
 
-A sweep family is summarised by its best point (highest mean accuracy over the datasets it was
-evaluated on); its sweep curve shows the rest. Every table is plain data (:class:`Table`) that the
+A sweep family is summarised by the point with the best mean accuracy on a validation split (held
+out from training), reported on the test split; without a validation split every point is shown,
+never one picked on the split being reported. Its sweep curve shows the rest. Every table is plain data (:class:`Table`) that the
 template lays out, so the numbers in the page are text a reader can copy and a test can find.
 """
 
@@ -11,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlspec.report.plots_extrap import grids
-from mlspec.report.study import StepView, StudyView, fmt, number, scalars
+from mlspec.report.plots_extrap import budgets, grids
+from mlspec.report.study import StepView, StudyView, fmt, number, numbers, scalars
 
 __all__ = [
     "Cell",
@@ -56,20 +57,17 @@ def _mean_accuracy(study: StudyView) -> dict[str, float]:
 
 
 def _representatives(study: StudyView, names: list[str]) -> dict[str, str]:
-    """``name -> row label``: sweep members other than their family's best are dropped."""
-    mean = _mean_accuracy(study)
-    keep: dict[str, str] = {}
+    """``name -> row label``: a sweep with a validation selection keeps only the selected point."""
     families = study.families()
     member_of = {m.name: f for f, ms in families.items() for m in ms}
+    selected = study.selections()
+    keep: dict[str, str] = {}
     for name in names:
         fam = member_of.get(name)
-        if fam is None:
+        if fam not in selected:
             keep[name] = name
-            continue
-        scored = [m.name for m in families[fam] if m.name in mean]
-        best = max(scored, key=lambda n: mean[n]) if scored else families[fam][0].name
-        if name == best:
-            keep[name] = f"{name} (best of {len(families[fam])} by mean accuracy)"
+        elif name == selected[fam]:
+            keep[name] = f"{name} (selected on validation: best mean validation accuracy of {len(families[fam])})"
     return keep
 
 
@@ -93,33 +91,56 @@ def evaluation_table(study: StudyView) -> Table | None:
         columns,
         rows,
         id="summary",
-        caption="Test-split scores of each model on each dataset; a sweep shows its best point.",
+        caption="Test-split scores of each model on each dataset. "
+        + (
+            "A sweep is shown by the point with the best mean accuracy on the validation split (held out "
+            "from training), reported here on the test split."
+            if study.selections()
+            else "Every sweep point is shown: no validation split to choose one on (a `validation_fraction` "
+            "on the data adds one)."
+        ),
     )
 
 
+BARRIER_CAPTION = (
+    "Barrier (Entezari et al. 2022) = max over α of [v(α) − ((1−α)·v(A) + α·v(B))]: the largest rise of "
+    "the loss (error) along the path above the straight line joining its endpoint values, the number "
+    "the figure marks. results.json also holds max − ½(v(A) + v(B)) (Frankle et al. 2020's instability, "
+    "on error), which counts half the gap between unequal endpoints as barrier."
+)
+
+
 def barrier_table(study: StudyView) -> Table | None:
-    keys = ("loss_max_minus_linear", "loss_max_minus_mean", "error_max_minus_linear", "error_max_minus_mean")
     rows = []
     for s in study.steps:
         rec = s.record
         if not isinstance(rec, dict) or not isinstance(rec.get("barriers"), dict):
             continue
+        loss, acc = numbers(rec.get("loss")) or [], numbers(rec.get("accuracy")) or []
+        ends = [loss[0], loss[-1]] if loss else [None, None]
+        ends += [1.0 - acc[0], 1.0 - acc[-1]] if acc else [None, None]
         rows.append(
             [
                 Cell(s.name),
                 Cell(f"{rec.get('a', '?')} → {rec.get('b', '?')}"),
                 Cell(str(rec.get("dataset", ""))),
+                _num(ends[0]),
+                _num(ends[1]),
+                _num(rec["barriers"].get("loss_max_minus_linear")),
+                _num(ends[2]),
+                _num(ends[3]),
+                _num(rec["barriers"].get("error_max_minus_linear")),
             ]
-            + [_num(rec["barriers"].get(k)) for k in keys]
         )
     if not rows:
         return None
     return Table(
         "Barriers",
-        ["curve", "path", "dataset", "loss − line", "loss − mean", "error − line", "error − mean"],
+        ["curve", "path", "dataset", "loss at A", "loss at B", "loss barrier", "error at A", "error at B",
+         "error barrier"],
         rows,
-        caption="Largest rise of the loss (error) along the path above the straight line joining "
-        "the endpoint values (− line) or above their mean (− mean).",
+        id="barriers",
+        caption=BARRIER_CAPTION,
     )
 
 
@@ -162,7 +183,7 @@ def method_table(study: StudyView) -> Table | None:
         )
     return Table(
         "Merge methods",
-        ["merge", "operator", "parameters", "mean accuracy"] + [_stat_label(p) for p in stats],
+        ["merge", "operator", "parameters", "mean test accuracy"] + [_stat_label(p) for p in stats],
         rows,
         id="methods",
         caption="Mean accuracy over every dataset the merge was evaluated on, with the operator's "
@@ -171,36 +192,43 @@ def method_table(study: StudyView) -> Table | None:
 
 
 def extrapolation_table(study: StudyView) -> Table | None:
-    """Per model: accuracy on the easiest and the hardest cell of its grid, and the grid's mean."""
+    """Per model and cell of its grid: accuracy at the largest budget beside the budget where it peaks."""
     rows = []
     for g in grids(study):
-        budget = max((c["iterations"] for c in g.cells), default=None)
-        top = sorted(
-            (c for c in g.cells if c["iterations"] == budget), key=lambda c: [_rank(c.get(a)) for a in g.axes]
-        )
-        if not top:
+        shown = budgets(g)
+        if not shown:
             continue
-        where = [", ".join(f"{a} = {fmt(c.get(a))}" for a in g.axes) or "—" for c in (top[0], top[-1])]
-        mean = sum(c["accuracy"] for c in top) / len(top)
-        rows.append(
-            [
-                Cell(g.model),
-                Cell(fmt(budget)),
-                _num(top[0]["accuracy"]),
-                Cell(where[0]),
-                _num(top[-1]["accuracy"]),
-                Cell(where[1]),
-                _num(mean),
-            ]
-        )
+        largest = shown[-1]
+        points: dict[tuple[Any, ...], dict[Any, float]] = {}
+        for c in g.cells:
+            points.setdefault(tuple(c.get(a) for a in g.axes), {})[c["iterations"]] = c["accuracy"]
+        for point in sorted(points, key=lambda p: [_rank(v) for v in p]):
+            by_budget = points[point]
+            peak = max(shown, key=lambda b: (by_budget.get(b, -1.0), -shown.index(b)))  # the earliest peak
+            at_largest = by_budget.get(largest)
+            drop = by_budget[peak] - at_largest if at_largest is not None else None
+            rows.append(
+                [
+                    Cell(g.model),
+                    Cell(", ".join(f"{a} = {fmt(v)}" for a, v in zip(g.axes, point)) or "—"),
+                    Cell(fmt(largest)),
+                    _num(at_largest),
+                    Cell(fmt(peak)),
+                    _num(by_budget[peak]),
+                    Cell(fmt(drop) if drop else "—", numeric=True),
+                ]
+            )
     if not rows:
         return None
     return Table(
         "Extrapolation",
-        ["model", "iterations", "easiest cell", "at", "hardest cell", "at", "mean"],
+        ["model", "cell", "largest budget", "accuracy there", "peak budget", "accuracy at the peak",
+         "drop (peak − largest)"],
         rows,
         id="extrapolation",
-        caption="Exact-solve accuracy at the largest iteration budget; easiest and hardest by the axes' order.",
+        caption="Exact-solve accuracy on each cell's test mazes at the largest iteration budget, beside the "
+        "budget where it peaks (the earliest, on the same mazes: a description of the dynamics, not a "
+        "selection). A drop from the peak to the largest budget is overthinking.",
     )
 
 
@@ -245,11 +273,19 @@ def step_table(study: StudyView) -> Table:
                 Cell(s.kind),
                 Cell(s.key[:12], title=s.key),
                 Cell(cache),
+                Cell(s.computed.replace("T", " ").removesuffix("+00:00") or "—"),
                 Cell(fmt(s.duration_s, 3) if s.duration_s is not None else "—", numeric=True),
                 _num(s.seed),
             ]
         )
-    return Table("Steps", ["step", "operator", "kind", "key", "cache", "seconds", "seed"], rows, id="steps")
+    return Table(
+        "Steps",
+        ["step", "operator", "kind", "key", "this run", "computed (UTC)", "seconds", "seed"],
+        rows,
+        id="steps",
+        caption="'this run': hit when the artifact came from the cache. 'computed' and 'seconds': when the "
+        "artifact was made and how long that took, kept in the cache across runs.",
+    )
 
 
 @dataclass

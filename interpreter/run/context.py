@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["StepContext", "Progress", "confine", "file_problem"]
+__all__ = ["StepContext", "Progress", "confine", "file_problem", "written_files"]
 
 #: ``progress(total, description)`` yields an ``advance(n=1, **fields)`` callable.
 Progress = Callable[[int, str], Any]
@@ -69,11 +69,38 @@ def confine(out_dir: Path, relative: str, *, allow_outside: bool) -> Path:
     return target
 
 
-def file_problem(record: dict[str, Any], out_dir: Path) -> str | None:
-    """Why a record that describes a written file (an export: ``path`` and ``sha256``) no longer
-    describes the file on disk — or None when it still does. Read anew on every run."""
+def written_files(out_dir: Path, target: Path) -> dict[str, str]:
+    """``{path relative to the output directory: sha256}`` of ``target`` (a file, or every file of a
+    directory), for an export's record; :func:`file_problem` checks them on later runs."""
     from mlspec.run.cache import file_sha256
 
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    out = {}
+    for path in files:
+        try:
+            relative = path.resolve().relative_to(Path(out_dir).resolve()).as_posix()
+        except ValueError:  # written outside the output directory (--allow-outside-out)
+            relative = str(path.resolve())
+        out[relative] = file_sha256(path)
+    return out
+
+
+def file_problem(record: dict[str, Any], out_dir: Path) -> str | None:
+    """Why a record that describes written files (an export: ``files``, each path relative to the
+    output directory with its sha256; or one ``path`` and ``sha256``) no longer describes the files
+    on disk — or None when it still does. Read anew on every run."""
+    from mlspec.run.cache import file_sha256
+
+    files = record.get("files")
+    if isinstance(files, dict) and files:
+        for relative, sha in files.items():
+            path = Path(out_dir) / relative  # an absolute path stays absolute
+            try:
+                if file_sha256(path) != sha:
+                    return f"{relative} has changed"
+            except OSError:
+                return f"{relative} is missing"
+        return None
     if "path" not in record or "sha256" not in record:
         return "it records no file digest"
     path = Path(out_dir) / record["path"]  # an absolute path stays absolute

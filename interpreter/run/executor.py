@@ -9,6 +9,7 @@ independent steps still run, and every finished artifact stays in the cache.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import time
 import traceback
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ from mlspec.run.cache import Cache
 from mlspec.run.context import Progress, StepContext, file_problem
 from mlspec.values import Value, first_non_finite
 
-__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "torch_threads", "EXECUTORS"]
+__all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "torch_threads", "computed",
+           "EXECUTORS"]
 
 #: "local": in-process, or a pool of worker processes with --jobs; "ray": each step a Ray task.
 EXECUTORS = ("local", "ray")
@@ -69,11 +72,19 @@ def torch_threads() -> int:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when present, else ``cpu``. Imports torch, so a run calls it only once a
+    step has to run."""
     if device != "auto":
         return device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def computed(name: str, op: str, seconds: float | None) -> dict[str, Any]:
+    """What the cache keeps about how an artifact was made; provenance reads it on later runs."""
+    return {"name": name, "op": op, "duration_s": round(seconds or 0.0, 4),
+            "computed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def explain(plan: Plan, cache: Cache, out_dir: Path, *, force: bool = False) -> list[tuple[Step, str, str]]:
@@ -141,7 +152,7 @@ def execute_step(payload: dict[str, Any], progress: Progress | None = None,
         if payload.get("reuse") and cache.has(payload["key"]):
             return None, cache.load(payload["key"])
         duration, value = _compute(spec, payload, cache, progress, values)
-        cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]},
+        cache.save(payload["key"], value, extra=computed(payload["name"], payload["op"], duration),
                    replace=not spec.cacheable)
     return duration, cache.load(payload["key"])
 
@@ -220,8 +231,12 @@ class Runner:
         self.force = force
         self.allow_outside = allow_outside
         self.progress = progress
-        self.device = resolve_device(device or plan.study.device)
+        self.requested_device = device or plan.study.device
         self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
+
+    @cached_property
+    def device(self) -> str:
+        return resolve_device(self.requested_device)
 
     def payload(self, step: Step) -> dict[str, Any]:
         keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)
@@ -241,10 +256,11 @@ class Runner:
 
     def run(self) -> RunResult:
         start = time.perf_counter()
-        result = RunResult(device=self.device)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         steps = self.plan.steps
         todo = [s for s in steps if self._needs_run(s)]
+        # With nothing to run, torch is never imported just to name a device.
+        result = RunResult(device=self.device if todo else f"{self.requested_device} (not needed: every step cached)")
         to_run = {s.name for s in todo}
         result.outcomes.update({s.name: StepOutcome(s.name, "cached") for s in steps if s.name not in to_run})
         with self._overall(len(todo)) as advance:
@@ -284,12 +300,14 @@ class Runner:
                 key = self.plan.step(up).key
                 remaining_uses[key] = remaining_uses.get(key, 0) + 1
         for step in todo:
-            advance(step=step.name)
             blocker = self._blocked(step, result)
             if blocker is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "skipped", error=f"'{blocker}' did not finish")
+                advance(finished=step.name, skipped=f"'{blocker}' did not finish")
                 continue
+            advance(0, started=step.name)
             duration, value, error = try_step(self.payload(step), self.progress, self.values)
+            advance(finished=step.name, seconds=duration or 0.0, **({"error": error} if error else {}))
             if error is not None:
                 result.outcomes[step.name] = StepOutcome(step.name, "failed", error=error)
                 continue
@@ -318,6 +336,7 @@ class Runner:
                     if all(result.outcomes.get(up) is not None for up in step.upstream()):
                         running[pool.submit(_worker, self.payload(step))] = step
                         del waiting[name]
+                        advance(0, started=name)
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -329,4 +348,4 @@ class Runner:
                         duration, error = 0.0, describe_crash(exc)
                     result.outcomes[step.name] = (StepOutcome(step.name, "failed", 0.0, error) if error
                                                   else _finished(step.name, duration))
-                    advance(step=step.name)
+                    advance(finished=step.name, seconds=duration or 0.0, **({"error": error} if error else {}))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mlspec.errors import MlspecError
-from mlspec.run.executor import StepOutcome, try_step
+from mlspec.run.executor import StepOutcome, computed, try_step
 from mlspec.values import from_parts, to_parts
 
 if TYPE_CHECKING:
@@ -70,9 +70,9 @@ def run_on_ray(runner: Runner, todo: list[Step], result: RunResult, advance: Cal
         step = pending.pop(done[0])
         parts, error, seconds, skipped = ray.get(done[0])
         if error is None:
-            runner.cache.save(step.key, from_parts(*parts), extra={"name": step.name, "op": step.op},
+            runner.cache.save(step.key, from_parts(*parts), extra=computed(step.name, step.op, seconds),
                               replace=not runner.cacheable(step))
             result.outcomes[step.name] = StepOutcome(step.name, "ran", seconds)
         else:
             result.outcomes[step.name] = StepOutcome(step.name, "skipped" if skipped else "failed", 0.0, error)
-        advance(step=step.name)
+        advance(finished=step.name, seconds=seconds or 0.0, **({"error": error} if error else {}))

@@ -1,11 +1,13 @@
 """Parse spec text into an AST; turn lark's exceptions into span-carrying diagnostics.
 
 The grammar of a dialect is ``common.lark`` followed by ``<dialect>.lark``; the dialect follows the
-file extension. Parsers are built once per process (LALR, contextual lexer).
+file extension. Parsers are built once per process (LALR, contextual lexer) and kept in lark's
+parser cache under the user's cache directory, so a fresh process loads rather than rebuilds them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from contextvars import ContextVar
 from functools import cache
@@ -51,11 +53,23 @@ def _collect_comment(token: Token) -> Token:
     return token
 
 
+def _parser_cache(dialect: str) -> str | bool:
+    """Where lark keeps the built parser: a file of the user's own (lark checks the grammar's hash in
+    it and rebuilds on any change). Not the shared temporary directory, whose files anyone can plant."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlspec"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False  # a read-only home: build the parser in memory every time
+    return str(root / f"lark-{dialect}.cache")
+
+
 @cache
 def _parser(dialect: str) -> Lark:
     # Comments are ignored by the grammar but collected for `fmt` and the report's question.
     return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment})
+                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment},
+                cache=_parser_cache(dialect))
 
 
 @cache

@@ -22,9 +22,18 @@ def digits(ctx: StepContext, params: DigitsParams) -> Dataset:
     idx_train, idx_test = train_test_split(
         range(len(y)), test_size=params.test_fraction, random_state=params.split_seed, stratify=bunch.target
     )
+    tensors = {}
+    if params.validation_fraction:
+        idx_train, idx_val = train_test_split(
+            idx_train, test_size=params.validation_fraction, random_state=params.split_seed,
+            stratify=bunch.target[idx_train],
+        )
+        va = torch.tensor(sorted(idx_val))
+        tensors.update(x_val=x[va], y_val=y[va])
     tr, te = torch.tensor(sorted(idx_train)), torch.tensor(sorted(idx_test))
+    tensors.update(x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te])
     return Dataset(
-        tensors={"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]},
+        tensors=tensors,
         meta={"source": "sklearn.datasets.load_digits", "num_classes": 10, "in_features": 64},
     )
 
@@ -38,7 +47,9 @@ def classes(ctx: StepContext, params: ClassesParams, *, data: Dataset) -> Datase
     if missing:
         raise StepError(f"class {missing[0]!r} does not occur in the dataset (labels: {sorted(present)})")
     tensors = {}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
+        if f"x_{split}" not in data.tensors:
+            continue
         x, y = data.split(split)
         mask = torch.isin(y, keep)
         y_kept = y[mask]

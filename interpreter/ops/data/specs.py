@@ -12,6 +12,11 @@ class DigitsParams(Params):
     split_seed: int = Field(
         default=0, ge=0, description="seed of the stratified split (fixed, so every study shares it)"
     )
+    validation_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="share of the training samples held out as a validation split (never trained on); "
+        "sweeps are then summarised by their best point on it",
+    )
 
 
 class ClassesParams(Params):
@@ -30,7 +35,10 @@ register(
         doc="""scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes; no download).
 
         Pixels are scaled to [0, 1] and flattened to 64 features; the train/test split is
-        stratified and deterministic (`split_seed`), so every study sees the same split.""",
+        stratified and deterministic (`split_seed`), so every study sees the same split. With
+        `validation_fraction` a stratified share of the training samples becomes a validation
+        split: training never sees it, `evaluate` scores it beside the test split, and the report
+        picks a sweep's best point on it, never on the test split it reports.""",
         inputs=(),
         output=Kind.DATASET,
         params=DigitsParams,
@@ -41,7 +49,7 @@ register(
 register(
     OpSpec(
         name="classes",
-        doc="""The samples of a classification dataset whose label is in `classes`, both splits.
+        doc="""The samples of a classification dataset whose label is in `classes`, in every split.
 
         Usually written as a method: `data low = digits.classes(0 .. 4)`.""",
         inputs=(Port("data", Kind.DATASET),),

@@ -21,8 +21,9 @@ def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: fl
 def barriers(alphas: list[float], values: list[float]) -> dict[str, float]:
     """Both published barrier definitions of a curve ``values`` over ``alphas`` ∈ [0, 1].
 
-    - ``max_minus_mean``: max_α v(α) − ½(v(0) + v(1))  (Frankle et al.; Entezari et al.)
-    - ``max_minus_linear``: max_α [v(α) − ((1−α)·v(0) + α·v(1))]  (Ainsworth et al., Git Re-Basin)
+    - ``max_minus_mean``: max_α v(α) − ½(v(0) + v(1))  (Frankle et al. 2020's instability, on error;
+      the Git Re-Basin code's convention)
+    - ``max_minus_linear``: max_α [v(α) − ((1−α)·v(0) + α·v(1))]  (Entezari et al. 2022)
     """
     v0, v1 = values[0], values[-1]
     return {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from mlspec.checkpoints.export import export_hf, export_safetensors_file
 from mlspec.ops.models.specs import ExportParams
-from mlspec.run.cache import file_sha256
-from mlspec.run.context import StepContext
+from mlspec.run.context import StepContext, written_files
 from mlspec.values import CheckpointRef, Model, Record
 
 __all__ = ["export"]
@@ -17,12 +16,13 @@ def export(ctx: StepContext, params: ExportParams, *, model: Model | CheckpointR
     target = ctx.output_path(params.path)
     if params.format == "hf":
         export_hf(model, target)
-        return Record({"path": params.path, "format": "hf"})
+        return Record({"path": params.path, "format": "hf", "files": written_files(ctx.out_dir, target)})
     # Weights on disk are copied tensor by tensor, never all at once; the bytes are deterministic.
     arch = "checkpoint" if isinstance(model, CheckpointRef) else str(model.arch)
     export_safetensors_file(model, target, metadata={"mlspec_step": ctx.name, "arch": arch})
-    record = {"path": params.path, "format": "safetensors", "sha256": file_sha256(target),
-              "bytes": target.stat().st_size}
+    files = written_files(ctx.out_dir, target)
+    record = {"path": params.path, "format": "safetensors", "sha256": next(iter(files.values())),
+              "bytes": target.stat().st_size, "files": files}
     if isinstance(model, Model):
         record["tensors"] = len(model.state)
     return Record(record)
