@@ -77,6 +77,6 @@ def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Data
     out["n"] = len(x)
     if params.split == "test" and "x_val" in on.tensors:  # what the report selects on, never the test split
         xv, yv = on.split("val")
-        val = evaluate_module(model.module(), xv, yv, device=ctx.device)
+        val = evaluate_module(build_module(model), xv, yv, device=ctx.device)
         out["validation"] = {"accuracy": val["accuracy"], "loss": val["loss"], "n": len(xv)}
     return Record(out)
