@@ -90,7 +90,7 @@ def test_user_method_on_models_in_memory_equals_the_function_by_hand(tmp_path: P
     for name in a:
         assert torch.equal(out["m"][name], torch.maximum(a[name], b[name]) * 0.5)
         for x in (0.25, 2.0):
-            assert torch.equal(out[f"s-s[{x}]"][name], torch.maximum(a[name], b[name]) * x)
+            assert torch.equal(out[f"s-s_{x}_"][name], torch.maximum(a[name], b[name]) * x)
         # layers.0.* are at depth 0, layers.1.* at depth 1 (2 layers); biases take the by_name rule
         t = 0.2 if "bias" in name else (1.0 if name.startswith("layers.1.") else 0.0)
         by_hand = init[name] + t * (1 * (a[name] - init[name]) + 3 * (b[name] - init[name])) / 4
