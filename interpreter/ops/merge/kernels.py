@@ -19,6 +19,8 @@ Signatures (stable; keyword-only parameters after ``*``)::
          weights_at="after", normalize=False, scale=1.0, generator=None)
     breadcrumbs(base, tensors, *, density=0.9, gamma=0.01, weights=None, consensus=None,
                 weights_at="after", normalize=False, scale=1.0)
+
+    (``density`` and ``gamma`` of the sparse methods: one float for every model, or one per model.)
     model_stock(base, tensors, *, mean="cosine", eps=1e-6)
     fisher(base, tensors, *, fishers, weights=None, eps=1e-8)
     regmean(base, tensors, *, grams=None, alpha=0.9, weights=None)
@@ -57,6 +59,7 @@ __all__ = [
     "linear",
     "magnitude_threshold",
     "model_stock",
+    "per_model",
     "regmean",
     "slerp",
     "spherical_mean",
@@ -77,12 +80,17 @@ def _out(x: Tensor, like: Tensor) -> Tensor:
     return x.to(like.dtype)
 
 
+def per_model(value: float | Sequence[float], n: int, what: str) -> list[float]:
+    """One value per model: a float is shared by all ``n`` models, a sequence must have ``n`` values."""
+    if isinstance(value, int | float):
+        return [float(value)] * n
+    if len(value) != n:
+        raise ValueError(f"expected {n} {what}, one per model (not {list(value)!r})")
+    return [float(v) for v in value]
+
+
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    if weights is None:
-        return [1.0] * n
-    if len(weights) != n:
-        raise ValueError(f"expected {n} weights, one per model (not {list(weights)!r})")
-    return [float(w) for w in weights]
+    return per_model(1.0 if weights is None else weights, n, "weights")
 
 
 def _deltas(base: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -233,7 +241,7 @@ def ties(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    density: float = 0.2,
+    density: float | Sequence[float] = 0.2,
     weights: Sequence[float] | None = None,
     thresholds: Sequence[float] | None = None,
     elect: Election = "mass",
@@ -246,11 +254,13 @@ def ties(
 
     Trim scope: with ``thresholds=None`` each tensor keeps its own top-k (mergekit); passing one
     whole-model threshold per task vector (from :class:`MagnitudeThreshold`) reproduces the paper
-    and FusionBench, which rank all of a model's parameters together.
+    and FusionBench, which rank all of a model's parameters together. ``density`` may be one value
+    per model (mergekit's per-model ``density``).
     """
     deltas = _deltas(base, tensors)
     if thresholds is None:
-        trimmed = [keep_top(d, magnitude_threshold(d, density)) for d in deltas]
+        densities = per_model(density, len(deltas), "densities")
+        trimmed = [keep_top(d, magnitude_threshold(d, k)) for d, k in zip(deltas, densities)]
     else:
         trimmed = [keep_top(d, thr) for d, thr in zip(deltas, _weights(thresholds, len(deltas)))]
     return _combine(base, trimmed, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)
@@ -260,7 +270,7 @@ def dare(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    density: float = 0.5,
+    density: float | Sequence[float] = 0.5,
     weights: Sequence[float] | None = None,
     rescale: Literal["inverse", "l1", "none"] = "inverse",
     consensus: Election | None = None,
@@ -275,9 +285,11 @@ def dare(
 
     ``rescale``: ``inverse`` multiplies by 1/(1 − p) (the paper, FusionBench, mergekit before
     PR #505); ``l1`` matches the L1 norm of the kept entries to the original (mergekit today).
+    ``density`` may be one value per model; the models draw from ``generator`` in order.
     """
     deltas = _deltas(base, tensors)
-    dropped = [random_drop(d, density, rescale=rescale, generator=generator) for d in deltas]
+    densities = per_model(density, len(deltas), "densities")
+    dropped = [random_drop(d, k, rescale=rescale, generator=generator) for d, k in zip(deltas, densities)]
     return _combine(base, dropped, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
@@ -285,8 +297,8 @@ def breadcrumbs(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    density: float = 0.9,
-    gamma: float = 0.01,
+    density: float | Sequence[float] = 0.9,
+    gamma: float | Sequence[float] = 0.01,
     weights: Sequence[float] | None = None,
     consensus: Election | None = None,
     weights_at: WeightsAt = "after",
@@ -295,9 +307,12 @@ def breadcrumbs(
 ) -> Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023): per tensor, drop the largest ``gamma``
     fraction of each task vector's magnitudes (outliers) and the smallest, keeping ``density``;
-    then task arithmetic (or TIES with ``consensus``; mergekit ``breadcrumbs_ties``)."""
+    then task arithmetic (or TIES with ``consensus``; mergekit ``breadcrumbs_ties``). ``density``
+    and ``gamma`` may each be one value per model."""
     deltas = _deltas(base, tensors)
-    kept = [keep_band(d, density=density, gamma=gamma) for d in deltas]
+    n = len(deltas)
+    bands = zip(deltas, per_model(density, n, "densities"), per_model(gamma, n, "gammas"))
+    kept = [keep_band(d, density=k, gamma=g) for d, k, g in bands]
     return _combine(base, kept, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
