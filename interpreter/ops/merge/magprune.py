@@ -73,30 +73,20 @@ def magprune(
     return kept
 
 
-def _della(
+def _pruned(
     tensors: Sequence[Tensor],
     base: Tensor,
-    *,
-    weights: Sequence[float],
     density: Sequence[float],
     epsilon: Sequence[float],
-    consensus: Election | None,
-    weights_at: WeightsAt,
-    normalize: bool,
-    scale: float,
     rescale: Rescale,
     generator: torch.Generator,
-) -> Tensor:
+) -> list[Tensor]:
+    """Each model's task vector after MagPrune, drawn model by model."""
     if base is None:
         raise ValueError("della needs a base model: it merges task vectors θᵢ − θ_base")
     n = len(tensors)
-    pruned = [
-        magprune(d, k, e, rescale=rescale, generator=generator)
-        for d, k, e in zip(_deltas(base, tensors), per_model(density, n, "densities"), per_model(epsilon, n, "epsilons"))
-    ]
-    return _combine(
-        base, pruned, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale
-    )
+    spec = zip(_deltas(base, tensors), per_model(density, n, "densities"), per_model(epsilon, n, "epsilons"))
+    return [magprune(d, k, e, rescale=rescale, generator=generator) for d, k, e in spec]
 
 
 def della(
@@ -119,19 +109,8 @@ def della(
 
     mergekit's ``della`` is ``rescale = l1, weights_at = before`` (weights sway the vote) with its
     ``lambda`` as ``scale``; the defaults here are the paper's."""
-    return _della(
-        tensors,
-        base,
-        weights=weights,
-        density=density,
-        epsilon=epsilon,
-        consensus=elect,
-        weights_at=weights_at,
-        normalize=normalize,
-        scale=scale,
-        rescale=rescale,
-        generator=generator,
-    )
+    pruned = _pruned(tensors, base, density, epsilon, rescale, generator)
+    return _combine(base, pruned, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
 def della_linear(
@@ -148,16 +127,5 @@ def della_linear(
 ) -> Tensor:
     """DELLA without sign election: base + ``scale``·Σ wᵢ·MagPrune(τᵢ) (divided by Σ wᵢ when
     ``normalize``). mergekit's ``della_linear`` is ``rescale = l1``."""
-    return _della(
-        tensors,
-        base,
-        weights=weights,
-        density=density,
-        epsilon=epsilon,
-        consensus=None,
-        weights_at="after",
-        normalize=normalize,
-        scale=scale,
-        rescale=rescale,
-        generator=generator,
-    )
+    pruned = _pruned(tensors, base, density, epsilon, rescale, generator)
+    return _combine(base, pruned, weights, consensus=None, weights_at="after", normalize=normalize, scale=scale)
