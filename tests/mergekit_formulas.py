@@ -26,6 +26,34 @@ def rescaled_masked_tensor(tensor, mask, l1: bool, eps: float = 1e-7):  # type: 
     return masked * (before_scale / after_scale)
 
 
+def magnitude(tensor, density, l1):  # type: ignore[no-untyped-def]
+    if density >= 1:
+        return tensor
+    k = int(density * tensor.numel())
+    mask = torch.zeros_like(tensor)
+    w = tensor.abs().view(-1)
+    topk = torch.argsort(w, descending=True)[:k]
+    mask.view(-1)[topk] = 1
+    return rescaled_masked_tensor(tensor, mask, l1)
+
+
+def magnitude_outliers(tensor, density, gamma, l1):  # type: ignore[no-untyped-def]
+    if density >= 1:
+        return tensor
+    num_elems = tensor.numel()
+    target_n = int(density * num_elems)
+    n_top = int(gamma * num_elems)
+    n_bot = num_elems - target_n - n_top
+    if n_bot < 0:
+        n_top += n_bot
+        n_bot = 0
+    w = tensor.abs().view(-1)
+    indices = torch.sort(w, descending=False).indices
+    mask = torch.zeros_like(tensor)
+    mask.view(-1)[indices[n_bot:-n_top]] = 1
+    return rescaled_masked_tensor(tensor, mask, l1)
+
+
 def della_probs(tensor, density, epsilon):  # type: ignore[no-untyped-def]
     """The keep probabilities inside ``della_magprune``."""
     if len(tensor.shape) < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import mergekit_formulas as mk
 import pytest
 import torch
 from hypothesis import given, settings
@@ -313,3 +314,40 @@ def test_breadcrumbs_per_model_density_and_gamma() -> None:
 def test_per_model_density_needs_one_value_per_model(kernel) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=r"expected 2 densities, one per model"):
         kernel(BASE, [A, B], density=[0.5, 0.5, 0.5])
+
+
+# --- rescale (mergekit's `rescale: true` for ties and breadcrumbs) -----------------------------------
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_ties_matches_mergekit_as_written(rescale: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 8, generator=g, dtype=D)
+    xs = [base + torch.randn(6, 8, generator=g, dtype=D) for _ in range(3)]
+    weights, density = [0.7, 1.3, 1.0], [0.3, 0.5, 0.8]
+    got = K.ties(base, xs, density=density, weights=weights, weights_at="before", scale=0.9,
+                 rescale="l1" if rescale else "none")
+    expected = mk.gta(base, xs, weights=weights, sparsify=lambda d, i: mk.magnitude(d, density[i], rescale),
+                      consensus="sum", normalize=True, lambda_=0.9)
+    assert torch.allclose(got, expected)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("consensus", [None, "mass"])
+def test_breadcrumbs_matches_mergekit_as_written(rescale: bool, consensus: str | None) -> None:
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 9, generator=g, dtype=D)
+    xs = [base + torch.randn(5, 9, generator=g, dtype=D) for _ in range(2)]
+    weights, density, gamma = [0.5, 1.5], [0.6, 0.8], [0.1, 0.05]
+    got = K.breadcrumbs(base, xs, density=density, gamma=gamma, weights=weights, consensus=consensus,  # type: ignore[arg-type]
+                        weights_at="before", rescale="l1" if rescale else "none")
+    expected = mk.gta(base, xs, weights=weights,
+                      sparsify=lambda d, i: mk.magnitude_outliers(d, density[i], gamma[i], rescale),
+                      consensus="sum" if consensus else None, normalize=False, lambda_=1.0)
+    assert torch.allclose(got, expected)
+
+
+def test_l1_rescale_restores_the_norm_of_each_trimmed_task_vector() -> None:
+    x = t(4.0, -1.0, 0.5, 2.0, -0.25)
+    kept = K.ties(torch.zeros(5, dtype=D), [x], density=0.4, rescale="l1")  # keeps 4 and 2, norm 7.75
+    assert torch.allclose(kept, t(4.0, 0.0, 0.0, 2.0, 0.0) * 7.75 / 6.0)

@@ -14,11 +14,11 @@ Signatures (stable; keyword-only parameters after ``*``)::
     slerp(base, tensors, *, t, dot_threshold=0.9995, eps=1e-8)
     spherical_mean(base, tensors, *, weights=None, max_iter=100, tol=1e-10, eps=1e-8)
     ties(base, tensors, *, density=0.2, weights=None, thresholds=None, elect="mass",
-         weights_at="after", normalize=True, scale=1.0)
+         weights_at="after", normalize=True, scale=1.0, rescale="none")
     dare(base, tensors, *, density=0.5, weights=None, rescale="inverse", consensus=None,
          weights_at="after", normalize=False, scale=1.0, generator=None)
     breadcrumbs(base, tensors, *, density=0.9, gamma=0.01, weights=None, consensus=None,
-                weights_at="after", normalize=False, scale=1.0)
+                weights_at="after", normalize=False, scale=1.0, rescale="none")
 
     (``density`` and ``gamma`` of the sparse methods: one float for every model, or one per model.)
     model_stock(base, tensors, *, mean="cosine", eps=1e-6)
@@ -56,6 +56,7 @@ __all__ = [
     "consensus_sum",
     "dare",
     "fisher",
+    "l1_rescaled",
     "linear",
     "magnitude_threshold",
     "model_stock",
@@ -216,6 +217,13 @@ def consensus_sum(
     return mixed
 
 
+def l1_rescaled(kept: Tensor, original: Tensor) -> Tensor:
+    """``kept`` (a sparsified ``original``) scaled so that its L1 norm is the original's; left as it
+    is when either norm is below 1e-7 (mergekit's ``rescale: true`` for magnitude trims)."""
+    before, after = original.abs().sum(), kept.abs().sum()
+    return kept * (before / after) if before >= 1e-7 and after >= 1e-7 else kept
+
+
 def _combine(
     base: Tensor,
     deltas: Sequence[Tensor],
@@ -248,6 +256,7 @@ def ties(
     weights_at: WeightsAt = "after",
     normalize: bool = True,
     scale: float = 1.0,
+    rescale: Literal["none", "l1"] = "none",
 ) -> Tensor:
     """TIES-merging (Yadav et al. 2023): trim each task vector to its top-``density`` magnitudes,
     elect a sign per coordinate, average the agreeing entries, add λ·τ_m to the base.
@@ -255,7 +264,8 @@ def ties(
     Trim scope: with ``thresholds=None`` each tensor keeps its own top-k (mergekit); passing one
     whole-model threshold per task vector (from :class:`MagnitudeThreshold`) reproduces the paper
     and FusionBench, which rank all of a model's parameters together. ``density`` may be one value
-    per model (mergekit's per-model ``density``).
+    per model (mergekit's per-model ``density``). ``rescale = l1`` scales each trimmed task vector
+    back to its L1 norm (mergekit's ``rescale: true``; the whole tensor's norm, so not chunkable).
     """
     deltas = _deltas(base, tensors)
     if thresholds is None:
@@ -263,6 +273,8 @@ def ties(
         trimmed = [keep_top(d, magnitude_threshold(d, k)) for d, k in zip(deltas, densities)]
     else:
         trimmed = [keep_top(d, thr) for d, thr in zip(deltas, _weights(thresholds, len(deltas)))]
+    if rescale == "l1":
+        trimmed = [l1_rescaled(k, d) for k, d in zip(trimmed, deltas)]
     return _combine(base, trimmed, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
@@ -304,15 +316,18 @@ def breadcrumbs(
     weights_at: WeightsAt = "after",
     normalize: bool = False,
     scale: float = 1.0,
+    rescale: Literal["none", "l1"] = "none",
 ) -> Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023): per tensor, drop the largest ``gamma``
     fraction of each task vector's magnitudes (outliers) and the smallest, keeping ``density``;
     then task arithmetic (or TIES with ``consensus``; mergekit ``breadcrumbs_ties``). ``density``
-    and ``gamma`` may each be one value per model."""
+    and ``gamma`` may each be one value per model; ``rescale = l1`` as in :func:`ties`."""
     deltas = _deltas(base, tensors)
     n = len(deltas)
     bands = zip(deltas, per_model(density, n, "densities"), per_model(gamma, n, "gammas"))
     kept = [keep_band(d, density=k, gamma=g) for d, k, g in bands]
+    if rescale == "l1":
+        kept = [l1_rescaled(k, d) for k, d in zip(kept, deltas)]
     return _combine(base, kept, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale)
 
 

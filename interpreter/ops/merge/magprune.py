@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import Election, WeightsAt, _combine, _deltas, per_model
+from mlspec.ops.merge.kernels import Election, WeightsAt, _combine, _deltas, l1_rescaled, per_model
 
 __all__ = ["della", "della_linear", "keep_probabilities", "magprune"]
 
@@ -68,8 +68,7 @@ def magprune(
     if rescale == "inverse":
         return kept / probs
     if rescale == "l1":
-        before, after = x.abs().sum(), kept.abs().sum()
-        return kept * (before / after) if before >= 1e-7 and after >= 1e-7 else kept
+        return l1_rescaled(kept, x)
     return kept
 
 
