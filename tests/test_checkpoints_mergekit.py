@@ -219,7 +219,7 @@ def test_tokenizer_settings_are_carried_or_refused() -> None:
         ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]", "ties needs 'weight' for every model"),
         ("merge_method: nuslerp\nmodels: [{model: a}, {model: b}, {model: c}]\nparameters: {weight: 1}", "exactly 2 model"),
         ("merge_method: model_stock\nbase_model: b\nmodels: [{model: a}]", "at least 2 model"),
-        ("merge_method: model_stock\nbase_model: b\n" + TWO + "parameters: {filter_wise: true}", "filter_wise"),
+        ("merge_method: model_stock\nbase_model: c\n" + TWO + "parameters: {filter_wise: true}", "filter_wise"),
         ("merge_method: nearswap\nbase_model: c\n" + TWO + "parameters: {t: 0.1}", "exactly 1 model"),
         ("merge_method: passthrough\nbase_model: b\nmodels: [{model: a}]", "exactly 1 model"),
         ("merge_method: ties\nbase_model: b\n" + TWO + "parameters: {normalize: [{filter: mlp, value: 1}]}",
@@ -242,3 +242,92 @@ def test_every_mergekit_method_is_mapped() -> None:
         "ram", "ramplus_tl", "passthrough",
     }
     assert set(METHODS) == mergekit_methods
+
+
+def test_passthrough_slices_stack_layer_ranges() -> None:
+    """mergekit's examples/orcamini-platy-44layer.yml."""
+    merge = one(
+        """
+slices:
+  - sources:
+    - model: psmathur/orca_mini_v3_13b
+      layer_range: [0, 24]
+  - sources:
+    - model: garage-bAInd/Platypus2-13B
+      layer_range: [20, 40]
+merge_method: passthrough
+dtype: float16
+"""
+    )
+    assert merge.op == "passthrough" and merge.models == [] and merge.base is None
+    assert merge.slices == [
+        {"sources": [{"model": "psmathur/orca_mini_v3_13b", "layer_range": [0, 24]}], "base": None, "params": {}},
+        {"sources": [{"model": "garage-bAInd/Platypus2-13B", "layer_range": [20, 40]}], "base": None, "params": {}},
+    ]
+    assert merge.params == {"dtype": "float16", "out_dtype": "float16"}
+
+
+def test_slices_of_several_sources_carry_the_method_parameters() -> None:
+    """mergekit's examples/gradient-slerp.yml, with per-source and per-slice parameters for ties."""
+    slerp = one(
+        """
+slices:
+  - sources:
+      - {model: orca, layer_range: [0, 40]}
+      - {model: platypus, layer_range: [0, 40]}
+merge_method: slerp
+base_model: orca
+parameters:
+  t:
+    - {filter: self_attn, value: [0, 0.5, 0.3, 0.7, 1]}
+    - {value: 0.5}
+"""
+    )
+    assert slerp.slices[0]["base"] == "orca"
+    assert slerp.slices[0]["params"] == {
+        "t": [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]}, {"filter": None, "value": 0.5}]
+    }
+    ties = one(
+        """
+slices:
+  - sources:
+      - {model: base, layer_range: [0, 4]}
+      - {model: a, layer_range: [0, 4], parameters: {weight: 1, density: [{filter: mlp, value: 0.2}]}}
+      - {model: b, layer_range: [4, 8], parameters: {weight: 0.5}}
+    parameters: {density: 0.7}
+  - sources:
+      - {model: a, layer_range: [4, 6]}
+merge_method: ties
+base_model: base
+parameters: {density: 0.9, lambda: 0.5}
+"""
+    )
+    first, second = ties.slices
+    assert first["base"] == "base" and [s["model"] for s in first["sources"]] == ["base", "a", "b"]
+    assert first["params"]["weights"] == [1.0, 0.5]
+    assert first["params"]["density"] == [[{"filter": "mlp", "value": 0.2}, {"filter": None, "value": 0.7}], 0.7]
+    assert first["params"]["scale"] == 0.5 and first["params"]["trim"] == "tensor"
+    assert second["params"] == {}  # one source: its layers are copied
+
+
+@pytest.mark.parametrize(
+    "slices, message",
+    [
+        ("[{sources: [{model: a, layer_range: [0, 4]}, {model: b, layer_range: [0, 3]}]}]", "same number of layers"),
+        ("[{sources: [{model: a, layer_range: [4, 2]}]}]", "0 ≤ start < end"),
+        ("[{sources: []}]", "a slice needs sources"),
+    ],
+)
+def test_slices_mergekit_rejects_are_refused(slices: str, message: str) -> None:
+    with pytest.raises(MergekitImportError, match=message):
+        read_config(f"merge_method: passthrough\nslices: {slices}")
+
+
+def test_passthrough_slice_of_two_sources_and_a_slice_without_its_base_are_refused() -> None:
+    with pytest.raises(MergekitImportError, match="passthrough copies one source per slice"):
+        read_config("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: b, layer_range: [0, 2]}]}]")
+    with pytest.raises(MergekitImportError, match="needs the base model 'c' among the slice's sources"):
+        read_config(
+            "merge_method: slerp\nbase_model: c\nparameters: {t: 0.5}\n"
+            "slices: [{sources: [{model: a, layer_range: [0, 2]}, {model: b, layer_range: [0, 2]}]}]"
+        )

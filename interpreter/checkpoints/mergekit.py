@@ -21,15 +21,12 @@ have no mlspec equivalent (``model_stock`` ``filter_wise``).
 
 from __future__ import annotations
 
-import keyword
-import re
-from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from pathlib import Path
 from typing import Any
 
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.mergekit_methods import METHODS, REQUIRED, MethodMap, Param
+from mlspec.checkpoints.mergekit_spec import Merge, render
 from mlspec.errors import MlspecError
 
 __all__ = ["Merge", "MergekitImportError", "mergekit_to_spec", "read_config"]
@@ -49,33 +46,11 @@ _DTYPES = {
     "bf16": "bfloat16",
     "float64": "float64",
 }
-_KEYWORDS = {"true", "false", "step", "on", "for", "in", "to", "as", "study", "use", "export", "report"}
 
 
 def _fail(message: str, where: str | None = None) -> MergekitImportError:
     prefix = f"{where}: " if where else ""
     return MergekitImportError(f"cannot import this mergekit config: {prefix}{message}")
-
-
-@dataclass
-class Merge:
-    """One mergekit document, converted: the mlspec operator, its inputs (model references: paths
-    or other documents' names) and its parameters in mlspec's names."""
-
-    name: str | None
-    method: str
-    op: str
-    base: str | None
-    models: list[str]
-    params: dict[str, Any]
-    slices: list[dict[str, Any]] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def uses(self) -> list[str]:
-        refs = [self.base, *self.models] if self.base else list(self.models)
-        for sl in self.slices or []:
-            refs += [src["model"] for src in sl["sources"]]
-        return refs
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -104,31 +79,52 @@ def _flag(value: Any, param: Param, where: str) -> Any:
         value = param.default
     if not isinstance(value, bool):
         raise _fail(f"must be true or false (not {value!r})", where)
-    return param.convert(value) if param.convert else value
+    return value
 
 
-def _global(glob: dict[str, Any], key: str, param: Param, method: str) -> Any:
-    where = f"parameters: {key}"
+Level = tuple[dict[str, Any], str]  # a parameters mapping, and where it is written (for messages)
+
+
+def _lookup(levels: list[Level], key: str, param: Param) -> Any:
+    """mergekit's lookup: the first level that sets ``key`` (a level whose rules match nothing for a
+    tensor passes that tensor on to the next), then the method's default (or REQUIRED)."""
+    given = [(level[key], f"{where}: {key}") for level, where in levels if level.get(key) is not None]
     if param.flag:
-        return _flag(glob.get(key), param, where)
-    given = _setting(glob[key], where) if glob.get(key) is not None else None
-    value = _fallback(given, param.default)
-    if value is REQUIRED:
-        raise _fail(f"{method} needs the parameter '{key}' (mergekit requires it)")
+        return _flag(given[0][0] if given else None, param, given[0][1] if given else key)
+    value = param.default
+    for setting, where in reversed(given):
+        value = _fallback(_setting(setting, where), value)
     return value
 
 
-def _per_model(entry: dict[str, Any], glob: dict[str, Any], key: str, param: Param, method: str) -> Any:
-    own = (entry.get("parameters") or {}).get(key)
-    where = f"{entry['model']}: {key}"
-    given = _setting(own, where) if own is not None else None
-    shared = _setting(glob[key], f"parameters: {key}") if glob.get(key) is not None else None
-    value = _fallback(given, _fallback(shared, param.default))
-    if value is REQUIRED:
-        raise _fail(
-            f"{method} needs '{key}' for every model; {entry['model']!r} has none and there is no global {key}"
-        )
-    return value
+def _parameters(
+    method: str, spec: MethodMap, entries: list[dict[str, Any]], levels: list[Level]
+) -> dict[str, Any]:
+    """The method's parameters in mlspec's names: per-model ones as one setting per entry (looked up
+    on the entry, then ``levels``), global ones looked up on ``levels``."""
+    out: dict[str, Any] = {}
+    for key, param in spec.per_model.items():
+        values = []
+        for entry in entries:
+            value = _lookup([(entry.get("parameters") or {}, str(entry["model"])), *levels], key, param)
+            if value is REQUIRED:
+                raise _fail(f"{method} needs '{key}' for every model; {entry['model']!r} has none and there is no global {key}")
+            values.append(value)
+        if param.ours is not None and any(v is not None for v in values):
+            out[param.ours] = values
+    mergekit_globals = {}
+    for key, param in spec.globals.items():
+        value = _lookup(levels, key, param)
+        if value is REQUIRED:
+            raise _fail(f"{method} needs the parameter '{key}' (mergekit requires it)")
+        mergekit_globals[key] = value
+        if param.ours is not None and value is not None:
+            out[param.ours] = param.convert(value) if param.convert else value
+    if method == "model_stock" and mergekit_globals["filter_wise"]:
+        raise _fail("model_stock with filter_wise: true has no mlspec equivalent", "parameters")
+    if method == "task_arithmetic":
+        out = {"scale": _task_arithmetic_scales(out["weights"], mergekit_globals["lambda"], mergekit_globals["normalize"])}
+    return {**out, **spec.fixed}
 
 
 def _scaled(setting: Any, factor: float) -> Any:
@@ -166,45 +162,61 @@ def _convert(config: dict[str, Any], name: str | None) -> Merge:
     if method not in METHODS:
         raise _fail(f"merge_method {method!r} is not a mergekit 0.1.5 method (they are: {', '.join(METHODS)})")
     spec = METHODS[method]
-    glob = dict(config.get("parameters") or {})
-    if method == "model_stock" and glob.get("filter_wise"):
-        raise _fail("model_stock with filter_wise: true has no mlspec equivalent", "parameters")
-    slices = config.get("slices")
-    if slices:
-        base, others = config.get("base_model"), []
-    else:
-        base, others = _inputs(config, spec, method)
-    params: dict[str, Any] = {}
-    for key, param in spec.per_model.items():
-        values = [_per_model(e, glob, key, param, method) for e in others]
-        if param.ours is not None and any(v is not None for v in values):
-            params[param.ours] = values
-    for key, param in spec.globals.items():
-        value = _global(glob, key, param, method)
-        if param.ours is not None and value is not None and param.ours not in params:
-            params[param.ours] = value
-    if method == "task_arithmetic":
-        params["scale"] = _task_arithmetic_scales(params["scale"], glob)
-        params.pop("normalize", None)
-    params.update(spec.fixed)
-    params.update(_dtypes(config))
+    levels: list[Level] = [(dict(config.get("parameters") or {}), "parameters")]
+    if config.get("slices"):
+        slices = [_slice(method, spec, sl, i, config.get("base_model"), levels) for i, sl in enumerate(config["slices"])]
+        base = config.get("base_model")
+        return Merge(name, method, spec.ours, base, [], {**spec.fixed, **_dtypes(config)}, slices,
+                     _tokenizer_notes(config, base, [slices[0]["sources"][0]["model"]]))
+    base, others = _inputs(config, spec, method)
+    params = {**_parameters(method, spec, others, levels), **_dtypes(config)}
     refs = [e["model"] for e in others]
     if spec.base == "first":
         refs, base = [base, *refs], None
-    return Merge(name, method, spec.ours, base, refs, params, slices, _tokenizer_notes(config, base, refs))
+    return Merge(name, method, spec.ours, base, refs, params, None, _tokenizer_notes(config, base, refs))
 
 
-def _task_arithmetic_scales(weights: list[Any], glob: dict[str, Any]) -> list[Any]:
+def _slice(
+    method: str, spec: MethodMap, sl: Any, index: int, base: str | None, levels: list[Level]
+) -> dict[str, Any]:
+    """One output slice: its sources (model, layer range) and the parameters that apply to it (the
+    slice's own ``parameters`` sit between the sources' and the global ones)."""
+    where = f"slices[{index}]"
+    sources = sl.get("sources") if isinstance(sl, dict) else None
+    if not isinstance(sources, list) or not sources:
+        raise _fail("a slice needs sources: [{model: ..., layer_range: [start, end]}]", where)
+    for src in sources:
+        span = src.get("layer_range")
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+                and 0 <= span[0] < span[1]):
+            raise _fail(f"{src['model']}: layer_range must be [start, end] with 0 ≤ start < end (not {span!r})", where)
+    lengths = sorted({src["layer_range"][1] - src["layer_range"][0] for src in sources})
+    if len(lengths) > 1:
+        raise _fail(f"all sources of a slice must span the same number of layers (not {lengths}; mergekit refuses this too)", where)
+    base = sl.get("base_model") or base
+    others = sources if spec.base == "joins" else [src for src in sources if src["model"] != base]
+    if spec.base == "joins" and method == "passthrough" and len(sources) != 1:
+        raise _fail(f"passthrough copies one source per slice (not {len(sources)}); merge them with another method", where)
+    if spec.base in ("required", "first") and len(others) == len(sources) and len(sources) > 1:
+        raise _fail(f"{method} needs the base model {base!r} among the slice's sources", where)
+    if len(sources) == 1:
+        params: dict[str, Any] = {}  # one source is copied
+    else:
+        params = _parameters(method, spec, others, [(dict(sl.get("parameters") or {}), where), *levels])
+    return {"sources": [{"model": src["model"], "layer_range": list(src["layer_range"])} for src in sources],
+            "base": base if spec.base != "joins" else None, "params": params}
+
+
+def _task_arithmetic_scales(weights: list[Any], lam: Any, normalize: bool) -> list[Any]:
     """mergekit's task arithmetic is base + λ·Σ wᵢτᵢ (/ Σ wᵢ with normalize): one scale per model."""
-    lam = glob.get("lambda", 1.0)
-    if not isinstance(lam, int | float) or isinstance(lam, bool):
+    if not isinstance(lam, float):
         raise _fail("task_arithmetic with a lambda that varies by tensor has no mlspec equivalent", "parameters")
-    if not glob.get("normalize", False):
-        return [_scaled(w, float(lam)) for w in weights]
+    if not normalize:
+        return [_scaled(w, lam) for w in weights]
     if not all(isinstance(w, float) for w in weights):
         raise _fail("task_arithmetic with normalize: true and weights that vary by tensor has no mlspec equivalent")
     total = sum(weights)
-    return [_scaled(w, float(lam) / (total if abs(total) >= 1e-8 else 1.0)) for w in weights]
+    return [_scaled(w, lam / (total if abs(total) >= 1e-8 else 1.0)) for w in weights]
 
 
 def _dtypes(config: dict[str, Any]) -> dict[str, str]:
@@ -319,74 +331,4 @@ def read_config(yaml_text: str) -> list[Merge]:
 
 def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
     """The ``.merge`` spec equivalent to a mergekit config; ``name`` names the unnamed (final) merge."""
-    return _render(read_config(yaml_text), name)
-
-
-# --- spec text --------------------------------------------------------------------------------------
-def _value(v: Any) -> str:
-    """A normalised setting (or option) as spec text."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return str(int(v)) if float(v).is_integer() else f"{v:.12g}"  # 0.4, not 0.39999999999999997
-    if isinstance(v, str):
-        return v
-    if st.is_rules(v):
-        if all(r["filter"] is None or _plain(r["filter"]) for r in v):
-            parts = [f"{r['filter'] or 'default'} = {_value(r['value'])}" for r in v]
-            return f"by_name({', '.join(parts)})"
-        rules = [
-            f'rule(filter = "{r["filter"]}", value = {_value(r["value"])})'
-            if r["filter"] is not None
-            else f"rule(value = {_value(r['value'])})"
-            for r in v
-        ]
-        return f"[{', '.join(rules)}]"
-    return f"[{', '.join(_value(x) for x in v)}]"
-
-
-def _plain(word: str) -> bool:
-    return word.isidentifier() and word not in _KEYWORDS and not keyword.iskeyword(word)
-
-
-def _identifier(path: str, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(path.rstrip("/")).name).strip("_").lower() or "model"
-    if stem[0].isdigit() or not _plain(stem):
-        stem = "m_" + stem
-    name, i = stem, 2
-    while name in taken:
-        name, i = f"{stem}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
-def _render(merges: list[Merge], final: str) -> str:
-    taken: set[str] = set()
-    merge_ids = {m.name: _identifier(m.name or final, taken) for m in merges}
-    paths = [r for m in merges for r in m.uses() if r not in merge_ids]
-    ids = {p: _identifier(p, taken) for p in dict.fromkeys(paths)}
-    ids.update({n: i for n, i in merge_ids.items() if n is not None})
-    methods = ", ".join(dict.fromkeys(m.method for m in merges))
-    lines = [
-        f"# Imported from a mergekit config (merge_method: {methods}).",
-        "# Checkpoints are read from local paths only: replace hub ids with downloaded directories.",
-        *[note for m in merges for note in m.notes],
-        "",
-        f'study "{merge_ids[merges[-1].name]}" (seed = 0)',
-        "",
-        *[f'model {ids[p]} = load("{p}")' for p in dict.fromkeys(paths)],
-    ]
-    for m in merges:
-        lines += ["", *_call(merge_ids[m.name], m, ids)]
-    used = {r for m in merges for r in m.uses()}
-    lines += [""] + [f'export {merge_ids[m.name]} to "{merge_ids[m.name]}" as hf' for m in merges if m.name not in used]
-    return "\n".join(lines) + "\n"
-
-
-def _call(target: str, m: Merge, ids: dict[str, str]) -> list[str]:
-    args = [f"method = {m.op}"]
-    if m.base is not None:
-        args.append(f"base = {ids[m.base]}")
-    args.append(f"models = [{', '.join(ids[r] for r in m.models)}]")
-    args += [f"{k} = {_value(v)}" for k, v in m.params.items()]
-    return [f"merge {target} = merge_checkpoints(", *[f"    {a}," for a in args], ")"]
+    return render(read_config(yaml_text), name)

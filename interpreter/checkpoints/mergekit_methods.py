@@ -65,8 +65,9 @@ _BEFORE = {"weights_at": "before"}
 
 METHODS: dict[str, MethodMap] = {
     "linear": MethodMap("average", "joins", (1, None), _WEIGHT, {"normalize": Param("normalize", True, flag=True)}),
+    # weight·λ (/ Σ weight with normalize) become one scale per model
     "task_arithmetic": MethodMap(
-        "task_arithmetic", "required", (1, None), {"weight": Param("scale")},
+        "task_arithmetic", "required", (1, None), _WEIGHT,
         {"normalize": Param("normalize", False, flag=True), "lambda": Param("scale", 1.0),
          "rescale": Param(None, False, flag=True), **_INT8},
     ),
