@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "loads", "__version__"]
+__all__ = ["load", "loads", "merge_method", "PerModel", "__version__"]
 
 if TYPE_CHECKING:
     from mlspec.study import Study
@@ -27,3 +27,13 @@ def loads(text: str, file: str = "<spec>.merge", **kwargs: Any) -> Study:
     from mlspec.study import loads as _loads
 
     return _loads(text, file, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``from mlspec import merge_method, PerModel``: declare a merge method with one function (see
+    :mod:`mlspec.ops.merge.user`), imported on first use so ``import mlspec`` stays light."""
+    if name in ("merge_method", "PerModel"):
+        from mlspec.ops.merge import user
+
+        return getattr(user, name)
+    raise AttributeError(f"module 'mlspec' has no attribute {name!r}")

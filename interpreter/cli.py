@@ -44,10 +44,15 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _load(spec: str, allow_outside: bool = False) -> Any:
+def _load(spec: str, allow_outside: bool = False, allow_python: bool = False) -> Any:
     from mlspec.study import load
 
-    return load(spec, allow_outside=allow_outside)
+    return load(spec, allow_outside=allow_outside, allow_python=allow_python)
+
+
+_allow_python = click.option(
+    "--allow-python", is_flag=True,
+    help="run the Python files the spec names with `use python` (their code runs as you)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,20 +63,22 @@ def main() -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
+@_allow_python
 @_fail_cleanly
-def check(spec: str) -> None:
+def check(spec: str, allow_python: bool) -> None:
     """Validate SPEC without running anything."""
-    plan = _load(spec).check()
+    plan = _load(spec, allow_python=allow_python).check()
     click.echo(f"{spec}: ok — {len(plan.graph)} steps")
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid"]), default="text")
+@_allow_python
 @_fail_cleanly
-def graph(spec: str, fmt: str) -> None:
+def graph(spec: str, fmt: str, allow_python: bool) -> None:
     """Print the execution graph of SPEC (text, Graphviz dot or Mermaid)."""
-    plan = _load(spec).check()
+    plan = _load(spec, allow_python=allow_python).check()
     click.echo({"text": plan.to_text, "dot": plan.to_dot, "mermaid": plan.to_mermaid}[fmt](), nl=False)
 
 
@@ -132,14 +139,15 @@ def _progress_bars(enabled: bool) -> Iterator[Any]:
 @click.option("--allow-outside-out", "allow_outside", is_flag=True,
               help="let exports and reports use absolute paths or '..'")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@_allow_python
 @_fail_cleanly
 def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache_dir: str | None,
-        device: str | None, executor: str, allow_outside: bool, no_progress: bool) -> None:
+        device: str | None, executor: str, allow_outside: bool, no_progress: bool, allow_python: bool) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.run.executor import explain
 
-    study = _load(spec, allow_outside)
+    study = _load(spec, allow_outside, allow_python)
     plan = study.check()
     if dry_run:
         rows = explain(plan, Cache(cache_dir or default_cache_dir()), force=force)
@@ -170,13 +178,14 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="output directory [default: out/<study>]")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MLSPEC_CACHE_DIR")
+@_allow_python
 @_fail_cleanly
-def report(spec: str, out: str | None, cache_dir: str | None) -> None:
+def report(spec: str, out: str | None, cache_dir: str | None, allow_python: bool) -> None:
     """Re-render SPEC's report from the cache without computing anything."""
     from mlspec.run.cache import Cache, default_cache_dir
     from mlspec.study import collect, render
 
-    study = _load(spec)
+    study = _load(spec, allow_python=allow_python)
     plan = study.check()
     out_dir = Path(out) if out else study.default_out_dir()
     results = collect(plan, Cache(cache_dir or default_cache_dir()), out_dir)
@@ -206,10 +215,19 @@ def compare(a: str, b: str) -> None:
 @main.command()
 @click.argument("name", required=False)
 @click.option("--dialect", type=click.Choice(["merge", "extrap"]))
-def ops(name: str | None, dialect: str | None) -> None:
+@click.option("--python", "python_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="also list the operators a Python file declares (imports it: its code runs)")
+def ops(name: str | None, dialect: str | None, python_files: tuple[str, ...]) -> None:
     """List the operators, or show one operator's parameters and documentation."""
     from mlspec import registry
     from mlspec.errors import did_you_mean
+
+    for file in python_files:
+        try:
+            registry.load_python(file)
+        except (registry.PluginError, ValueError, TypeError) as exc:
+            click.echo(f"error: {file} did not load: {exc}", err=True)
+            sys.exit(EXIT_SPEC)
 
     if name is None:
         for spec in registry.all_ops(dialect):
@@ -240,7 +258,11 @@ def _describe_op(spec: Any) -> str:
         for fname, info in fields.items():
             shown = info.alias or fname
             default = "required" if info.is_required() else f"default {json.dumps(info.get_default(call_default_factory=True))}"
-            ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            declared = extra.get("scalar", info.annotation)
+            ann = getattr(declared, "__name__", None) or str(declared).replace("typing.", "")
+            ann += " per model" if extra.get("per_model") else ""
+            ann += " (varies by tensor)" if extra.get("varies") else ""
             lines.append(f"  {shown:<16} {ann:<24} {default}" + (f"  — {info.description}" if info.description else ""))
     return "\n".join(lines)
 

@@ -16,9 +16,10 @@ Adding an operator never touches the grammar: add an ``OpSpec`` to a catalogue m
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -36,6 +37,9 @@ __all__ = [
     "all_ops",
     "names",
     "CATALOGUES",
+    "ENTRY_POINTS",
+    "PluginError",
+    "load_python",
 ]
 
 
@@ -97,19 +101,22 @@ class OpSpec:
     doc: str
     inputs: tuple[Port, ...]
     output: Kind
-    impl: str  # "package.module:function", imported lazily
+    impl: str | Callable[..., Any]  # "package.module:function" (imported lazily) or the function
     params: type[Params] = NoParams
     version: str = "1"
     uses_seed: bool = False  # when False the derived seed stays out of the cache key
     cacheable: bool = True  # False for side effects that must happen on every run (exports)
     dialects: frozenset[str] = frozenset({"merge", "extrap"})
-    # Names of parameters that also accept the value of a sweep/axis; purely documentary.
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    #: ``check_inputs(counts, params)``: a message when a call's inputs cannot work together
+    #: (``counts``: how many values each port received), checked before anything runs.
+    check_inputs: Callable[[Mapping[str, int], Mapping[str, Any]], str | None] | None = None
 
     def port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)
 
     def load(self) -> Callable[..., Any]:
+        if callable(self.impl):
+            return self.impl
         module, _, attr = self.impl.partition(":")
         return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
@@ -129,12 +136,12 @@ CATALOGUES: list[str] = [
     "mlspec.ops.merge.specs",
     "mlspec.ops.landscape.specs",
     "mlspec.extrap.specs",
-    "mlspec.checkpoints.specs",
+    "mlspec.ops.checkpoints.specs",
 ]
 
 
-def register(spec: OpSpec) -> OpSpec:
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+def register(spec: OpSpec, *, replace: bool = False) -> OpSpec:
+    if not replace and spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
         raise ValueError(f"operator {spec.name!r} is registered twice")
     _REGISTRY[spec.name] = spec
     return spec
@@ -151,6 +158,64 @@ def _ensure_loaded() -> None:
         except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
             if exc.name is None or not module.startswith(exc.name):
                 raise
+    _load_plugins()
+
+
+#: Installed packages register operators by naming a module (or an object) in this entry-point group;
+#: installed code is trusted, so it loads without --allow-python.
+ENTRY_POINTS = "mlspec.operators"
+
+
+class PluginError(Exception):
+    """An installed plug-in or a spec's Python file failed to load (the message says which and why)."""
+
+
+def _load_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINTS):
+        try:
+            loaded = ep.load()
+        except Exception as exc:
+            raise PluginError(f"the installed plug-in {ep.name!r} ({ep.value}) failed to load: "
+                              f"{type(exc).__name__}: {exc}") from None
+        if isinstance(loaded, OpSpec):
+            register(loaded)
+
+
+_PYTHON_FILES: dict[str, dict[str, OpSpec]] = {}  # file -> the operators it registered
+
+
+def load_python(path: str) -> list[str]:
+    """Import a spec's ``use python`` file, whose decorators register its operators; returns their
+    names. A file is imported again only when another file has since replaced one of its operators.
+    Only called when the user allowed it (``--allow-python``). Raises PluginError."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _ensure_loaded()
+    resolved = str(Path(path).resolve())
+    known = _PYTHON_FILES.get(resolved)
+    if known is not None and all(_REGISTRY.get(n) is spec for n, spec in known.items()):
+        return list(known)
+    before = dict(_REGISTRY)
+    name = "mlspec_user_" + hashlib.sha256(resolved.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot import {path!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        where = ""
+        if isinstance(exc, SyntaxError) and exc.lineno:
+            where = f" (line {exc.lineno})"
+        raise PluginError(f"{Path(path).name}{where}: {type(exc).__name__}: {exc}") from None
+    _PYTHON_FILES[resolved] = {n: s for n, s in _REGISTRY.items() if before.get(n) is not s}
+    return list(_PYTHON_FILES[resolved])
 
 
 def get(name: str) -> OpSpec | None:

@@ -50,16 +50,18 @@ class Results:
 
 
 class Study:
-    def __init__(self, program: Program, *, allow_outside: bool = False):
+    def __init__(self, program: Program, *, allow_outside: bool = False, allow_python: bool = False):
         self.program = program
         self.allow_outside = allow_outside
+        self.allow_python = allow_python
         self._plan: Plan | None = None
 
     @property
     def plan(self) -> Plan:
         """Checked and planned (raises SpecError with every problem found)."""
         if self._plan is None:
-            self._plan = build_plan(lower(self.program, allow_outside=self.allow_outside))
+            self._plan = build_plan(lower(self.program, allow_outside=self.allow_outside,
+                                                    allow_python=self.allow_python))
         return self._plan
 
     def check(self) -> Plan:
@@ -169,9 +171,10 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def load(path: str | Path, *, allow_outside: bool = False) -> Study:
-    return Study(parse_file(path), allow_outside=allow_outside)
+def load(path: str | Path, *, allow_outside: bool = False, allow_python: bool = False) -> Study:
+    return Study(parse_file(path), allow_outside=allow_outside, allow_python=allow_python)
 
 
-def loads(text: str, file: str = "<spec>.merge", *, allow_outside: bool = False) -> Study:
-    return Study(parse(text, file), allow_outside=allow_outside)
+def loads(text: str, file: str = "<spec>.merge", *, allow_outside: bool = False,
+          allow_python: bool = False) -> Study:
+    return Study(parse(text, file), allow_outside=allow_outside, allow_python=allow_python)

@@ -5,7 +5,10 @@ Every value splits into *tensors* (a flat ``name -> torch.Tensor`` dict, stored 
 shared by a stranger can never execute code.
 
 - :class:`Model` — an architecture description (``arch``: a JSON dict naming a builder in
-  ``mlspec.ops.models.arch`` and its arguments) plus a state dict.
+  ``mlspec.ops.models.arch`` and its arguments) plus a state dict, held in memory.
+- :class:`CheckpointRef` — a model whose weights stay on disk (a loaded checkpoint, or the output of
+  a streamed merge): its path and the fingerprint of its files, so the cache stores a few hundred
+  bytes instead of the weights. Operators that need weights in memory refuse it by name.
 - :class:`Dataset` — named tensors (``x_train``, ``y_train``, ``x_test``, ``y_test`` for
   classification data; generated tasks add their own) plus JSON meta.
 - :class:`Record` — plain JSON results (metrics, curves, surfaces, statistics); what the report and
@@ -18,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Model", "Dataset", "Record", "Value", "to_parts", "from_parts", "json_safe"]
+__all__ = ["Model", "CheckpointRef", "Dataset", "Record", "Value", "to_parts", "from_parts", "json_safe"]
 
 
 @dataclass
@@ -32,16 +36,43 @@ class Model:
     state: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)  # e.g. training history, merge statistics
 
-    def module(self) -> torch.nn.Module:
-        """A fresh ``nn.Module`` of this architecture holding these weights."""
-        from mlspec.ops.models.arch import build
-
-        net = build(self.arch)
-        net.load_state_dict(self.state)
-        return net
-
     def with_state(self, state: dict[str, torch.Tensor], **info: Any) -> Model:
         return Model(arch=dict(self.arch), state=state, info=info)
+
+
+@dataclass
+class CheckpointRef:
+    path: str  # an HF directory, a .safetensors file or a state dict, resolved
+    format: str  # "hf" | "safetensors" | "state_dict" (see mlspec.checkpoints.layout)
+    fingerprint: str  # size, mtime and a hash of the files' first and last MiB
+    info: dict[str, Any] = field(default_factory=dict)  # what load() found; a streamed merge's statistics
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        raise self._on_disk()
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        raise self._on_disk()
+
+    def _on_disk(self) -> Exception:
+        """Every operator that needs a model's weights in memory refuses a checkpoint through here."""
+        from mlspec.errors import StepError
+
+        return StepError(
+            f"this operator needs the weights in memory, but {self.path!r} is a checkpoint on disk; "
+            "checkpoints are merged tensor by tensor (average, ties, …), exported, or scored with perplexity(...)"
+        )
+
+    def existing(self, what: str) -> Path:
+        """The path, or a StepError when the files have gone since the reference was made."""
+        from mlspec.errors import StepError
+
+        path = Path(self.path)
+        if not path.exists():
+            raise StepError(f"checkpoint {self.path!r} of {what} no longer exists "
+                            "(clear the cache entry or run --force)")
+        return path
 
 
 @dataclass
@@ -65,12 +96,15 @@ class Record:
         return self.data[key]
 
 
-Value = Model | Dataset | Record
+Value = Model | CheckpointRef | Dataset | Record
 
 
 def to_parts(value: Value) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if isinstance(value, Model):
         return value.state, {"type": "Model", "arch": value.arch, "info": value.info}
+    if isinstance(value, CheckpointRef):
+        return {}, {"type": "CheckpointRef", "path": value.path, "format": value.format,
+                    "fingerprint": value.fingerprint, "info": value.info}
     if isinstance(value, Dataset):
         return value.tensors, {"type": "Dataset", "meta": value.meta}
     if isinstance(value, Record):
@@ -82,6 +116,9 @@ def from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Value:
     kind = meta["type"]
     if kind == "Model":
         return Model(arch=meta["arch"], state=tensors, info=meta.get("info", {}))
+    if kind == "CheckpointRef":
+        return CheckpointRef(path=meta["path"], format=meta["format"], fingerprint=meta["fingerprint"],
+                             info=meta.get("info", {}))
     if kind == "Dataset":
         return Dataset(tensors=tensors, meta=meta.get("meta", {}))
     if kind == "Record":

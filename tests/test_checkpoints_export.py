@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mlspec.checkpoints.export import export_hf
-from mlspec.checkpoints.ops import load, streamed
-from mlspec.checkpoints.perplexity import perplexity, sliding_window_nll
-from mlspec.checkpoints.specs import LoadParams, PerplexityParams
 from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.errors import StepError
-from mlspec.ops.merge import specs as ms
+from mlspec.ops.checkpoints.loading import load
+from mlspec.ops.checkpoints.perplexity import perplexity, sliding_window_nll
+from mlspec.ops.checkpoints.specs import LoadParams, PerplexityParams
+from mlspec.ops.merge.apply import merge
 from mlspec.run.context import StepContext
 from mlspec.values import Model
 
@@ -61,8 +61,8 @@ def test_export_hf_writes_a_loadable_directory_with_config_tokenizer_and_card(
     ckpts: dict[str, Path], tmp_path: Path
 ) -> None:
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    merged = streamed("ties")(
-        _ctx(tmp_path), ms.TiesParams(density=0.5), base=refs["base"], models=[refs["a"], refs["b"]]
+    merged = merge(
+        "ties", _ctx(tmp_path), density=0.5, base=refs["base"], models=[refs["a"], refs["b"]]
     )
     out = export_hf(
         merged, tmp_path / "exported", spec="merge m = ties(base = base, models = [a, b])", shard_size=9000
@@ -75,7 +75,7 @@ def test_export_hf_writes_a_loadable_directory_with_config_tokenizer_and_card(
     card = (out / "README.md").read_text()
     assert "Method: `ties`" in card and "merge m = ties(base = base, models = [a, b])" in card
     index = json.loads((out / "model.safetensors.index.json").read_text())
-    got, want = _weights(out), _weights(Path(merged.arch["path"]))
+    got, want = _weights(out), _weights(Path(merged.path))
     assert set(index["weight_map"]) == set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported.")]  # staging removed
@@ -159,9 +159,9 @@ def test_perplexity_of_a_merged_llama_with_transformers(ckpts: dict[str, Path], 
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    merged = streamed("average")(_ctx(tmp_path), ms.AverageParams(), models=[refs["a"], refs["b"]])
+    merged = merge("average", _ctx(tmp_path), models=[refs["a"], refs["b"]])
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(
-        merged.arch["path"]
+        merged.path
     )
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over a lazy dog. " * 3)
@@ -171,7 +171,7 @@ def test_perplexity_of_a_merged_llama_with_transformers(ckpts: dict[str, Path], 
     windowed = perplexity(
         _ctx(tmp_path), PerplexityParams(text=str(text), context=16, stride=8), model=merged
     )
-    net = transformers.AutoModelForCausalLM.from_pretrained(merged.arch["path"], local_files_only=True)
+    net = transformers.AutoModelForCausalLM.from_pretrained(merged.path, local_files_only=True)
     ids = torch.tensor([vocab[ch] for ch in text.read_text()])
     with torch.no_grad():
         logits = net(input_ids=ids[None]).logits[0]

@@ -13,19 +13,21 @@ from hypothesis import given
 from hypothesis import strategies as hs
 from safetensors.torch import load_file, save_file
 
-from mlspec.checkpoints import engine, is_checkpoint
+from mlspec.checkpoints import engine
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.engine import StreamOptions, stream_merge
 from mlspec.checkpoints.layout import CheckpointError
-from mlspec.checkpoints.ops import load, merge_checkpoints, streamed
 from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.specs import LoadParams, MergeCheckpointsParams
 from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.errors import StepError
-from mlspec.ops.merge import elementwise, kernels
-from mlspec.ops.merge import specs as ms
+from mlspec.ops.checkpoints.loading import load, merge_checkpoints
+from mlspec.ops.checkpoints.specs import LoadParams, MergeCheckpointsParams
+from mlspec.ops.merge import kernels
+from mlspec.ops.merge import method as methods
+from mlspec.ops.merge.apply import BoundMethod, merge
+from mlspec.ops.merge.stats import MergeStats
 from mlspec.run.context import StepContext
-from mlspec.values import Model
+from mlspec.values import CheckpointRef, Model
 
 TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
@@ -58,27 +60,43 @@ def _memory(path: Path) -> Model:
         return Model(arch={"type": "llama"}, state={n: ck.tensor(n) for n in ck.names})
 
 
-def _written(model: Model) -> dict[str, torch.Tensor]:
-    assert is_checkpoint(model)
+def _written(model: Model | CheckpointRef) -> dict[str, torch.Tensor]:
+    assert isinstance(model, CheckpointRef)
     out: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(model.arch["path"]).glob("*.safetensors")):
+    for file in sorted(Path(model.path).glob("*.safetensors")):
         out.update(load_file(file))
     return out
 
 
-CASES: list[tuple[str, Any]] = [
-    ("average", ms.AverageParams(weights=[3.0, 1.0])),
-    ("task_arithmetic", ms.TaskArithmeticParams(scale=[0.7, -0.3])),
-    ("slerp", ms.SlerpParams(t=0.3)),
-    ("spherical_mean", ms.SphericalMeanParams(weights=[1.0, 2.0])),
-    ("ties", ms.TiesParams(density=0.3)),  # whole-model trim: two streamed threshold passes
-    (
-        "ties",
-        ms.TiesParams(density=0.4, trim="tensor", weights=[1.0, 0.5], weights_at="before", elect="count"),
-    ),
-    ("dare", ms.DareParams(density=0.6, merge="ties", rescale="l1")),
-    ("breadcrumbs", ms.BreadcrumbsParams(density=0.8, gamma=0.05)),
-    ("model_stock", ms.ModelStockParams()),
+def _stream(method: str, base: Path | None, models: list[Path], params: dict[str, Any], out: Path,
+            **options: Any) -> dict[str, Any]:
+    """The engine alone, with a bound method (the operator's input checks are not involved)."""
+    declared = methods.get(method)
+    assert declared is not None
+    bound = BoundMethod(declared, declared.normalise(params), len(models), seed=7)
+    return stream_merge(bound, base, models, out, options=StreamOptions(**options))
+
+
+def _inputs(op: str, values: dict[str, Any]) -> dict[str, Any]:
+    if op == "slerp":
+        return {"a": values["a"], "b": values["b"]}
+    if op in ("average", "spherical_mean"):
+        return {"models": [values["a"], values["b"]]}
+    return {"base": values["base"], "models": [values["a"], values["b"]]}
+
+
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("average", {"weights": [3.0, 1.0]}),
+    ("task_arithmetic", {"scale": [0.7, -0.3]}),
+    ("slerp", {"t": 0.3}),
+    ("spherical_mean", {"weights": [1.0, 2.0]}),
+    ("ties", {"density": 0.3}),  # whole-model trim: two streamed threshold passes
+    ("ties", {"density": 0.4, "trim": "tensor", "weights": [1.0, 0.5], "weights_at": "before", "elect": "count"}),
+    ("ties", {"density": [0.2, 0.6], "trim": "tensor"}),  # per-model densities
+    ("ties", {"density": [0.2, 0.6]}),  # per-model densities, whole-model trim
+    ("dare", {"density": 0.6, "merge": "ties", "rescale": "l1"}),
+    ("breadcrumbs", {"density": 0.8, "gamma": 0.05}),
+    ("model_stock", {}),
 ]
 
 
@@ -87,26 +105,19 @@ CASES: list[tuple[str, Any]] = [
 def test_streamed_merge_equals_in_memory_operator(
     ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, params: Any, chunk: int
 ) -> None:
-    """Large tensors of element-wise methods are merged in row chunks: the numbers must not change."""
+    """One declaration, two engines: the same numbers, also when large tensors are merged in row
+    chunks and when random kernels run on several threads."""
     monkeypatch.setattr(engine, "CHUNK", chunk)
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
     mem = {k: _memory(p) for k, p in ckpts.items()}
-    impl = getattr(elementwise, op)
-    if op == "slerp":
-        expected = impl(_ctx(tmp_path), params, a=mem["a"], b=mem["b"])
-        got = streamed(op)(_ctx(tmp_path), params, a=refs["a"], b=refs["b"])
-    elif op in ("average", "spherical_mean"):
-        expected = impl(_ctx(tmp_path), params, models=[mem["a"], mem["b"]])
-        got = streamed(op)(_ctx(tmp_path), params, models=[refs["a"], refs["b"]])
-    else:
-        expected = impl(_ctx(tmp_path), params, base=mem["base"], models=[mem["a"], mem["b"]])
-        got = streamed(op)(_ctx(tmp_path), params, base=refs["base"], models=[refs["a"], refs["b"]])
+    expected = merge(op, _ctx(tmp_path), **params, **_inputs(op, mem))
+    got = merge(op, _ctx(tmp_path), **params, **_inputs(op, refs))
     written = _written(got)
     assert set(written) == set(expected.state)
     for name, tensor in expected.state.items():
         torch.testing.assert_close(written[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
     assert got.info["merge"]["total"]["numel"] == expected.info["merge"]["total"]["numel"]
-    assert json.loads((Path(got.arch["path"]) / "config.json").read_text())["hidden_size"] == 32
+    assert json.loads((Path(got.path) / "config.json").read_text())["hidden_size"] == 32
 
 
 def test_settings_vary_by_name_and_depth_as_resolved_by_hand(ckpts: dict[str, Path], tmp_path: Path) -> None:
@@ -116,7 +127,8 @@ def test_settings_vary_by_name_and_depth_as_resolved_by_hand(ckpts: dict[str, Pa
         {
             "method": "ties",
             "trim": "tensor",
-            "density": [0.2, 0.6],
+            # density is per model: a depth gradient shared by every model is a fallback rule's value
+            "density": {"type": "by_name", "default": [0.2, 0.6]},
             "weights": [{"type": "by_name", "mlp": 2.0, "default": 1.0}, 0.5],
             "out_dtype": "float64",
         }
@@ -184,7 +196,7 @@ def test_mismatched_checkpoints_fail_before_merging_naming_tensor_and_shapes(
     (bad / "config.json").write_text(json.dumps(TINY))
     out = tmp_path / "merged"
     with pytest.raises(CheckpointError) as info:
-        stream_merge("ties", ckpts["base"], [ckpts["b"], bad], {"density": 0.5}, out)
+        _stream("ties", ckpts["base"], [ckpts["b"], bad], {"density": 0.5}, out)
     message = str(info.value)
     assert "tensor 'model.layers.0.mlp.up_proj.weight' has shape [40, 32] in model" in message
     assert "but [48, 32] in base" in message
@@ -200,15 +212,11 @@ def test_extra_tensors_are_an_explicit_choice(ckpts: dict[str, Path], tmp_path: 
     save_file(state, more / "model.safetensors")
     (more / "config.json").write_text(json.dumps(TINY))
     with pytest.raises(CheckpointError, match="tensor 'extra.bias' is missing from model"):
-        stream_merge("average", None, [ckpts["b"], more], {}, tmp_path / "o1")
-    info = stream_merge(
-        "average", None, [more, ckpts["b"]], {}, tmp_path / "o2", options=StreamOptions(extra="base")
-    )
+        _stream("average", None, [ckpts["b"], more], {}, tmp_path / "o1")
+    info = _stream("average", None, [more, ckpts["b"]], {}, tmp_path / "o2", extra="base")
     assert info["notes"]["copied"] == ["extra.bias"]
     assert torch.equal(load_file(tmp_path / "o2" / "model.safetensors")["extra.bias"], torch.ones(3))
-    info = stream_merge(
-        "average", None, [more, ckpts["b"]], {}, tmp_path / "o3", options=StreamOptions(extra="drop")
-    )
+    info = _stream("average", None, [more, ckpts["b"]], {}, tmp_path / "o3", extra="drop")
     assert info["notes"]["dropped"] == ["extra.bias"]
 
 
@@ -218,10 +226,8 @@ def test_tied_embeddings_are_refused_or_untied_on_request(ckpts: dict[str, Path]
     with pytest.raises(
         CheckpointError, match="'lm_head.weight' is missing from model .*tie_word_embeddings.*tied = untie"
     ):
-        stream_merge("average", None, [ckpts["a"], tied], {}, tmp_path / "o")
-    info = stream_merge(
-        "average", None, [ckpts["a"], tied], {}, tmp_path / "o", options=StreamOptions(tied="untie")
-    )
+        _stream("average", None, [ckpts["a"], tied], {}, tmp_path / "o")
+    info = _stream("average", None, [ckpts["a"], tied], {}, tmp_path / "o", tied="untie")
     assert info["notes"]["untied"] == ["lm_head.weight"]
     merged = load_file(tmp_path / "o" / "model.safetensors")
     a, t = load_file(ckpts["a"] / "model.safetensors"), load_file(tied / "model.safetensors")
@@ -232,20 +238,21 @@ def test_tied_embeddings_are_refused_or_untied_on_request(ckpts: dict[str, Path]
 
 
 def test_bad_calls_give_clear_errors(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="ties needs a base model"):
-        stream_merge("ties", None, [ckpts["a"], ckpts["b"]], {}, tmp_path / "o")
-    with pytest.raises(CheckpointError, match="slerp merges exactly two models"):
-        stream_merge("slerp", None, [ckpts["a"]], {}, tmp_path / "o")
-    with pytest.raises(CheckpointError, match="weights needs one value per model"):
-        stream_merge("average", None, [ckpts["a"], ckpts["b"]], {"weights": [1, 2, 3]}, tmp_path / "o")
-    with pytest.raises(CheckpointError, match="trim = model ranks"):
-        stream_merge("ties", ckpts["base"], [ckpts["a"], ckpts["b"]], {"density": [0.1, 0.5]}, tmp_path / "o")
-    with pytest.raises(CheckpointError, match="ties has no parameter 't'"):
-        stream_merge("ties", ckpts["base"], [ckpts["a"]], {"t": 0.5}, tmp_path / "o")
-    memory = _memory(ckpts["a"])
-    ref = load(_ctx(tmp_path), LoadParams.model_validate({"path": str(ckpts["b"])}))
-    with pytest.raises(StepError, match="cannot merge checkpoints with models held in memory"):
-        streamed("average")(_ctx(tmp_path), ms.AverageParams(), models=[memory, ref])
+    refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
+    two = [refs["a"], refs["b"]]
+    for op, args, message in [
+        ("ties", {"models": two}, "ties needs a base model"),
+        ("average", {"models": two, "base": refs["base"]}, "average takes no base model"),
+        ("average", {"models": two, "weights": [1, 2, 3]}, "weights needs one value per model"),
+        ("ties", {"base": refs["base"], "models": two, "density": [0.1, [0.1, 0.5]]}, "trim = model ranks"),
+        ("model_stock", {"base": refs["base"], "models": two[:1]}, r"merges at least 2 models \(not 1\)"),
+    ]:
+        with pytest.raises(StepError, match=message):
+            merge(op, _ctx(tmp_path), **args)
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        merge("ties", _ctx(tmp_path), base=refs["base"], models=two, t=0.5)
+    with pytest.raises(StepError, match="cannot merge checkpoints on disk with models held in memory"):
+        merge("average", _ctx(tmp_path), models=[_memory(ckpts["a"]), refs["b"]])
 
 
 def test_merge_checkpoints_params_validate_against_the_operator() -> None:
@@ -262,17 +269,11 @@ def test_merge_checkpoints_params_validate_against_the_operator() -> None:
 def test_merge_statistics_on_request_match_the_in_memory_operator(
     ckpts: dict[str, Path], tmp_path: Path
 ) -> None:
-    params = ms.TiesParams(density=0.3, trim="tensor")
+    params = {"density": 0.3, "trim": "tensor"}
     mem = {k: _memory(p) for k, p in ckpts.items()}
-    expected = elementwise.ties(_ctx(tmp_path), params, base=mem["base"], models=[mem["a"], mem["b"]])
-    info = stream_merge(
-        "ties",
-        ckpts["base"],
-        [ckpts["a"], ckpts["b"]],
-        params.model_dump(),
-        tmp_path / "o",
-        options=StreamOptions(stats=True),
-    )
+    expected = merge("ties", _ctx(tmp_path), **params, base=mem["base"], models=[mem["a"], mem["b"]])
+    info = _stream("ties", ckpts["base"], [ckpts["a"], ckpts["b"]], params, tmp_path / "o",
+                   stats=MergeStats("ties", params))
     want = expected.info["merge"]["total"]
     for key in ("numel", "sparsity", "sign_conflict", "distance_from_base"):
         assert info["total"][key] == pytest.approx(want[key], rel=1e-6), key

@@ -13,7 +13,7 @@ from mlspec.ops.landscape import geometry as G
 from mlspec.ops.landscape import paths as P
 from mlspec.ops.landscape import specs as S
 from mlspec.ops.landscape.vectors import task_vectors
-from mlspec.ops.models.arch import build
+from mlspec.ops.models.arch import build, build_module
 from mlspec.ops.models.specs import TrainParams
 from mlspec.ops.models.train import fit
 from mlspec.run.context import StepContext
@@ -40,7 +40,7 @@ def data(n: int = 120) -> Dataset:
 
 def trained(seed: int, epochs: int = 40) -> Model:
     m = mlp(seed)
-    net = m.module()
+    net = build_module(m)
     x, y = data().split("train")
     fit(net, x, y, TrainParams(epochs=epochs, lr=1e-2), generator=torch.Generator().manual_seed(seed))
     return m.with_state({k: v.detach().clone() for k, v in net.state_dict().items()})

@@ -15,7 +15,7 @@ from mlspec.ops.merge import specs as S
 from mlspec.ops.merge.archs import ensemble, mean_of_softmax
 from mlspec.ops.merge.permspec import permute_state, spec_for
 from mlspec.ops.merge.zipit import zip_models
-from mlspec.ops.models.arch import build
+from mlspec.ops.models.arch import build, build_module
 from mlspec.registry import NoParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
@@ -59,7 +59,7 @@ def random_perms(m: Model, seed: int) -> dict[str, torch.Tensor]:
 
 
 def outputs(m: Model, x: torch.Tensor) -> torch.Tensor:
-    return m.module().eval()(x)
+    return build_module(m).eval()(x)
 
 
 @settings(max_examples=10, deadline=None)
@@ -113,8 +113,8 @@ def test_repair_sets_interpolated_channel_statistics(arch: dict) -> None:
     x = data().split("train")[0]
     spec = spec_for(a.arch, a.state)
     first = next(iter(spec.affines))
-    (ma, sa), (mb, sb) = (A.channel_stats(m.module(), x, [first])[first] for m in (a, b))
-    mu, sd = A.channel_stats(fixed.module(), x, [first])[first]
+    (ma, sa), (mb, sb) = (A.channel_stats(build_module(m), x, [first])[first] for m in (a, b))
+    mu, sd = A.channel_stats(build_module(fixed), x, [first])[first]
     assert torch.allclose(mu, 0.75 * ma + 0.25 * mb, atol=1e-4)
     assert torch.allclose(sd, 0.75 * sa + 0.25 * sb, atol=1e-4)
 

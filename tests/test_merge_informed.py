@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from mlspec.ops.merge import informed as I
 from mlspec.ops.merge import kernels as K
 from mlspec.ops.merge import specs as S
-from mlspec.ops.models.arch import build
+from mlspec.ops.models.arch import build, build_module
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 
@@ -53,8 +53,8 @@ def test_fisher_merge_applies_the_kernel_per_parameter() -> None:
     a, b = mlp(0), mlp(1)
     ds = [data(0), data(1)]
     out = I.fisher(ctx(), S.FisherParams(samples=40), models=[a, b], on=ds)
-    fa = I.diagonal_fisher(a.module(), ds[0].split("train")[0][torch.randperm(40, generator=ctx().generator())])
-    fb = I.diagonal_fisher(b.module(), ds[1].split("train")[0][torch.randperm(40, generator=ctx().generator())])
+    fa = I.diagonal_fisher(build_module(a), ds[0].split("train")[0][torch.randperm(40, generator=ctx().generator())])
+    fb = I.diagonal_fisher(build_module(b), ds[1].split("train")[0][torch.randperm(40, generator=ctx().generator())])
     name = "layers.0.weight"
     expected = K.fisher(None, [a.state[name], b.state[name]], fishers=[fa[name], fb[name]], eps=1e-6)
     assert torch.allclose(out.state[name], expected, atol=1e-6)

@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 
 from mlspec import registry
 from mlspec.errors import StepError
-from mlspec.ops.merge import elementwise as E
-from mlspec.ops.merge import specs as S
-from mlspec.ops.models.arch import build
+from mlspec.ops.merge.apply import merge
+from mlspec.ops.models.arch import build, build_module
 from mlspec.run.context import StepContext
 from mlspec.values import Model
 
@@ -38,22 +37,22 @@ def test_merge_operators_are_registered() -> None:
 
 def test_average_of_copies_is_the_model() -> None:
     m = mlp(0)
-    out = E.average(ctx(), S.AverageParams(weights=[0.2, 0.8]), models=[m, m])
+    out = merge("average", ctx(), weights=[0.2, 0.8], models=[m, m])
     assert all(torch.allclose(out.state[k], m.state[k]) for k in m.state)
     assert out.arch == m.arch and out.info["merge"]["method"] == "average"
 
 
 def test_average_weights_and_module_still_runs() -> None:
     a, b = mlp(0), mlp(1)
-    out = E.average(ctx(), S.AverageParams(weights=[3, 1]), models=[a, b])
+    out = merge("average", ctx(), weights=[3, 1], models=[a, b])
     for k in a.state:
         assert torch.allclose(out.state[k], (3 * a.state[k] + b.state[k]) / 4)
-    assert out.module()(torch.randn(2, 4)).shape == (2, 3)
+    assert build_module(out)(torch.randn(2, 4)).shape == (2, 3)
 
 
 def test_task_arithmetic_signed_scales_and_statistics() -> None:
     base, a, b = mlp(0), mlp(1), mlp(2)
-    out = E.task_arithmetic(ctx(), S.TaskArithmeticParams(scale=[1.0, -0.5]), base=base, models=[a, b])
+    out = merge("task_arithmetic", ctx(), scale=[1.0, -0.5], base=base, models=[a, b])
     for k in base.state:
         expected = base.state[k] + (a.state[k] - base.state[k]) - 0.5 * (b.state[k] - base.state[k])
         assert torch.allclose(out.state[k], expected)
@@ -68,7 +67,7 @@ def test_task_arithmetic_signed_scales_and_statistics() -> None:
 
 def test_ties_statistics_report_sparsity() -> None:
     base, a, b = mlp(0), mlp(1), mlp(2)
-    out = E.ties(ctx(), S.TiesParams(density=0.1), base=base, models=[a, b])
+    out = merge("ties", ctx(), density=0.1, base=base, models=[a, b])
     assert out.info["merge"]["total"]["sparsity"] > 0.75
 
 
@@ -76,41 +75,37 @@ def test_ties_statistics_report_sparsity() -> None:
 @given(st.floats(-1.5, 1.5))
 def test_ties_density_one_single_model_equals_task_arithmetic(scale: float) -> None:
     base, a = mlp(0), mlp(1)
-    ties = E.ties(ctx(), S.TiesParams(density=1.0, scale=scale), base=base, models=[a])
-    ta = E.task_arithmetic(ctx(), S.TaskArithmeticParams(scale=scale), base=base, models=[a])
+    ties = merge("ties", ctx(), density=1.0, scale=scale, base=base, models=[a])
+    ta = merge("task_arithmetic", ctx(), scale=scale, base=base, models=[a])
     assert all(torch.allclose(ties.state[k], ta.state[k]) for k in base.state)
 
 
 def test_ties_trim_scope_model_vs_tensor_differ() -> None:
     base, a, b = mlp(0), mlp(1), mlp(2)
-    by_model = E.ties(ctx(), S.TiesParams(density=0.3, trim="model"), base=base, models=[a, b])
-    by_tensor = E.ties(ctx(), S.TiesParams(density=0.3, trim="tensor"), base=base, models=[a, b])
+    by_model = merge("ties", ctx(), density=0.3, trim="model", base=base, models=[a, b])
+    by_tensor = merge("ties", ctx(), density=0.3, trim="tensor", base=base, models=[a, b])
     assert any(not torch.equal(by_model.state[k], by_tensor.state[k]) for k in base.state)
 
 
 def test_dare_is_seeded_by_the_step() -> None:
     base, a = mlp(0), mlp(1)
     def run(seed):
-        return E.dare(ctx(seed=seed), S.DareParams(density=0.5), base=base, models=[a])
+        return merge("dare", ctx(seed=seed), density=0.5, base=base, models=[a])
     same, other = run(1), run(2)
     assert all(torch.equal(same.state[k], run(1).state[k]) for k in base.state)
     assert any(not torch.equal(same.state[k], other.state[k]) for k in base.state)
 
 
-@pytest.mark.parametrize("op, params", [
-    (E.slerp, S.SlerpParams(t=0.3)),
-    (E.spherical_mean, S.SphericalMeanParams()),
-    (E.breadcrumbs, S.BreadcrumbsParams()),
-    (E.model_stock, S.ModelStockParams(mean="angle")),
+@pytest.mark.parametrize("op, params, inputs", [
+    ("slerp", {"t": 0.3}, ("a", "b")),
+    ("spherical_mean", {}, ("models",)),
+    ("breadcrumbs", {}, ("base", "models")),
+    ("model_stock", {"mean": "angle"}, ("base", "models")),
 ])
-def test_other_merges_run_on_models(op, params) -> None:  # type: ignore[no-untyped-def]
+def test_other_merges_run_on_models(op, params, inputs) -> None:  # type: ignore[no-untyped-def]
     base, a, b = mlp(0), mlp(1), mlp(2)
-    if op is E.slerp:
-        out = op(ctx(), params, a=a, b=b)
-    elif op is E.spherical_mean:
-        out = op(ctx(), params, models=[a, b])
-    else:
-        out = op(ctx(), params, base=base, models=[a, b])
+    given = {"a": a, "b": b, "base": base, "models": [a, b]}
+    out = merge(op, ctx(), **params, **{k: given[k] for k in inputs})
     assert out.state.keys() == a.state.keys() and out.info["merge"]["total"]["numel"] > 0
 
 
@@ -119,23 +114,23 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes() -> None:
     b = mlp(1)
     b.state["layers.0.weight"] = torch.zeros(6, 4, dtype=torch.float64)
     with pytest.raises(StepError, match=r"'layers.0.weight' has shape \(6, 4\) in 'models\[1\]' but \(5, 4\)"):
-        E.average(ctx(), S.AverageParams(), models=[a, b])
+        merge("average", ctx(), models=[a, b])
 
 
 def test_architecture_mismatch_is_an_error() -> None:
     wide = mlp(1, {**ARCH, "hidden": [7]})
     with pytest.raises(StepError, match="architectures differ"):
-        E.average(ctx(), S.AverageParams(), models=[mlp(0), wide])
+        merge("average", ctx(), models=[mlp(0), wide])
 
 
 def test_wrong_number_of_scales_is_an_error() -> None:
     with pytest.raises(StepError, match=r"scale needs one value per model \(2\), not 3"):
-        E.task_arithmetic(ctx(), S.TaskArithmeticParams(scale=[1, 2, 3]), base=mlp(0), models=[mlp(1), mlp(2)])
+        merge("task_arithmetic", ctx(), scale=[1, 2, 3], base=mlp(0), models=[mlp(1), mlp(2)])
 
 
 def test_model_stock_needs_two_models() -> None:
-    with pytest.raises(StepError, match="at least two"):
-        E.model_stock(ctx(), S.ModelStockParams(), base=mlp(0), models=[mlp(1)])
+    with pytest.raises(StepError, match=r"model_stock merges at least 2 models \(not 1\)"):
+        merge("model_stock", ctx(), base=mlp(0), models=[mlp(1)])
 
 
 def test_integer_buffers_are_copied_not_merged() -> None:
@@ -143,5 +138,5 @@ def test_integer_buffers_are_copied_not_merged() -> None:
     a, b = mlp(0, arch), mlp(1, arch)
     a.state["norms.0.num_batches_tracked"] = torch.tensor(5)
     b.state["norms.0.num_batches_tracked"] = torch.tensor(9)
-    out = E.average(ctx(), S.AverageParams(), models=[a, b])
+    out = merge("average", ctx(), models=[a, b])
     assert out.state["norms.0.num_batches_tracked"].item() == 5

@@ -14,6 +14,7 @@ from mlspec.ops.data.digits import classes, digits
 from mlspec.ops.data.specs import ClassesParams, DigitsParams
 from mlspec.ops.evaluation import evaluate, evaluate_module
 from mlspec.ops.landscape.interpolate import barriers, interpolate, lerp_state
+from mlspec.ops.models.arch import build_module
 from mlspec.ops.models.export import export
 from mlspec.ops.models.specs import ExportParams, MLPParams, TrainParams
 from mlspec.ops.models.train import mlp, train
@@ -120,7 +121,7 @@ def test_training_is_deterministic_per_seed_and_learns(tmp_path: Path) -> None:
     assert not torch.equal(one.state["layers.0.weight"], other.state["layers.0.weight"])
     assert one.info["train_loss"][-1] < one.info["train_loss"][0]
     x, y = d.split("test")
-    assert evaluate_module(one.module(), x, y)["accuracy"] > 0.8
+    assert evaluate_module(build_module(one), x, y)["accuracy"] > 0.8
 
 
 def test_barrier_definitions_by_hand() -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from mlspec import registry
 from mlspec.check.dialects import ACTIONS, DECL_KINDS, StudyOptions
 from mlspec.check.resolve import Abort, Binding, Resolver, format_value, shown
-from mlspec.errors import Span, SpecError, did_you_mean
+from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
 from mlspec.plan.steps import Lowered, Step, StudyInfo
 from mlspec.registry import Kind, OpSpec
 from mlspec.syntax import ast
@@ -222,7 +222,10 @@ class _Lowerer(Resolver):
             raise Abort() from None
         self.sources[other.file] = other.source
         for stmt in other.statements:
-            if isinstance(stmt, ast.Use):
+            if isinstance(stmt, ast.Use) and stmt.python:
+                self.error("`use python` belongs in the spec being run, not in an included file "
+                           "(so that --allow-python is asked for the code it names)", stmt.span)
+            elif isinstance(stmt, ast.Use):
                 self.include(stmt, seen | {str(path)})
             elif isinstance(stmt, ast.Decl):
                 self.guard(self.decl, stmt)
@@ -248,7 +251,7 @@ class _Lowerer(Resolver):
             if isinstance(s, ast.Decl):
                 self.later.setdefault(s.name, s.name_span)
         for s in self.program.statements:
-            if isinstance(s, ast.Use):
+            if isinstance(s, ast.Use) and not s.python:  # python files are loaded first, by lower()
                 self.guard(lambda u: self.include(u, {str(Path(self.program.file).resolve())}), s)
             elif isinstance(s, ast.Decl):
                 if not self.guard(self.decl, s):
@@ -298,6 +301,45 @@ class _Lowerer(Resolver):
             return StudyOptions()
 
 
-def lower(program: ast.Program, *, allow_outside: bool = False) -> Lowered:
-    """Check ``program`` and lower it to steps; raises SpecError with every problem found."""
-    return _Lowerer(program, allow_outside=allow_outside).run()
+def lower(program: ast.Program, *, allow_outside: bool = False, allow_python: bool = False) -> Lowered:
+    """Check ``program`` and lower it to steps; raises SpecError with every problem found.
+
+    A ``use python`` file is imported (its operators registered) only with ``allow_python``;
+    without it the spec is refused before any of its code runs."""
+    python = _python_files(program, allow_python)
+    lowered = _Lowerer(program, allow_outside=allow_outside).run()
+    lowered.study.python = python
+    return lowered
+
+
+def _python_files(program: ast.Program, allowed: bool) -> list[str]:
+    uses = [s for s in program.statements if isinstance(s, ast.Use) and s.python]
+    sources = {program.file: program.source}
+    if uses and not allowed:
+        raise SpecError([Diagnostic(
+            f"this spec runs Python code from '{uses[0].path}'; refusing to run it without --allow-python",
+            uses[0].span, help="read the file first; pass --allow-python to mlspec check / run to allow it")],
+            sources)
+    files: list[str] = []
+    diags: list[Diagnostic] = []
+    owner: dict[str, str] = {}
+    for use in uses:
+        path = (Path(use.span.file).parent / use.path).resolve()
+        if path.suffix != ".py" or not path.is_file():
+            why = "is not a .py file" if path.suffix != ".py" else "does not exist"
+            diags.append(Diagnostic(f"cannot use python '{use.path}': it {why} ({path})", use.span))
+            continue
+        try:
+            names = registry.load_python(str(path))
+        except (registry.PluginError, ValueError, TypeError) as exc:
+            diags.append(Diagnostic(f"'{use.path}' did not load: {exc}", use.span))
+            continue
+        for name in names:
+            if name in owner:
+                diags.append(Diagnostic(f"'{use.path}' declares '{name}' again (also in '{owner[name]}')",
+                                        use.span))
+            owner[name] = use.path
+        files.append(str(path))
+    if diags:
+        raise SpecError(diags, sources)
+    return files

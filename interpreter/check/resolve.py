@@ -267,7 +267,7 @@ class Resolver:
             if port is not None:
                 found = self.refs(k.value, port, f"{name}.{port.name}", scope, _role(port, op))
                 inputs[port.name] = found if port.many else found[0]
-            elif k.name in param_names:
+            elif k.name in param_names or op.params.model_config.get("extra") == "allow":
                 raw[k.name] = self.value(k.value, scope)
                 spans[k.name] = k.value.span
             else:
@@ -292,6 +292,11 @@ class Resolver:
                 raise self.error(f"{op.name} needs '{port.name}' ({port.kind.article} {port.kind.value})",
                                  c.span, help=f"add {how}")
         params = self.validate(op, raw, spans, c)
+        if op.check_inputs is not None:
+            counts = {p: len(v) if isinstance(v, list) else 1 for p, v in inputs.items()}
+            problem = op.check_inputs(counts, params)
+            if problem:
+                raise self.error(problem, c.span)
         return self.add_step(Step(name=name, op=op.name, params=params, inputs=inputs, span=c.span,
                                   statement=statement, family=family, sweep=sweep))
 

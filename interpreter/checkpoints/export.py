@@ -15,20 +15,20 @@ from typing import Any
 
 import torch
 
-from mlspec.checkpoints import hfdir, is_checkpoint
+from mlspec.checkpoints import hfdir
 from mlspec.checkpoints.layout import CheckpointError, locate, parse_size
 from mlspec.checkpoints.source import Checkpoint
 from mlspec.checkpoints.writer import SINGLE_NAME, PlannedTensor, ShardedWriter
 from mlspec.errors import StepError
-from mlspec.values import Model
+from mlspec.values import CheckpointRef, Model
 
 __all__ = ["export_hf", "config_source"]
 
 
-def config_source(model: Model) -> Path | None:
+def config_source(model: Model | CheckpointRef) -> Path | None:
     """The HF directory whose config and tokenizer describe ``model``: its own, or its merge's
     first input (the base)."""
-    candidates = [model.arch.get("path")] if is_checkpoint(model) else []
+    candidates = [model.path] if isinstance(model, CheckpointRef) else []
     candidates += model.info.get("merge", {}).get("inputs", [])[:1]
     for candidate in candidates:
         if candidate and (Path(candidate) / "config.json").is_file():
@@ -36,10 +36,10 @@ def config_source(model: Model) -> Path | None:
     return None
 
 
-def _write_weights(model: Model, out: Path, shard_bytes: int) -> tuple[dict[str, Any], set[torch.dtype]]:
+def _write_weights(model: Model | CheckpointRef, out: Path, shard_bytes: int) -> tuple[dict[str, Any], set[torch.dtype]]:
     """Write the weights; returns the source config (if any) and the dtypes written."""
-    if is_checkpoint(model):
-        with Checkpoint.open(model.arch["path"]) as ck:
+    if isinstance(model, CheckpointRef):
+        with Checkpoint.open(model.path) as ck:
             plan = [PlannedTensor(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names]
             with ShardedWriter(out, plan, shard_bytes=shard_bytes) as writer:
                 for name in ck.names:
@@ -53,7 +53,7 @@ def _write_weights(model: Model, out: Path, shard_bytes: int) -> tuple[dict[str,
 
 
 def export_hf(
-    model: Model,
+    model: Model | CheckpointRef,
     out_path: Path,
     base_dir: Path | None = None,
     *,
@@ -87,7 +87,8 @@ def export_hf(
         )
         hfdir.copy_companions(base_layout.directory, staging)
         merge = model.info.get("merge")
-        sources = list(merge.get("inputs", [])) if merge else [str(model.arch.get("path", ""))]
+        own = model.path if isinstance(model, CheckpointRef) else ""
+        sources = list(merge.get("inputs", [])) if merge else [own]
         hfdir.write_card(
             staging, title=title or out_path.name, merge=merge, sources=[s for s in sources if s], spec=spec
         )
@@ -100,7 +101,7 @@ def export_hf(
     return out_path
 
 
-def export_safetensors_file(model: Model, target: Path) -> None:
+def export_safetensors_file(model: Model | CheckpointRef, target: Path) -> None:
     """Write ``model`` (a checkpoint reference or weights in memory) as one .safetensors file,
     tensor by tensor, renamed into place only when complete."""
     target = Path(target)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mlspec.errors import MlspecError
+from mlspec.values import CheckpointRef
 
 __all__ = [
     "CheckpointError",
@@ -35,6 +36,7 @@ __all__ = [
     "locate",
     "fingerprint",
     "parse_size",
+    "reference",
     "TORCH_SUFFIXES",
     "SAFETENSORS_SUFFIX",
 ]
@@ -72,14 +74,14 @@ class Layout:
     own table of contents, for single files); ``config`` is the HF ``config.json`` when there is one."""
 
     path: Path
-    kind: str  # "hf" | "safetensors" | "torch"
+    kind: str  # "hf" | "weights" (a directory of safetensors weights without config.json) | "safetensors" | "torch"
     files: tuple[Path, ...]
     weight_map: dict[str, Path] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path | None:
-        return self.path if self.kind == "hf" else None
+        return self.path if self.kind in ("hf", "weights") else None
 
 
 def _read_json(path: Path) -> Any:
@@ -108,23 +110,27 @@ def _from_index(directory: Path, index_file: Path) -> tuple[tuple[Path, ...], di
 
 
 def _locate_directory(directory: Path) -> Layout:
+    """A Hugging Face model directory, or a directory of safetensors weights without a config (what a
+    streamed merge of single-file checkpoints writes)."""
     config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(
-            f"{str(directory)!r} is not a Hugging Face model directory: it has no config.json "
-            "(expected config.json with model.safetensors or model.safetensors.index.json)"
-        )
-    config = _read_json(config_file)
+    has_config = config_file.is_file()
+    config = _read_json(config_file) if has_config else {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{str(config_file)!r} is not a JSON object")
+    kind = "hf" if has_config else "weights"
     for name in _WEIGHT_NAMES:
         candidate = directory / name
         if not candidate.is_file():
             continue
         if name.endswith(".index.json"):
             files, weight_map = _from_index(directory, candidate)
-            return Layout(directory, "hf", files, weight_map, config)
-        return Layout(directory, "hf", (candidate,), None, config)
+            return Layout(directory, kind, files, weight_map, config)
+        return Layout(directory, kind, (candidate,), None, config)
+    if not has_config:
+        raise CheckpointError(
+            f"{str(directory)!r} is not a Hugging Face model directory: it has no config.json "
+            "(expected config.json with model.safetensors or model.safetensors.index.json)"
+        )
     raise CheckpointError(
         f"{str(directory)!r} has a config.json but no weights: expected one of {', '.join(_WEIGHT_NAMES)}"
     )
@@ -183,3 +189,10 @@ def parse_size(text: str | int) -> int:
     if size <= 0:
         raise ValueError(f"a size must be positive (not {text!r})")
     return size
+
+
+def reference(path: str | os.PathLike[str], **info: Any) -> CheckpointRef:
+    """A value for the checkpoint at ``path``: its weights stay on disk, its fingerprint keys the
+    caches of the steps that read it. Raises :class:`CheckpointError`."""
+    layout = locate(path)
+    return CheckpointRef(path=str(layout.path), format=layout.kind, fingerprint=fingerprint(layout), info=info)

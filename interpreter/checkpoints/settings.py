@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-__all__ = ["Setting", "normalise", "resolve", "depth", "is_uniform", "is_rules", "DEFAULT_KEYS"]
+__all__ = ["Setting", "normalise", "resolve", "depth", "is_uniform", "is_rules", "leaves", "DEFAULT_KEYS"]
 
 #: Keys that mark the fallback rule in ``by_name(...)``.
 DEFAULT_KEYS = ("default", "*")
@@ -130,3 +130,12 @@ def is_uniform(setting: float | list[Any]) -> bool:
     if setting and isinstance(setting[0], Mapping):
         return len(setting) == 1 and setting[0]["filter"] is None and is_uniform(setting[0]["value"])
     return len(set(setting)) == 1
+
+
+def leaves(setting: float | list[Any]) -> list[float]:
+    """Every number a (normalised) setting can take, so each can be checked against a range."""
+    if isinstance(setting, int | float):
+        return [float(setting)]
+    if setting and isinstance(setting[0], Mapping):
+        return [v for rule in setting for v in leaves(rule["value"])]
+    return [float(v) for v in setting]

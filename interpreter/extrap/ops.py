@@ -27,7 +27,7 @@ from mlspec.extrap.specs import (
     TrainRecurrentParams,
 )
 from mlspec.extrap.training import TrainConfig, train
-from mlspec.ops.models.arch import build
+from mlspec.ops.models.arch import build, build_module
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
 
@@ -83,7 +83,7 @@ def feedforward(ctx: StepContext, params: FeedForwardParams) -> Model:
 
 
 def _net(model: Model, data: Dataset) -> IterativeNet:
-    net = model.module()
+    net = build_module(model)
     if not isinstance(net, IterativeNet):
         raise StepError(f"the .extrap statements need dt_net, implicit_net or feedforward models (not {model.arch['type']!r})")
     wants = 3 if data.meta.get("task") == "maze" else 1

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlspec.errors import StepError
+from mlspec.ops.models.arch import build_module
 from mlspec.ops.scoring import EvaluateParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
@@ -59,7 +60,7 @@ def evaluate_state(
     model: Model, state: dict[str, torch.Tensor], data: Dataset, *, split: str = "test", device: str = "cpu"
 ) -> dict[str, float]:
     """Score ``model``'s architecture carrying ``state`` (used by curves and surfaces)."""
-    net = model.with_state(state).module()
+    net = build_module(model.with_state(state))
     x, y = data.split(split)
     check_fits(model, x, y)
     return evaluate_module(net, x, y, device=device)
@@ -68,7 +69,7 @@ def evaluate_state(
 def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Dataset) -> Record:
     x, y = on.split(params.split)
     check_fits(model, x, y, repr(ctx.input_names.get("on", "the data")))
-    scores = evaluate_module(model.module(), x, y, device=ctx.device)
+    scores = evaluate_module(build_module(model), x, y, device=ctx.device)
     scores["error"] = 1.0 - scores["accuracy"]
     out: dict[str, Any] = {"model": ctx.input_names.get("model"), "dataset": ctx.input_names.get("on")}
     out.update({m: scores[m] for m in params.metrics})

@@ -41,6 +41,7 @@ class StudyInfo:
     spec_text: str
     question: str
     report_name: str = "report.html"
+    python: list[str] = field(default_factory=list)  # `use python` files (resolved), imported to run
 
 
 @dataclass

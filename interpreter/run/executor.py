@@ -107,6 +107,8 @@ def execute_step(payload: dict[str, Any], progress: Progress | None = None,
     ``values`` (by key) when there, else from the cache; with ``save`` the output goes to the cache."""
     import torch
 
+    for file in payload.get("python", []):  # the spec's own operators (allowed when it was checked)
+        registry.load_python(file)
     spec = registry.get(payload["op"])
     assert spec is not None
     cache = Cache(payload["cache"])
@@ -127,24 +129,11 @@ def execute_step(payload: dict[str, Any], progress: Progress | None = None,
         torch.set_num_threads(payload["threads"])
     torch.manual_seed(ctx.seed)
     start = time.perf_counter()
-    value = _implementation(spec, inputs)(ctx, params, **inputs)
+    value = spec.load()(ctx, params, **inputs)
     duration = time.perf_counter() - start
     if save:
         cache.save(payload["key"], value, extra={"name": payload["name"], "op": payload["op"]})
     return duration, value
-
-
-def _implementation(spec: registry.OpSpec, inputs: dict[str, Any]) -> Callable[..., Value]:
-    """The operator's function; element-wise merges of checkpoints on disk stream tensor by tensor."""
-    from mlspec.checkpoints import is_checkpoint
-
-    values = [v for vs in inputs.values() for v in (vs if isinstance(vs, list) else [vs])]
-    if any(is_checkpoint(v) for v in values):
-        from mlspec.checkpoints.ops import METHODS, streamed
-
-        if spec.name in METHODS:
-            return streamed(spec.name)
-    return spec.load()  # type: ignore[no-any-return]
 
 
 def try_step(payload: dict[str, Any], progress: Progress | None = None, values: dict[str, Value] | None = None,
@@ -194,7 +183,7 @@ class Runner:
         return {"name": step.name, "op": step.op, "params": step.params, "inputs": keys,
                 "input_names": dict(step.inputs), "key": step.key, "seed": step.seed, "device": self.device,
                 "cache": str(self.cache.root), "out_dir": str(self.out_dir), "allow_outside": self.allow_outside,
-                "threads": threads}
+                "threads": threads, "python": list(self.plan.study.python)}
 
     def _needs_run(self, step: Step) -> bool:
         spec = registry.get(step.op)

@@ -112,6 +112,7 @@ class Study(Statement):
 class Use(Statement):
     stmt: Literal["use"] = "use"
     path: str
+    python: bool = False  # `use python "methods.py"`: user operators (runs only with --allow-python)
 
 
 class Binding(Node):

@@ -84,7 +84,7 @@ class _Builder:
             options = [self.kwarg(k) for k in self.kids(kids[1])] if len(kids) > 1 else []
             return ast.Study(span=sp, name=_unquote(str(kids[0])), options=options)
         if t.data == "use":
-            return ast.Use(span=sp, path=_unquote(str(kids[0])))
+            return ast.Use(span=sp, path=_unquote(str(kids[1])), python=kids[0] is not None)
         if t.data == "report":
             return ast.Report(span=sp, path=_unquote(str(kids[0])))
         if t.data == "export":

@@ -48,7 +48,7 @@ def _statement(s: ast.Statement) -> str:
         opts = ", ".join(f"{k.name} = {format_expr(k.value)}" for k in s.options)
         return f"study {_quote(s.name)}" + (f" ({opts})" if s.options else "")
     if isinstance(s, ast.Use):
-        return f"use {_quote(s.path)}"
+        return f"use {'python ' if s.python else ''}{_quote(s.path)}"
     if isinstance(s, ast.Report):
         return f"report {_quote(s.path)}"
     if isinstance(s, ast.Export):

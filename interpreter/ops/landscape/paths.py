@@ -14,6 +14,7 @@ from mlspec.errors import StepError
 from mlspec.ops.landscape.interpolate import lerp_state, path_barriers, profile
 from mlspec.ops.landscape.specs import ConnectParams, InstabilityParams
 from mlspec.ops.merge.merging import check_compatible
+from mlspec.ops.models.arch import build_module
 from mlspec.ops.models.specs import TrainParams
 from mlspec.ops.models.train import make_optimizer
 from mlspec.run.context import StepContext
@@ -28,7 +29,7 @@ class Curve(nn.Module):
 
     def __init__(self, a: Model, b: Model, kind: str):
         super().__init__()
-        net = a.module().eval()  # BatchNorm, if any, keeps a's running statistics
+        net = build_module(a).eval()  # BatchNorm, if any, keeps a's running statistics
         self.__dict__["net"] = net  # not a submodule: its own parameters are never trained
         self.kind = kind
         self.names = [n for n, _ in net.named_parameters()]
@@ -112,7 +113,7 @@ def instability(ctx: StepContext, params: InstabilityParams, *, model: Model, on
         raise StepError(f"spawn_at must lie in 0 .. steps = {params.steps} (not {params.spawn_at!r})")
     x, y = on.split("train")
     train = TrainParams(lr=params.lr, batch=params.batch, optimizer=params.optimizer, momentum=params.momentum)
-    parent = model.module()
+    parent = build_module(model)
     opt = make_optimizer(parent, train)
     g = ctx.generator()
     alphas = torch.linspace(0, 1, params.points, dtype=torch.float64).tolist()

@@ -16,6 +16,7 @@ from mlspec.ops.merge.informed import sample_inputs
 from mlspec.ops.merge.merging import check_compatible
 from mlspec.ops.merge.permspec import PermSpec, identity_perms, permute_state, spec_for
 from mlspec.ops.merge.specs import PermuteParams, RepairParams
+from mlspec.ops.models.arch import build_module
 from mlspec.ops.models.hooks import run_with_hooks
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
@@ -86,8 +87,8 @@ def correlation(fa: Tensor, fb: Tensor, eps: float = 1e-8) -> Tensor:
 def activation_matching(spec: PermSpec, a: Model, b: Model, x: Tensor) -> dict[str, Tensor]:
     """Per group, the permutation maximising the summed correlation of matched units on data."""
     modules = [m for ms in spec.features.values() for m in ms]
-    fa = collect_features(a.module(), x, modules)
-    fb = collect_features(b.module(), x, modules)
+    fa = collect_features(build_module(a), x, modules)
+    fb = collect_features(build_module(b), x, modules)
     perms = {}
     for group, mods in spec.features.items():
         perms[group] = _lap(correlation(torch.cat([fa[m] for m in mods]), torch.cat([fb[m] for m in mods])))
@@ -135,11 +136,11 @@ def repair(ctx: StepContext, params: RepairParams, *, model: Model, a: Model, b:
     spec = spec_for(model.arch, model.state)
     sites = list(spec.affines)
     x = sample_inputs(on, params.samples, ctx.generator())
-    ends = [channel_stats(m.module(), x, sites) for m in (a, b)]
+    ends = [channel_stats(build_module(m), x, sites) for m in (a, b)]
     state = {k: v.clone() for k, v in model.state.items()}
     ratios = {}
     for site in sites:
-        mu, sd = channel_stats(model.with_state(state).module(), x, [site])[site]
+        mu, sd = channel_stats(build_module(model.with_state(state)), x, [site])[site]
         target_mu = (1 - params.alpha) * ends[0][site][0] + params.alpha * ends[1][site][0]
         target_sd = (1 - params.alpha) * ends[0][site][1] + params.alpha * ends[1][site][1]
         ratio = target_sd / sd.clamp_min(1e-8)

@@ -1,139 +1,135 @@
-"""Data-free weight-space merges: each operator is a per-tensor kernel run by :func:`merge_models`."""
+"""The kernels of the data-free merge methods declared in :mod:`mlspec.ops.merge.specs`.
+
+Each takes one tensor group in the declaration's calling form — ``kernel(tensors, [base,] *,
+<the operator's parameters by name>)``, per-model parameters as lists — and hands it to the merge
+math in :mod:`mlspec.ops.merge.kernels`. TIES' trim thresholds come from its two passes:
+:func:`ties_whole_model` (``trim = model``, over every task vector) and
+:func:`ties_tensor_thresholds` (``trim = tensor``, over one tensor, so that it can then be merged
+in row chunks).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import partial
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+import torch
 from torch import Tensor
 
-from mlspec.errors import StepError
+from mlspec.checkpoints import settings as st
 from mlspec.ops.merge import kernels
-from mlspec.ops.merge.merging import merge_models, per_model
-from mlspec.ops.merge.sparsify import model_threshold
-from mlspec.ops.merge.specs import (
-    AverageParams,
-    BreadcrumbsParams,
-    DareParams,
-    ModelStockParams,
-    SlerpParams,
-    SphericalMeanParams,
-    TaskArithmeticParams,
-    TiesParams,
-)
-from mlspec.run.context import StepContext
-from mlspec.values import Model
+from mlspec.ops.merge.method import MergeMethod
+from mlspec.ops.merge.sparsify import MagnitudeThreshold, magnitude_threshold
 
 __all__ = [
     "average",
     "breadcrumbs",
     "dare",
     "model_stock",
-    "model_thresholds",
     "slerp",
     "spherical_mean",
     "task_arithmetic",
     "ties",
+    "ties_tensor_thresholds",
+    "ties_whole_model",
 ]
 
 
-def _ignore_name(kernel, **kwargs):  # type: ignore[no-untyped-def]
-    """Adapt ``kernel(base, tensors, **kwargs)`` to the ``(name, base, tensors)`` calling form."""
-    return lambda _name, base, tensors: kernel(base, tensors, **kwargs)
+def average(tensors: list[Tensor], *, weights: list[float], normalize: bool) -> Tensor:
+    return kernels.linear(None, tensors, weights=weights, normalize=normalize)
 
 
-def average(ctx: StepContext, params: AverageParams, *, models: list[Model]) -> Model:
-    weights = per_model(params.weights, len(models), "weights")
-    kernel = _ignore_name(kernels.linear, weights=weights, normalize=params.normalize)
-    return merge_models(ctx, models, kernel, method="average", params=params.model_dump())
+def task_arithmetic(tensors: list[Tensor], base: Tensor, *, scale: list[float]) -> Tensor:
+    return kernels.task_arithmetic(base, tensors, scales=scale)
 
 
-def task_arithmetic(ctx: StepContext, params: TaskArithmeticParams, *, base: Model, models: list[Model]) -> Model:
-    scales = per_model(params.scale, len(models), "scale")
-    kernel = _ignore_name(kernels.task_arithmetic, scales=scales)
-    return merge_models(ctx, models, kernel, method="task_arithmetic", params=params.model_dump(), base=base)
+def slerp(tensors: list[Tensor], base: Tensor | None, *, t: float, dot_threshold: float) -> Tensor:
+    return kernels.slerp(base, tensors, t=t, dot_threshold=dot_threshold)
 
 
-def slerp(ctx: StepContext, params: SlerpParams, *, a: Model, b: Model, base: Model | None = None) -> Model:
-    kernel = _ignore_name(kernels.slerp, t=params.t, dot_threshold=params.dot_threshold)
-    return merge_models(ctx, [a, b], kernel, method="slerp", params=params.model_dump(), base=base)
+def spherical_mean(tensors: list[Tensor], *, weights: list[float], max_iter: int) -> Tensor:
+    return kernels.spherical_mean(None, tensors, weights=weights, max_iter=max_iter)
 
 
-def spherical_mean(ctx: StepContext, params: SphericalMeanParams, *, models: list[Model]) -> Model:
-    weights = per_model(params.weights, len(models), "weights")
-    kernel = _ignore_name(kernels.spherical_mean, weights=weights, max_iter=params.max_iter)
-    return merge_models(ctx, models, kernel, method="spherical_mean", params=params.model_dump())
+def _delta(x: Tensor, base: Tensor) -> Tensor:
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return x.to(wide) - base.to(wide)
 
 
-def _float_deltas(base: Model, model: Model) -> Iterator[Tensor]:
-    for name, tensor in base.state.items():
-        if tensor.is_floating_point():
-            yield model.state[name].double() - tensor.double()
+def ties_tensor_thresholds(
+    params: Mapping[str, Any], base: Tensor, tensors: list[Tensor], thresholds: list[float] | None = None
+) -> dict[str, Any]:
+    """Each task vector's per-tensor trim threshold (``trim = tensor``); none when the whole-model
+    pass has set them."""
+    if thresholds is not None:
+        return {}
+    return {"thresholds": [magnitude_threshold(_delta(x, base), d) for x, d in zip(tensors, params["density"])]}
 
 
-def model_thresholds(base: Model, models: list[Model], density: float) -> list[float]:
-    """One whole-model top-k magnitude threshold per task vector (TIES with ``trim = model``)."""
-    return [model_threshold(partial(_float_deltas, base, m), density) for m in models]
+def ties_whole_model(
+    method: MergeMethod, params: Mapping[str, Any],
+    groups: Callable[[], Iterable[tuple[Tensor | None, list[Tensor]]]],
+) -> dict[str, Any]:
+    """``trim = model``: each task vector's top-k threshold over all of its tensors, exactly, in two
+    streamed passes (the second only when the first leaves the k-th value's bucket ambiguous)."""
+    if params["trim"] != "model":
+        return {}
+    if not method.is_uniform(params, "density"):
+        raise ValueError("trim = model ranks a whole task vector at one density; a density that varies "
+                         "by tensor needs trim = tensor")
+    density = params["density"]
+    each = density if isinstance(density, list) and not st.is_rules(density) else None
+    counters: list[MagnitudeThreshold] = []
+    for base, tensors in groups():
+        assert base is not None
+        if not counters:
+            levels = each if each is not None else [density] * len(tensors)
+            counters = [MagnitudeThreshold(st.resolve(d, "", 0.0)) for d in levels]
+        for counter, x in zip(counters, tensors):
+            counter.observe(_delta(x, base))
+    if any(c.needs_refine for c in counters):
+        for base, tensors in groups():
+            assert base is not None
+            for counter, x in zip(counters, tensors):
+                counter.refine(_delta(x, base))
+    return {"thresholds": [c.value for c in counters]}
 
 
-def ties(ctx: StepContext, params: TiesParams, *, base: Model, models: list[Model]) -> Model:
-    weights = per_model(params.weights, len(models), "weights")
-    if params.trim == "model":
-        if any(m.state.keys() != base.state.keys() for m in models):
-            raise StepError("ties: every model must have the base's tensors")
-        thresholds: list[float] | None = model_thresholds(base, models, params.density)
-    else:
-        thresholds = None
-    kernel = _ignore_name(
-        kernels.ties,
-        density=params.density,
-        weights=weights,
-        thresholds=thresholds,
-        elect=params.elect,
-        weights_at=params.weights_at,
-        normalize=params.normalize,
-        scale=params.scale,
-    )
-    return merge_models(ctx, models, kernel, method="ties", params=params.model_dump(), base=base)
+def ties(
+    tensors: list[Tensor], base: Tensor, *, density: list[float], weights: list[float], scale: float,
+    elect: str, weights_at: str, trim: str, normalize: bool, thresholds: list[float] | None = None,
+) -> Tensor:
+    if thresholds is None:
+        thresholds = ties_tensor_thresholds({"density": density}, base, tensors)["thresholds"]
+    return kernels.ties(base, tensors, thresholds=thresholds, weights=weights, elect=elect,  # type: ignore[arg-type]
+                        weights_at=weights_at, normalize=normalize, scale=scale)  # type: ignore[arg-type]
 
 
-def _consensus(params: DareParams | BreadcrumbsParams) -> str | None:
-    return params.elect if params.merge == "ties" else None
+def _consensus(merge: str, elect: str) -> str | None:
+    return elect if merge == "ties" else None
 
 
-def dare(ctx: StepContext, params: DareParams, *, base: Model, models: list[Model]) -> Model:
-    generator = ctx.generator()  # one stream over the tensors, in state-dict order
-    kernel = _ignore_name(
-        kernels.dare,
-        density=params.density,
-        weights=per_model(params.weights, len(models), "weights"),
-        rescale=params.rescale,
-        consensus=_consensus(params),
-        weights_at=params.weights_at,
-        normalize=params.normalize,
-        scale=params.scale,
-        generator=generator,
-    )
-    return merge_models(ctx, models, kernel, method="dare", params=params.model_dump(), base=base)
+def _one(values: list[float]) -> float | list[float]:
+    return values[0] if len(set(values)) == 1 else values
 
 
-def breadcrumbs(ctx: StepContext, params: BreadcrumbsParams, *, base: Model, models: list[Model]) -> Model:
-    kernel = _ignore_name(
-        kernels.breadcrumbs,
-        density=params.density,
-        gamma=params.gamma,
-        weights=per_model(params.weights, len(models), "weights"),
-        consensus=_consensus(params),
-        weights_at=params.weights_at,
-        normalize=params.normalize,
-        scale=params.scale,
-    )
-    return merge_models(ctx, models, kernel, method="breadcrumbs", params=params.model_dump(), base=base)
+def dare(
+    tensors: list[Tensor], base: Tensor, *, density: list[float], weights: list[float], scale: float,
+    elect: str, weights_at: str, rescale: str, merge: str, normalize: bool, generator: torch.Generator,
+) -> Tensor:
+    return kernels.dare(base, tensors, density=_one(density), weights=weights, rescale=rescale,  # type: ignore[arg-type]
+                        consensus=_consensus(merge, elect), weights_at=weights_at,  # type: ignore[arg-type]
+                        normalize=normalize, scale=scale, generator=generator)
 
 
-def model_stock(ctx: StepContext, params: ModelStockParams, *, base: Model, models: list[Model]) -> Model:
-    if len(models) < 2:
-        raise StepError(f"model_stock needs at least two fine-tuned models (not {len(models)})")
-    kernel = _ignore_name(kernels.model_stock, mean=params.mean)
-    return merge_models(ctx, models, kernel, method="model_stock", params=params.model_dump(), base=base)
+def breadcrumbs(
+    tensors: list[Tensor], base: Tensor, *, density: list[float], gamma: list[float], weights: list[float],
+    scale: float, elect: str, weights_at: str, merge: str, normalize: bool,
+) -> Tensor:
+    return kernels.breadcrumbs(base, tensors, density=_one(density), gamma=_one(gamma),  # type: ignore[arg-type]
+                               weights=weights, consensus=_consensus(merge, elect),  # type: ignore[arg-type]
+                               weights_at=weights_at, normalize=normalize, scale=scale)  # type: ignore[arg-type]
 
+
+def model_stock(tensors: list[Tensor], base: Tensor, *, mean: str) -> Tensor:
+    return kernels.model_stock(base, tensors, mean=mean)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from mlspec.ops.evaluation import evaluate_module
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.merging import labels, merge_models, per_model
 from mlspec.ops.merge.specs import FisherParams, RegMeanParams, SoupParams
+from mlspec.ops.models.arch import build_module
 from mlspec.ops.models.hooks import run_with_hooks
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
@@ -56,7 +57,7 @@ def soup(ctx: StepContext, params: SoupParams, *, models: list[Model], on: Datas
         raise StepError("a greedy soup needs a held-out dataset: soup(models = [...], greedy = true) on heldout")
     x, y = on.split(params.split)
     def score(m):
-        return evaluate_module(m.module(), x, y, device=ctx.device)["accuracy"]
+        return evaluate_module(build_module(m), x, y, device=ctx.device)["accuracy"]
     names = labels(ctx, models)
     ranked = sorted(zip((score(m) for m in models), range(len(models))), key=lambda p: -p[0])
     chosen = [ranked[0][1]]
@@ -102,7 +103,7 @@ def diagonal_fisher(net: nn.Module, x: Tensor, *, batch_size: int = 128) -> dict
 def fisher(ctx: StepContext, params: FisherParams, *, models: list[Model], on: Dataset | list[Dataset]) -> Model:
     data = _datasets(on, len(models), "fisher")
     weights = per_model(params.weights, len(models), "weights")
-    fishers = [diagonal_fisher(m.module(), sample_inputs(d, params.samples, ctx.generator()))
+    fishers = [diagonal_fisher(build_module(m), sample_inputs(d, params.samples, ctx.generator()))
                for m, d in zip(models, data)]
 
     def kernel(name: str, _base: Tensor | None, tensors: list[Tensor]) -> Tensor:
@@ -132,7 +133,7 @@ def input_grams(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 def regmean(ctx: StepContext, params: RegMeanParams, *, models: list[Model], on: Dataset | list[Dataset]) -> Model:
     data = _datasets(on, len(models), "regmean")
-    grams = [input_grams(m.module(), sample_inputs(d, params.samples, ctx.generator())) for m, d in zip(models, data)]
+    grams = [input_grams(build_module(m), sample_inputs(d, params.samples, ctx.generator())) for m, d in zip(models, data)]
 
     def kernel(name: str, _base: Tensor | None, tensors: list[Tensor]) -> Tensor:
         gs: Sequence[Tensor] | None = [g[name] for g in grams] if name in grams[0] else None

@@ -10,22 +10,21 @@ from typing import Literal
 
 from pydantic import Field
 
+from mlspec.ops.merge.method import MergeMethod, declare
 from mlspec.registry import Kind, OpSpec, Params, Port, register
 
-Scalars = float | list[float]
-
 _MODELS = Port("models", Kind.MODEL, many=True, doc="the models to merge")
-_BASE = Port("base", Kind.MODEL, doc="the shared pre-trained anchor the task vectors start from")
 _EW = "mlspec.ops.merge.elementwise"
+_WEIGHT = Field(default=1.0, description="the model's weight (one per model, or one for all)")
 
 
 class AverageParams(Params):
-    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    weights: float = _WEIGHT
     normalize: bool = Field(default=True, description="divide by the sum of the weights")
 
 
 class TaskArithmeticParams(Params):
-    scale: Scalars = Field(
+    scale: float = Field(
         default=1.0, description="λ for every task vector, or one signed λ per model (negation, analogies)"
     )
 
@@ -36,7 +35,7 @@ class SlerpParams(Params):
 
 
 class SphericalMeanParams(Params):
-    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    weights: float = _WEIGHT
     max_iter: int = Field(default=100, ge=1, description="Karcher-mean iterations per tensor")
 
 
@@ -44,7 +43,7 @@ class _SparseParams(Params):
     """What TIES, DARE and Breadcrumbs share: the consensus merge of sparsified task vectors."""
 
     scale: float = Field(default=1.0, description="λ applied to the merged task vector")
-    weights: list[float] | None = Field(default=None, description="one weight per model (default: equal)")
+    weights: float = _WEIGHT
     elect: Literal["mass", "count"] = Field(
         default="mass", description="sign election by summed mass (paper, mergekit 'sum') or by count of signs"
     )
@@ -89,6 +88,113 @@ class ModelStockParams(Params):
         description="summarise pairwise angles by mean cosine (mergekit) or by the cosine of the mean angle "
         "(FusionBench); identical for two models (the paper's setting)",
     )
+
+
+_WEIGHTS = frozenset({"weights"})
+_SPARSE = frozenset({"weights", "density", "scale"})
+
+declare(MergeMethod(
+    name="average",
+    doc="""Weighted parameter average Σ wᵢθᵢ / Σ wᵢ (uniform soup, FedAvg, mergekit `linear`).
+
+    `merge avg = average(a, b)`; `average(a, b, weights = [3, 1])`; `normalize = false` keeps
+    the plain weighted sum.""",
+    params=AverageParams,
+    kernel=f"{_EW}:average",
+    per_model=_WEIGHTS,
+    varying=_WEIGHTS,
+    elementwise=True,
+))
+
+declare(MergeMethod(
+    name="task_arithmetic",
+    doc="""Task arithmetic (Ilharco et al. 2023): θ = θ_base + Σ λᵢ(θᵢ − θ_base).
+
+    A list of signed scales gives negation and analogies:
+    `task_arithmetic(base = init, models = [c, b, a], scale = [1, 1, -1])`.""",
+    params=TaskArithmeticParams,
+    kernel=f"{_EW}:task_arithmetic",
+    base="required",
+    per_model=frozenset({"scale"}),
+    varying=frozenset({"scale"}),
+    elementwise=True,
+))
+
+declare(MergeMethod(
+    name="slerp",
+    doc="""Spherical linear interpolation between two models, tensor by tensor.
+
+    Falls back to lerp where the two tensors are nearly colinear. With a `base` the task vectors
+    are interpolated (mergekit `nuslerp`). `merge s = slerp(a, b, t = 0.3)`""",
+    params=SlerpParams,
+    kernel=f"{_EW}:slerp",
+    base="optional",
+    pair=True,
+    min_models=2,
+    max_models=2,
+    varying=frozenset({"t"}),
+))
+
+declare(MergeMethod(
+    name="spherical_mean",
+    doc="""Weighted Karcher mean of several models on the sphere, tensor by tensor; the norm is
+    the weighted mean norm. For two models it equals `slerp` (mergekit `karcher`).""",
+    params=SphericalMeanParams,
+    kernel=f"{_EW}:spherical_mean",
+    per_model=_WEIGHTS,
+    varying=_WEIGHTS,
+))
+
+declare(MergeMethod(
+    name="ties",
+    doc="""TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint mean, θ_base + λ·τ_m.
+
+    `ties(base = init, models = [a, b], density = 0.2, scale = 1.0)`. `trim = tensor`,
+    `weights_at = before` reproduce mergekit; the defaults reproduce the paper. `density` may be
+    one per model.""",
+    params=TiesParams,
+    kernel=f"{_EW}:ties",
+    base="required",
+    per_model=frozenset({"weights", "density"}),
+    varying=_SPARSE,
+    elementwise=True,
+    prepare=f"{_EW}:ties_whole_model",
+    tensor_prepare=f"{_EW}:ties_tensor_thresholds",
+))
+
+declare(MergeMethod(
+    name="dare",
+    doc="""DARE (Yu et al. 2024): drop task-vector entries at random, rescale, then merge by task
+    arithmetic or TIES (`merge = ties` is mergekit's `dare_ties`). Each tensor's random stream is
+    seeded from the step and the tensor's name.""",
+    params=DareParams,
+    kernel=f"{_EW}:dare",
+    base="required",
+    per_model=frozenset({"weights", "density"}),
+    varying=_SPARSE,
+    random=True,
+))
+
+declare(MergeMethod(
+    name="breadcrumbs",
+    doc="""Model Breadcrumbs (Davari & Belilovsky 2023): per tensor, drop each task vector's
+    largest (`gamma`) and smallest entries, keep `density`, then task arithmetic or TIES.""",
+    params=BreadcrumbsParams,
+    kernel=f"{_EW}:breadcrumbs",
+    base="required",
+    per_model=frozenset({"weights", "density", "gamma"}),
+    varying=_SPARSE | {"gamma"},
+))
+
+declare(MergeMethod(
+    name="model_stock",
+    doc="""Model Stock (Jang et al. 2024): per tensor, move from the base towards the average of
+    k ≥ 2 fine-tunes by t = k·cos φ / (1 + (k − 1)·cos φ).""",
+    params=ModelStockParams,
+    kernel=f"{_EW}:model_stock",
+    base="required",
+    min_models=2,
+))
 
 
 class SoupParams(Params):
@@ -136,115 +242,6 @@ class ResNetParams(Params):
 _DATA_PER_MODEL = Port("on", Kind.DATASET, many=True, doc="each model's training data (or one for all)")
 _IN = "mlspec.ops.merge.informed"
 
-
-register(
-    OpSpec(
-        name="average",
-        doc="""Weighted parameter average Σ wᵢθᵢ / Σ wᵢ (uniform soup, FedAvg, mergekit `linear`).
-
-        `merge avg = average(a, b)`; `average(a, b, weights = [3, 1])`; `normalize = false` keeps
-        the plain weighted sum.""",
-        inputs=(_MODELS,),
-        output=Kind.MODEL,
-        params=AverageParams,
-        impl=f"{_EW}:average",
-    )
-)
-
-register(
-    OpSpec(
-        name="task_arithmetic",
-        doc="""Task arithmetic (Ilharco et al. 2023): θ = θ_base + Σ λᵢ(θᵢ − θ_base).
-
-        A list of signed scales gives negation and analogies:
-        `task_arithmetic(base = init, models = [c, b, a], scale = [1, 1, -1])`.""",
-        inputs=(_BASE, _MODELS),
-        output=Kind.MODEL,
-        params=TaskArithmeticParams,
-        impl=f"{_EW}:task_arithmetic",
-    )
-)
-
-register(
-    OpSpec(
-        name="slerp",
-        doc="""Spherical linear interpolation between two models, tensor by tensor.
-
-        Falls back to lerp where the two tensors are nearly colinear. With a `base` the task vectors
-        are interpolated (mergekit `nuslerp`). `merge s = slerp(a, b, t = 0.3)`""",
-        inputs=(
-            Port("a", Kind.MODEL, doc="the t = 0 end"),
-            Port("b", Kind.MODEL, doc="the t = 1 end"),
-            Port("base", Kind.MODEL, required=False, doc="optional anchor: interpolate task vectors"),
-        ),
-        output=Kind.MODEL,
-        params=SlerpParams,
-        impl=f"{_EW}:slerp",
-    )
-)
-
-register(
-    OpSpec(
-        name="spherical_mean",
-        doc="""Weighted Karcher mean of several models on the sphere, tensor by tensor; the norm is
-        the weighted mean norm. For two models it equals `slerp` (mergekit `karcher`).""",
-        inputs=(_MODELS,),
-        output=Kind.MODEL,
-        params=SphericalMeanParams,
-        impl=f"{_EW}:spherical_mean",
-    )
-)
-
-register(
-    OpSpec(
-        name="ties",
-        doc="""TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint mean, θ_base + λ·τ_m.
-
-        `ties(base = init, models = [a, b], density = 0.2, scale = 1.0)`. `trim = tensor`,
-        `weights_at = before` reproduce mergekit; the defaults reproduce the paper.""",
-        inputs=(_BASE, _MODELS),
-        output=Kind.MODEL,
-        params=TiesParams,
-        impl=f"{_EW}:ties",
-    )
-)
-
-register(
-    OpSpec(
-        name="dare",
-        doc="""DARE (Yu et al. 2024): drop task-vector entries at random, rescale, then merge by task
-        arithmetic or TIES (`merge = ties` is mergekit's `dare_ties`). Seeded from the step.""",
-        inputs=(_BASE, _MODELS),
-        output=Kind.MODEL,
-        params=DareParams,
-        impl=f"{_EW}:dare",
-        uses_seed=True,
-    )
-)
-
-register(
-    OpSpec(
-        name="breadcrumbs",
-        doc="""Model Breadcrumbs (Davari & Belilovsky 2023): per tensor, drop each task vector's
-        largest (`gamma`) and smallest entries, keep `density`, then task arithmetic or TIES.""",
-        inputs=(_BASE, _MODELS),
-        output=Kind.MODEL,
-        params=BreadcrumbsParams,
-        impl=f"{_EW}:breadcrumbs",
-    )
-)
-
-register(
-    OpSpec(
-        name="model_stock",
-        doc="""Model Stock (Jang et al. 2024): per tensor, move from the base towards the average of
-        k ≥ 2 fine-tunes by t = k·cos φ / (1 + (k − 1)·cos φ).""",
-        inputs=(_BASE, _MODELS),
-        output=Kind.MODEL,
-        params=ModelStockParams,
-        impl=f"{_EW}:model_stock",
-    )
-)
 
 register(
     OpSpec(

@@ -17,6 +17,7 @@ from mlspec.ops.merge.align import collect_features, correlation
 from mlspec.ops.merge.informed import sample_inputs
 from mlspec.ops.merge.merging import check_compatible
 from mlspec.ops.merge.specs import ZipParams
+from mlspec.ops.models.arch import build_module
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 
@@ -61,7 +62,7 @@ def zip_models(ctx: StepContext, params: ZipParams, *, a: Model, b: Model, on: D
         raise StepError(f"layers must lie in 1 .. {len(hidden)} (not {params.layers!r})")
     x = sample_inputs(on, params.samples, ctx.generator())
     sites = [f"norms.{i}" for i in range(depth)]  # pre-activation features (Identity modules)
-    feats = [collect_features(m.module(), x, sites) for m in (a, b)]
+    feats = [collect_features(build_module(m), x, sites) for m in (a, b)]
     sa = {k: v.double() for k, v in a.state.items()}
     sb = {k: v.double() for k, v in b.state.items()}
     state: dict[str, Tensor] = {}

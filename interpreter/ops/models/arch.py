@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["architecture", "build", "MLP", "ARCH_MODULES"]
+from mlspec.values import CheckpointRef, Model
+
+__all__ = ["architecture", "build", "build_module", "MLP", "ARCH_MODULES"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -27,15 +29,16 @@ def architecture(name: str) -> Callable[[Callable[..., nn.Module]], Callable[...
     return deco
 
 
+def build_module(model: Model | CheckpointRef) -> nn.Module:
+    """A fresh ``nn.Module`` of the model's architecture holding its weights (a checkpoint on disk
+    refuses with a clear message)."""
+    net = build(model.arch)
+    net.load_state_dict(model.state)
+    return net
+
+
 def build(arch: dict[str, Any]) -> nn.Module:
     kind = arch["type"]
-    if kind == "checkpoint":
-        from mlspec.errors import StepError
-
-        raise StepError(
-            f"this operator needs the weights in memory, but {arch.get('path')!r} is a checkpoint on disk; "
-            "checkpoints are merged tensor by tensor (average, ties, …), exported, or scored with perplexity(...)"
-        )
     if kind not in _BUILDERS:
         for module in ARCH_MODULES:
             try:

@@ -6,22 +6,21 @@ import hashlib
 
 from safetensors.torch import save_file
 
-from mlspec.checkpoints import is_checkpoint
 from mlspec.ops.models.specs import ExportParams
 from mlspec.run.context import StepContext
-from mlspec.values import Model, Record
+from mlspec.values import CheckpointRef, Model, Record
 
 __all__ = ["export"]
 
 
-def export(ctx: StepContext, params: ExportParams, *, model: Model) -> Record:
+def export(ctx: StepContext, params: ExportParams, *, model: Model | CheckpointRef) -> Record:
     target = ctx.output_path(params.path)
     if params.format == "hf":
         from mlspec.checkpoints.export import export_hf
 
         export_hf(model, target)
         return Record({"path": params.path, "format": "hf"})
-    if is_checkpoint(model):  # weights on disk: copy them tensor by tensor, never all at once
+    if isinstance(model, CheckpointRef):  # weights on disk: copy them tensor by tensor, never all at once
         from mlspec.checkpoints.export import export_safetensors_file
 
         export_safetensors_file(model, target)

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from mlspec.errors import StepError
 from mlspec.ops.evaluation import check_fits
-from mlspec.ops.models.arch import build
+from mlspec.ops.models.arch import build, build_module
 from mlspec.ops.models.specs import MLPParams, TrainParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
@@ -75,7 +75,7 @@ def fit(
 
 def train(ctx: StepContext, params: TrainParams, *, model: Model, on: Dataset) -> Model:
     torch.manual_seed(ctx.seed)  # dropout and friends, if an architecture has them
-    net = model.module()
+    net = build_module(model)
     x, y = on.split("train")
     check_fits(model, x, y, repr(ctx.input_names.get("on", "the data")))
     with ctx.progress(params.epochs, "train") as advance:

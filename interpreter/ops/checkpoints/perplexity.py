@@ -19,10 +19,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from mlspec.checkpoints.layout import CheckpointError, locate
-from mlspec.checkpoints.specs import PerplexityParams
 from mlspec.errors import StepError
+from mlspec.ops.checkpoints.specs import PerplexityParams
 from mlspec.run.context import StepContext
-from mlspec.values import Model, Record
+from mlspec.values import CheckpointRef, Model, Record
 
 __all__ = ["sliding_window_nll", "perplexity", "require_transformers"]
 
@@ -60,10 +60,11 @@ def require_transformers() -> Any:
     return transformers
 
 
-def _model_dir(model: Model) -> Path:
-    from mlspec.checkpoints.ops import checkpoint_path
-
-    path = checkpoint_path(model, "the model")
+def _model_dir(model: Model | CheckpointRef) -> Path:
+    if not isinstance(model, CheckpointRef):
+        raise StepError('perplexity scores a checkpoint on disk (make it with load("path") or merge loaded '
+                        "checkpoints); export a model trained in the study as hf first")
+    path = model.existing("the model")
     try:
         layout = locate(path)
     except CheckpointError as exc:
@@ -75,7 +76,7 @@ def _model_dir(model: Model) -> Path:
     return path
 
 
-def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model) -> Record:
+def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model | CheckpointRef) -> Record:
     directory = _model_dir(model)
     text_file = Path(params.text)
     if not text_file.is_file():

@@ -1,0 +1,177 @@
+"""Declarations of the checkpoint operators (torch-free): ``load``, ``merge_checkpoints``, ``perplexity``.
+
+``merge_checkpoints`` runs any declared merge method (``method = ties``; built in, installed or a
+user's) tensor by tensor with the streaming options below, taking that method's own parameters
+under the same names, defaults and ranges. Plain ``ties(...)`` calls whose inputs are checkpoints
+stream through the same engine with the default options.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from mlspec.checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
+from mlspec.errors import did_you_mean
+from mlspec.ops.merge import method as merge_method
+from mlspec.registry import Kind, OpSpec, Params, Port, register
+
+__all__ = ["LoadParams", "MergeCheckpointsParams", "PerplexityParams", "DType"]
+
+DType = Literal["float32", "float64", "bfloat16", "float16"]
+
+
+class MergeCheckpointsParams(Params):
+    """Streaming options; every other keyword is a parameter of the chosen method."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    method: str = Field(description="the merge method to apply tensor by tensor (any merge operator)")
+    dtype: DType = Field(default="float32", description="the dtype the merge math runs in")
+    out_dtype: DType | None = Field(
+        default=None, description="dtype written (default: the base's, per tensor)"
+    )
+    shard_size: str = Field(default="5GB", description="largest output shard, e.g. 2GB or 500MiB")
+    extra: Literal["error", "base", "drop"] = Field(
+        default="error",
+        description="tensors not in every checkpoint: refuse, copy them from the base, or leave them out",
+    )
+    tied: Literal["error", "untie"] = Field(
+        default="error",
+        description="a checkpoint with tied embeddings lacks the output head the others have: refuse, or "
+        "use its input embedding as its head (the output gets an untied head)",
+    )
+    stats: bool = Field(
+        default=False,
+        description="record per-tensor merge statistics (sparsity, sign conflicts, distances); they are "
+        "computed in float64 on whole tensors, which costs about 2x the time and memory of the merge",
+    )
+
+    @field_validator("shard_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if merge_method.get(value) is None:
+            known = sorted(merge_method.methods())
+            hint = did_you_mean(value, known) or f"merge methods: {', '.join(known)}"
+            raise ValueError(f"unknown merge method {value!r} ({hint})")
+        return value
+
+    @model_validator(mode="after")
+    def _method_params(self) -> MergeCheckpointsParams:
+        method = merge_method.get(self.method)
+        assert method is not None
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        normal = method.normalise(dict(extra))
+        extra.clear()
+        extra.update(normal)
+        return self
+
+    def method_params(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+class LoadParams(Params):
+    path: str = Field(
+        description="a Hugging Face model directory, a .safetensors file or a .pt/.pth/.bin state dict",
+        json_schema_extra={"file": True},
+    )
+    fingerprint: str = Field(
+        default="", description="filled in from the files (size, mtime, first and last MiB) so edits re-run"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fingerprint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("path"), str):
+            try:
+                data = {**data, "fingerprint": fingerprint(locate(data["path"]))}
+            except CheckpointError as exc:
+                raise ValueError(str(exc)) from None
+        return data
+
+
+class PerplexityParams(Params):
+    text: str = Field(description="a local UTF-8 text file to score", json_schema_extra={"file": True})
+    context: int = Field(default=1024, ge=2, description="tokens the model sees at once")
+    stride: int = Field(default=512, ge=1, description="tokens the window advances (≤ context)")
+    max_tokens: int | None = Field(default=None, ge=2, description="score only the first tokens of the file")
+    dtype: DType = Field(default="float32", description="dtype the model runs in")
+
+    @model_validator(mode="after")
+    def _stride(self) -> PerplexityParams:
+        if self.stride > self.context:
+            raise ValueError(f"stride must not exceed context ({self.context}) (not {self.stride})")
+        return self
+
+
+_IMPL = "mlspec.ops.checkpoints.loading"
+
+
+def _check_merge(counts: Any, params: Any) -> str | None:
+    method = merge_method.get(str(params.get("method")))
+    if method is None:
+        return None
+    n = counts.get("models", 0)
+    return method.inputs_error(n, counts.get("base", 0) > 0) or method.count_error(n, params)
+
+register(
+    OpSpec(
+        name="load",
+        doc="""A checkpoint from disk, read lazily: `model base = load("models/llama-base")`.
+
+        Accepts a Hugging Face model directory (config.json + model.safetensors or sharded
+        safetensors with their index), a single .safetensors file, or a PyTorch state dict read with
+        weights_only=True. Tensors stay on disk until a merge streams them; the cache key follows
+        the files' fingerprint, so replacing a checkpoint re-runs what depends on it.""",
+        inputs=(),
+        output=Kind.MODEL,
+        params=LoadParams,
+        impl=f"{_IMPL}:load",
+        dialects=frozenset({"merge"}),
+    )
+)
+
+register(
+    OpSpec(
+        name="merge_checkpoints",
+        doc="""Merge checkpoints tensor by tensor with any merge method, with streaming options.
+
+        `merge_checkpoints(method = ties, base = b, models = [x, y], density = [1, 0.5, 0.2],
+        weights = [by_name(mlp = 0.7, default = 0.5), 0.5], out_dtype = bfloat16)`: the method's own
+        parameters come beside the options. Parameters that vary by tensor accept a gradient over
+        layer depth or `by_name(filter = value, default = v)`; per-model parameters (`weights`)
+        take one such setting per model.""",
+        inputs=(
+            Port("base", Kind.MODEL, required=False, doc="the anchor (required by task-vector methods)"),
+            Port("models", Kind.MODEL, many=True, doc="the checkpoints to merge"),
+        ),
+        output=Kind.MODEL,
+        params=MergeCheckpointsParams,
+        impl=f"{_IMPL}:merge_checkpoints",
+        check_inputs=lambda counts, params: _check_merge(counts, params),
+        uses_seed=True,
+        dialects=frozenset({"merge"}),
+    )
+)
+
+register(
+    OpSpec(
+        name="perplexity",
+        doc="""Perplexity of a causal language model checkpoint on a local text file (sliding window).
+
+        Needs the optional `transformers` package (pip install 'mlspec[lm]') and a tokenizer in the
+        model's directory (merges copy the base's). `evaluate`-style: `perplexity(m, text = "wiki.txt")`.""",
+        inputs=(Port("model", Kind.MODEL),),
+        output=Kind.METRICS,
+        params=PerplexityParams,
+        impl="mlspec.ops.checkpoints.perplexity:perplexity",
+        dialects=frozenset({"merge"}),
+    )
+)
