@@ -95,7 +95,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("ties", {"density": [0.2, 0.6], "trim": "tensor"}),  # per-model densities
     ("ties", {"density": [0.2, 0.6]}),  # per-model densities, whole-model trim
     ("dare", {"density": 0.6, "merge": "ties", "rescale": "l1"}),
+    ("ties", {"density": 0.4, "trim": "tensor", "rescale": "l1"}),  # L1 factors of whole tensors, then chunks
+    ("ties", {"density": [0.3, 0.5], "rescale": "l1"}),
     ("breadcrumbs", {"density": 0.8, "gamma": 0.05}),
+    ("breadcrumbs", {"density": [0.8, 0.6], "gamma": [0.05, 0.1], "rescale": "l1"}),
     ("model_stock", {}),
 ]
 

@@ -14,7 +14,7 @@ Signatures (stable; keyword-only parameters after ``*``)::
     slerp(base, tensors, *, t, dot_threshold=0.9995, eps=1e-8)
     spherical_mean(base, tensors, *, weights=None, max_iter=100, tol=1e-10, eps=1e-8)
     ties(base, tensors, *, density=0.2, weights=None, thresholds=None, elect="mass",
-         weights_at="after", normalize=True, scale=1.0, rescale="none")
+         weights_at="after", normalize=True, scale=1.0, rescale="none", factors=None)
     dare(base, tensors, *, density=0.5, weights=None, rescale="inverse", consensus=None,
          weights_at="after", normalize=False, scale=1.0, generator=None)
     breadcrumbs(base, tensors, *, density=0.9, gamma=0.01, weights=None, consensus=None,
@@ -56,6 +56,7 @@ __all__ = [
     "consensus_sum",
     "dare",
     "fisher",
+    "l1_factor",
     "l1_rescaled",
     "linear",
     "magnitude_threshold",
@@ -217,11 +218,16 @@ def consensus_sum(
     return mixed
 
 
+def l1_factor(kept: Tensor, original: Tensor) -> float:
+    """‖original‖₁ / ‖kept‖₁ for a sparsified ``original``; 1 when either norm is below 1e-7
+    (mergekit's ``rescale: true`` for magnitude trims and MagPrune)."""
+    before, after = float(original.abs().sum()), float(kept.abs().sum())
+    return before / after if before >= 1e-7 and after >= 1e-7 else 1.0
+
+
 def l1_rescaled(kept: Tensor, original: Tensor) -> Tensor:
-    """``kept`` (a sparsified ``original``) scaled so that its L1 norm is the original's; left as it
-    is when either norm is below 1e-7 (mergekit's ``rescale: true`` for magnitude trims)."""
-    before, after = original.abs().sum(), kept.abs().sum()
-    return kept * (before / after) if before >= 1e-7 and after >= 1e-7 else kept
+    """``kept`` scaled so that its L1 norm is the original's (see :func:`l1_factor`)."""
+    return kept * l1_factor(kept, original)
 
 
 def _combine(
@@ -257,6 +263,7 @@ def ties(
     normalize: bool = True,
     scale: float = 1.0,
     rescale: Literal["none", "l1"] = "none",
+    factors: Sequence[float] | None = None,
 ) -> Tensor:
     """TIES-merging (Yadav et al. 2023): trim each task vector to its top-``density`` magnitudes,
     elect a sign per coordinate, average the agreeing entries, add λ·τ_m to the base.
@@ -265,7 +272,8 @@ def ties(
     whole-model threshold per task vector (from :class:`MagnitudeThreshold`) reproduces the paper
     and FusionBench, which rank all of a model's parameters together. ``density`` may be one value
     per model (mergekit's per-model ``density``). ``rescale = l1`` scales each trimmed task vector
-    back to its L1 norm (mergekit's ``rescale: true``; the whole tensor's norm, so not chunkable).
+    back to its L1 norm (mergekit's ``rescale: true``); ``factors`` gives those multipliers when
+    they were computed on the whole tensor beforehand (a row chunk's own norms would differ).
     """
     deltas = _deltas(base, tensors)
     if thresholds is None:
@@ -273,7 +281,9 @@ def ties(
         trimmed = [keep_top(d, magnitude_threshold(d, k)) for d, k in zip(deltas, densities)]
     else:
         trimmed = [keep_top(d, thr) for d, thr in zip(deltas, _weights(thresholds, len(deltas)))]
-    if rescale == "l1":
+    if factors is not None:
+        trimmed = [k * f for k, f in zip(trimmed, _weights(factors, len(trimmed)))]
+    elif rescale == "l1":
         trimmed = [l1_rescaled(k, d) for k, d in zip(trimmed, deltas)]
     return _combine(base, trimmed, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)
 
