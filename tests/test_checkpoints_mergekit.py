@@ -3,11 +3,21 @@ documents, dtype, tokenizer settings, and clear refusals of what mergekit itself
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mlspec
 from mlspec.checkpoints.mergekit import MergekitImportError, mergekit_to_spec, read_config
 from mlspec.checkpoints.mergekit_methods import METHODS
+from mlspec.checkpoints.source import Checkpoint
+from mlspec.checkpoints.synthetic import llama_config, write_llama
+from mlspec.ops.merge.apply import merge
+from mlspec.run.context import StepContext
 from mlspec.syntax.parser import parse
+from mlspec.values import Model
 
 
 def one(yaml_text: str):  # type: ignore[no-untyped-def]
@@ -331,3 +341,85 @@ def test_passthrough_slice_of_two_sources_and_a_slice_without_its_base_are_refus
             "merge_method: slerp\nbase_model: c\nparameters: {t: 0.5}\n"
             "slices: [{sources: [{model: a, layer_range: [0, 2]}, {model: b, layer_range: [0, 2]}]}]"
         )
+
+
+def test_slices_are_planned_but_not_yet_written_as_a_spec() -> None:
+    with pytest.raises(MergekitImportError, match="no stacking operator"):
+        mergekit_to_spec("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]")
+
+
+# --- imported specs check and run -------------------------------------------------------------------
+
+TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "base": write_llama(root / "base", TINY, seed=0),
+        **{k: write_llama(root / k, TINY, seed=i, base_seed=0, delta=0.2) for i, k in enumerate("abc", 1)},
+    }
+
+
+def _models(paths: list[Path], weights: bool = True) -> str:
+    entries = [f"{{model: {p}" + (f", parameters: {{weight: {0.5 + i / 4}}}}}" if weights else "}") for i, p in enumerate(paths)]
+    return f"models: [{', '.join(entries)}]\n"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_imports_into_a_spec_that_checks(ckpts: dict[str, Path], tmp_path: Path, method: str) -> None:
+    others = {"slerp": 1, "nearswap": 1, "arcee_fusion": 1, "passthrough": 1, "nuslerp": 2}.get(method, 3)
+    paths = [ckpts[k] for k in "abc"][:others]
+    base = "" if method == "passthrough" else f"base_model: {ckpts['base']}\n"
+    globals_ = {"slerp": "parameters: {t: 0.3}\n", "nearswap": "parameters: {t: 0.01}\n"}.get(method, "")
+    yaml_text = f"merge_method: {method}\n{base}{_models(paths)}{globals_}dtype: bfloat16\n"
+    if method in ("linear", "karcher"):
+        yaml_text += "parameters: {weight: 1.0}\n" if method == "linear" else ""
+    spec = mergekit_to_spec(yaml_text)
+    lowered = mlspec.loads(spec, file=str(tmp_path / "imported.merge")).plan
+    step = next(s for s in lowered.steps if s.op == "merge_checkpoints")
+    assert step.params["method"] == METHODS[method].ours
+    assert step.params["out_dtype"] == "bfloat16"
+
+
+def test_a_chained_config_runs_and_equals_the_merges_done_by_hand(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    yaml_text = f"""
+name: soup
+merge_method: linear
+models: [{{model: {ckpts["a"]}}}, {{model: {ckpts["b"]}}}]
+parameters: {{weight: 0.5}}
+---
+merge_method: ties
+base_model: {ckpts["base"]}
+models:
+  - {{model: blend, parameters: {{density: 0.6, weight: 0.5}}}}
+  - {{model: {ckpts["a"]}, parameters: {{density: [1, 0.4], weight: 0.5}}}}
+parameters: {{rescale: true}}
+---
+name: blend
+merge_method: slerp
+base_model: soup
+models: [{{model: {ckpts["c"]}}}]
+parameters: {{t: 0.3}}
+"""
+    spec = tmp_path / "chain.merge"
+    spec.write_text(mergekit_to_spec(yaml_text, name="final"))
+    mlspec.load(spec).run(out=tmp_path / "out", cache_dir=tmp_path / "cache", report=False)
+    exported = {}
+    for file in (tmp_path / "out" / "final").glob("*.safetensors"):
+        exported.update(load_file(file))
+    ctx = StepContext(name="m", key="m", seed=0, device="cpu", out_dir=tmp_path / "o", work_dir=tmp_path / "w")
+    mem = {k: _memory(p) for k, p in ckpts.items()}
+    soup = merge("average", ctx, models=[mem["a"], mem["b"]], weights=[0.5, 0.5])
+    blend = merge("slerp", ctx, a=soup, b=mem["c"], t=0.3)
+    final = merge("ties", ctx, base=mem["base"], models=[blend, mem["a"]], weights=[0.5, 0.5],
+                  density=[0.6, [1.0, 0.4]], trim="tensor", weights_at="before", rescale="l1")
+    assert set(exported) == set(final.state)
+    for name, tensor in final.state.items():
+        torch.testing.assert_close(exported[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _memory(path: Path) -> Model:
+    with Checkpoint.open(path) as ck:
+        return Model(arch={"type": "llama"}, state={n: ck.tensor(n) for n in ck.names})

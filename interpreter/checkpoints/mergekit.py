@@ -331,4 +331,7 @@ def read_config(yaml_text: str) -> list[Merge]:
 
 def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
     """The ``.merge`` spec equivalent to a mergekit config; ``name`` names the unnamed (final) merge."""
-    return render(read_config(yaml_text), name)
+    try:
+        return render(read_config(yaml_text), name)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None

@@ -75,7 +75,15 @@ def _identifier(path: str, taken: set[str]) -> str:
 
 
 def render(merges: list[Merge], final: str) -> str:
-    """The spec: the checkpoints loaded once each, the merges in order, exports of those no merge uses."""
+    """The spec: the checkpoints loaded once each, the merges in order, exports of those no merge uses.
+    Raises ValueError for slices: mlspec plans layer stacks (:mod:`mlspec.checkpoints.slices`) but
+    has no operator to write them to yet."""
+    stacked = [m for m in merges if m.slices]
+    if stacked:
+        raise ValueError(
+            f"'slices' (layer stacking) are read and planned, but mlspec has no stacking operator to write "
+            f"them as a spec yet (merge_method: {stacked[0].method})"
+        )
     taken: set[str] = set()
     merge_ids = {m.name: _identifier(m.name or final, taken) for m in merges}
     paths = [r for m in merges for r in m.uses() if r not in merge_ids]
