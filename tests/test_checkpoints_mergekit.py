@@ -8,16 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_checkpoints import in_memory, tiny_family
 
 import mlspec
 from mlspec.checkpoints.mergekit import MergekitImportError, mergekit_to_spec, read_config
 from mlspec.checkpoints.mergekit_methods import METHODS
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.ops.merge.apply import merge
 from mlspec.run.context import StepContext
 from mlspec.syntax.parser import parse
-from mlspec.values import Model
 
 
 def one(yaml_text: str):  # type: ignore[no-untyped-def]
@@ -350,16 +348,9 @@ def test_slices_are_planned_but_not_yet_written_as_a_spec() -> None:
 
 # --- imported specs check and run -------------------------------------------------------------------
 
-TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "base": write_llama(root / "base", TINY, seed=0),
-        **{k: write_llama(root / k, TINY, seed=i, base_seed=0, delta=0.2) for i, k in enumerate("abc", 1)},
-    }
+    return tiny_family(tmp_path_factory.mktemp("tiny"))
 
 
 def _models(paths: list[Path], weights: bool = True) -> str:
@@ -410,7 +401,7 @@ parameters: {{t: 0.3}}
     for file in (tmp_path / "out" / "final").glob("*.safetensors"):
         exported.update(load_file(file))
     ctx = StepContext(name="m", key="m", seed=0, device="cpu", out_dir=tmp_path / "o", work_dir=tmp_path / "w")
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     soup = merge("average", ctx, models=[mem["a"], mem["b"]], weights=[0.5, 0.5])
     blend = merge("slerp", ctx, a=soup, b=mem["c"], t=0.3)
     final = merge("ties", ctx, base=mem["base"], models=[blend, mem["a"]], weights=[0.5, 0.5],
@@ -419,7 +410,3 @@ parameters: {{t: 0.3}}
     for name, tensor in final.state.items():
         torch.testing.assert_close(exported[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
-
-def _memory(path: Path) -> Model:
-    with Checkpoint.open(path) as ck:
-        return Model(arch={"type": "llama"}, state={n: ck.tensor(n) for n in ck.names})

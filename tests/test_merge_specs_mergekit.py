@@ -10,49 +10,27 @@ from typing import Any
 import mergekit_formulas as mk
 import pytest
 import torch
-from safetensors.torch import load_file
+from tiny_checkpoints import in_memory, tiny_family, written
 
 from mlspec.checkpoints import engine
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.errors import SpecError, StepError
 from mlspec.ops.checkpoints.loading import load
 from mlspec.ops.checkpoints.specs import LoadParams
 from mlspec.ops.merge import magprune, passthrough, ram, sce, selective, spherical
 from mlspec.ops.merge.apply import merge, tensor_generator
 from mlspec.run.context import StepContext
-from mlspec.values import CheckpointRef, Model
 
-TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 SEED = 7
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "base": write_llama(root / "base", TINY, seed=0),
-        "a": write_llama(root / "a", TINY, seed=1, base_seed=0, delta=0.2),
-        "b": write_llama(root / "b", TINY, seed=2, base_seed=0, delta=0.2, shard_size=7000),
-    }
+    return tiny_family(tmp_path_factory.mktemp("tiny"), "ab")
 
 
 def _ctx(tmp_path: Path) -> StepContext:
     return StepContext(name="m", key="m", seed=SEED, device="cpu", out_dir=tmp_path / "out",
                        work_dir=tmp_path / "work", input_names={"models": ["a", "b"]})
-
-
-def _memory(path: Path) -> Model:
-    with Checkpoint.open(path) as ck:
-        return Model(arch={"type": "llama"}, state={n: ck.tensor(n) for n in ck.names})
-
-
-def _written(model: Model | CheckpointRef) -> dict[str, torch.Tensor]:
-    assert isinstance(model, CheckpointRef)
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(model.path).glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
 
 
 # (method, parameters, inputs: which of base/a/b, the kernel called by hand on one tensor)
@@ -90,12 +68,12 @@ def test_in_memory_streamed_and_by_hand_agree(
     op: str, params: dict[str, Any], names: tuple[str, ...], by_hand: Any, chunk: int,
 ) -> None:
     monkeypatch.setattr(engine, "CHUNK", chunk)
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    in_memory = merge(op, _ctx(tmp_path), **params, **_inputs(names, mem))
-    streamed = _written(merge(op, _ctx(tmp_path), **params, **_inputs(names, refs)))
-    assert set(streamed) == set(in_memory.state)
-    for name, tensor in in_memory.state.items():
+    held = merge(op, _ctx(tmp_path), **params, **_inputs(names, mem))
+    streamed = written(merge(op, _ctx(tmp_path), **params, **_inputs(names, refs)))
+    assert set(streamed) == set(held.state)
+    for name, tensor in held.state.items():
         torch.testing.assert_close(streamed[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
         xs = [mem[n].state[name] for n in names if n != "base"]
         base = mem["base"].state[name] if "base" in names else None
@@ -106,7 +84,7 @@ def test_in_memory_streamed_and_by_hand_agree(
 def test_declared_della_is_mergekit_della_with_its_options(ckpts: dict[str, Path], tmp_path: Path) -> None:
     """`della(rescale = l1, weights_at = before)` against mergekit's code as written, tensor by tensor,
     with the same random draws."""
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     weights, density, epsilon = [0.7, 1.1], [0.4, 0.6], [0.15, 0.2]
     got = merge("della", _ctx(tmp_path), base=mem["base"], models=[mem["a"], mem["b"]], weights=weights,
                 density=density, epsilon=epsilon, scale=1.2, rescale="l1", weights_at="before")
@@ -119,7 +97,7 @@ def test_declared_della_is_mergekit_della_with_its_options(ckpts: dict[str, Path
 
 
 def test_declared_ties_with_rescale_is_mergekit_ties(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     got = merge("ties", _ctx(tmp_path), base=mem["base"], models=[mem["a"], mem["b"]], density=[0.3, 0.7],
                 weights=[1.0, 0.6], trim="tensor", weights_at="before", rescale="l1")
     for name, tensor in got.state.items():
@@ -130,7 +108,7 @@ def test_declared_ties_with_rescale_is_mergekit_ties(ckpts: dict[str, Path], tmp
 
 
 def test_bad_parameters_fail_with_the_kernels_message(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     with pytest.raises(StepError, match=r"density ± epsilon must lie inside \(0, 1\)"):
         merge("della", _ctx(tmp_path), base=mem["base"], models=[mem["a"]], density=0.1, epsilon=0.2)
     with pytest.raises(StepError, match="nuslerp merges exactly 2 models"):

@@ -19,14 +19,14 @@ Signatures (stable; keyword-only parameters after ``*``)::
          weights_at="after", normalize=False, scale=1.0, generator=None)
     breadcrumbs(base, tensors, *, density=0.9, gamma=0.01, weights=None, consensus=None,
                 weights_at="after", normalize=False, scale=1.0, rescale="none")
-
-    (``density`` and ``gamma`` of the sparse methods: one float for every model, or one per model.)
     model_stock(base, tensors, *, mean="cosine", eps=1e-6)
     fisher(base, tensors, *, fishers, weights=None, eps=1e-8)
     regmean(base, tensors, *, grams=None, alpha=0.9, weights=None)
 
     magnitude_threshold(x, density) -> float        # per-tensor top-k threshold
     MagnitudeThreshold(density).observe(x) ... .refine(x) ... .value   # whole-model, two passes
+
+``density`` and ``gamma`` of the sparse methods are one float for every model, or one per model.
 
 Inputs may be any floating dtype; half precision is computed in float32 and the result is cast
 back to the dtype of ``base`` (or of the first tensor). The dispute points between the papers and
@@ -57,7 +57,6 @@ __all__ = [
     "dare",
     "fisher",
     "l1_factor",
-    "l1_rescaled",
     "linear",
     "magnitude_threshold",
     "model_stock",
@@ -225,11 +224,6 @@ def l1_factor(kept: Tensor, original: Tensor) -> float:
     return before / after if before >= 1e-7 and after >= 1e-7 else 1.0
 
 
-def l1_rescaled(kept: Tensor, original: Tensor) -> Tensor:
-    """``kept`` scaled so that its L1 norm is the original's (see :func:`l1_factor`)."""
-    return kept * l1_factor(kept, original)
-
-
 def _combine(
     base: Tensor,
     deltas: Sequence[Tensor],
@@ -284,7 +278,7 @@ def ties(
     if factors is not None:
         trimmed = [k * f for k, f in zip(trimmed, _weights(factors, len(trimmed)))]
     elif rescale == "l1":
-        trimmed = [l1_rescaled(k, d) for k, d in zip(trimmed, deltas)]
+        trimmed = [k * l1_factor(k, d) for k, d in zip(trimmed, deltas)]
     return _combine(base, trimmed, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
@@ -337,7 +331,7 @@ def breadcrumbs(
     bands = zip(deltas, per_model(density, n, "densities"), per_model(gamma, n, "gammas"))
     kept = [keep_band(d, density=k, gamma=g) for d, k, g in bands]
     if rescale == "l1":
-        kept = [l1_rescaled(k, d) for k, d in zip(kept, deltas)]
+        kept = [k * l1_factor(k, d) for k, d in zip(kept, deltas)]
     return _combine(base, kept, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale)
 
 

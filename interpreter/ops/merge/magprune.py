@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import Election, WeightsAt, _combine, _deltas, l1_rescaled, per_model
+from mlspec.ops.merge.kernels import Election, WeightsAt, _combine, _deltas, l1_factor, per_model
 
 __all__ = ["della", "della_linear", "keep_probabilities", "magprune"]
 
@@ -68,7 +68,7 @@ def magprune(
     if rescale == "inverse":
         return kept / probs
     if rescale == "l1":
-        return l1_rescaled(kept, x)
+        return kept * l1_factor(kept, x)
     return kept
 
 
