@@ -134,6 +134,7 @@ CATALOGUES: list[str] = [
     "mlspec.ops.models.specs",
     "mlspec.ops.scoring",
     "mlspec.ops.merge.specs",
+    "mlspec.ops.merge.specs_mergekit",
     "mlspec.ops.landscape.specs",
     "mlspec.extrap.specs",
     "mlspec.ops.checkpoints.specs",

@@ -1,4 +1,4 @@
-"""Exporting Hugging Face directories, perplexity, and importing mergekit configs."""
+"""Exporting Hugging Face directories and perplexity."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mlspec.checkpoints.export import export_hf
-from mlspec.checkpoints.mergekit import MergekitImportError, mergekit_to_spec
 from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.errors import StepError
 from mlspec.ops.checkpoints.loading import load
@@ -148,82 +147,6 @@ def test_perplexity_without_transformers_says_how_to_install(
         perplexity(_ctx(tmp_path), PerplexityParams(text=str(tmp_path / "nope.txt")), model=ref)
     with pytest.raises(ValueError, match="stride must not exceed context"):
         PerplexityParams(text="t.txt", context=8, stride=9)
-
-
-def test_mergekit_ties_config_becomes_a_spec_that_checks(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    from mlspec.check.lower import lower
-    from mlspec.syntax.parser import parse
-
-    yaml_text = f"""
-models:
-  - model: {ckpts["a"]}
-    parameters: {{density: [1, 0.7, 0.1], weight: 1.0}}
-  - model: {ckpts["b"]}
-    parameters:
-      density: [1, 0.7, 0.1]
-      weight: [{{filter: mlp, value: 0.5}}, {{filter: layers.0., value: 0.2}}, {{value: 0}}]
-merge_method: ties
-base_model: {ckpts["base"]}
-parameters: {{normalize: true, int8_mask: true, lambda: 0.8}}
-dtype: bfloat16
-"""
-    spec = mergekit_to_spec(yaml_text)
-    lowered = lower(parse(spec, file="imported.merge"))
-    merge = next(s for s in lowered.steps.values() if s.op == "merge_checkpoints")
-    p = merge.params
-    assert (p["method"], p["trim"], p["weights_at"], p["elect"], p["scale"]) == (
-        "ties",
-        "tensor",
-        "before",
-        "mass",
-        0.8,
-    )
-    assert p["density"] == [[1.0, 0.7, 0.1], [1.0, 0.7, 0.1]] and p["dtype"] == "bfloat16"  # one gradient per model
-    assert p["weights"][1] == [
-        {"filter": "mlp", "value": 0.5},
-        {"filter": "layers.0.", "value": 0.2},
-        {"filter": None, "value": 0.0},
-    ]
-    assert any(s.op == "export" for s in lowered.steps.values())
-
-
-def test_mergekit_slerp_and_task_arithmetic_map_their_semantics(ckpts: dict[str, Path]) -> None:
-    slerp = mergekit_to_spec(f"""
-merge_method: slerp
-base_model: {ckpts["b"]}
-models: [{{model: {ckpts["a"]}}}, {{model: {ckpts["b"]}}}]
-parameters: {{t: [{{filter: self_attn, value: [0, 1]}}, {{value: 0.5}}]}}
-""")
-    assert "models = [b, a]" in slerp and "t = by_name(self_attn = [0, 1], default = 0.5)" in slerp
-    ta = mergekit_to_spec(f"""
-merge_method: task_arithmetic
-base_model: {ckpts["base"]}
-models:
-  - {{model: {ckpts["a"]}, parameters: {{weight: 2}}}}
-  - {{model: {ckpts["b"]}, parameters: {{weight: 1}}}}
-parameters: {{normalize: true, lambda: 0.6}}
-""")
-    assert "scale = [0.4, 0.2]" in ta
-    per_model = mergekit_to_spec(
-        "merge_method: ties\nbase_model: b\nparameters: {density: 0.4}\n"
-        "models: [{model: a, parameters: {density: 0.5}}, {model: c}]"
-    )
-    assert "density = [0.5, 0.4]" in per_model  # per-model densities, the global one as fallback
-
-
-@pytest.mark.parametrize(
-    ("yaml_text", "message"),
-    [
-        ("merge_method: della\nmodels: [{model: a}]", "'della' has no mlspec equivalent"),
-        ("merge_method: linear\nslices: [{sources: []}]", "'slices'"),
-        ("merge_method: linear\nmodels: [{model: org/m+org/lora}]", "LoRA adapters"),
-        ("merge_method: [unclosed", "not valid YAML"),
-        ("just: text", "no 'merge_method'"),
-    ],
-)
-def test_mergekit_configs_without_an_equivalent_are_refused_clearly(yaml_text: str, message: str) -> None:
-    with pytest.raises(MergekitImportError, match=message):
-        mergekit_to_spec(yaml_text)
 
 
 def test_perplexity_of_a_merged_llama_with_transformers(ckpts: dict[str, Path], tmp_path: Path) -> None:

@@ -12,13 +12,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as hs
 from safetensors.torch import load_file, save_file
+from tiny_checkpoints import TINY, in_memory, tiny_family
+from tiny_checkpoints import written as written_tensors
 
 from mlspec.checkpoints import engine
 from mlspec.checkpoints import settings as st
 from mlspec.checkpoints.engine import StreamOptions, stream_merge
 from mlspec.checkpoints.layout import CheckpointError
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.synthetic import llama_config, write_llama
+from mlspec.checkpoints.synthetic import write_llama
 from mlspec.errors import StepError
 from mlspec.ops.checkpoints.loading import load, merge_checkpoints
 from mlspec.ops.checkpoints.specs import LoadParams, MergeCheckpointsParams
@@ -27,20 +28,11 @@ from mlspec.ops.merge import method as methods
 from mlspec.ops.merge.apply import BoundMethod, merge
 from mlspec.ops.merge.stats import MergeStats
 from mlspec.run.context import StepContext
-from mlspec.values import CheckpointRef, Model
-
-TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "base": write_llama(root / "base", TINY, seed=0),
-        "a": write_llama(root / "a", TINY, seed=1, base_seed=0, delta=0.2),
-        "b": write_llama(root / "b", TINY, seed=2, base_seed=0, delta=0.2, shard_size=7000),
-        "c": write_llama(root / "c", TINY, seed=3, base_seed=0, delta=0.2),
-    }
+    return tiny_family(tmp_path_factory.mktemp("tiny"))
 
 
 def _ctx(tmp_path: Path, name: str = "m") -> StepContext:
@@ -53,19 +45,6 @@ def _ctx(tmp_path: Path, name: str = "m") -> StepContext:
         work_dir=tmp_path / "work" / name,
         input_names={"models": ["a", "b"]},
     )
-
-
-def _memory(path: Path) -> Model:
-    with Checkpoint.open(path) as ck:
-        return Model(arch={"type": "llama"}, state={n: ck.tensor(n) for n in ck.names})
-
-
-def _written(model: Model | CheckpointRef) -> dict[str, torch.Tensor]:
-    assert isinstance(model, CheckpointRef)
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(model.path).glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
 
 
 def _stream(method: str, base: Path | None, models: list[Path], params: dict[str, Any], out: Path,
@@ -95,7 +74,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("ties", {"density": [0.2, 0.6], "trim": "tensor"}),  # per-model densities
     ("ties", {"density": [0.2, 0.6]}),  # per-model densities, whole-model trim
     ("dare", {"density": 0.6, "merge": "ties", "rescale": "l1"}),
+    ("ties", {"density": 0.4, "trim": "tensor", "rescale": "l1"}),  # L1 factors of whole tensors, then chunks
+    ("ties", {"density": [0.3, 0.5], "rescale": "l1"}),
     ("breadcrumbs", {"density": 0.8, "gamma": 0.05}),
+    ("breadcrumbs", {"density": [0.8, 0.6], "gamma": [0.05, 0.1], "rescale": "l1"}),
     ("model_stock", {}),
 ]
 
@@ -109,10 +91,10 @@ def test_streamed_merge_equals_in_memory_operator(
     chunks and when random kernels run on several threads."""
     monkeypatch.setattr(engine, "CHUNK", chunk)
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     expected = merge(op, _ctx(tmp_path), **params, **_inputs(op, mem))
     got = merge(op, _ctx(tmp_path), **params, **_inputs(op, refs))
-    written = _written(got)
+    written = written_tensors(got)
     assert set(written) == set(expected.state)
     for name, tensor in expected.state.items():
         torch.testing.assert_close(written[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
@@ -134,10 +116,10 @@ def test_settings_vary_by_name_and_depth_as_resolved_by_hand(ckpts: dict[str, Pa
         }
     )
     refs = {k: load(_ctx(tmp_path), LoadParams.model_validate({"path": str(p)})) for k, p in ckpts.items()}
-    got = _written(
+    got = written_tensors(
         merge_checkpoints(_ctx(tmp_path), params, base=refs["base"], models=[refs["a"], refs["b"]])
     )
-    mem = {k: _memory(p).state for k, p in ckpts.items()}
+    mem = {k: in_memory(p).state for k, p in ckpts.items()}
     for name, tensor in got.items():
         density = 0.6 if ".layers.1." in name else 0.2
         weights = [2.0 if "mlp" in name else 1.0, 0.5]
@@ -252,7 +234,7 @@ def test_bad_calls_give_clear_errors(ckpts: dict[str, Path], tmp_path: Path) -> 
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         merge("ties", _ctx(tmp_path), base=refs["base"], models=two, t=0.5)
     with pytest.raises(StepError, match="cannot merge checkpoints on disk with models held in memory"):
-        merge("average", _ctx(tmp_path), models=[_memory(ckpts["a"]), refs["b"]])
+        merge("average", _ctx(tmp_path), models=[in_memory(ckpts["a"]), refs["b"]])
 
 
 def test_merge_checkpoints_params_validate_against_the_operator() -> None:
@@ -270,7 +252,7 @@ def test_merge_statistics_on_request_match_the_in_memory_operator(
     ckpts: dict[str, Path], tmp_path: Path
 ) -> None:
     params = {"density": 0.3, "trim": "tensor"}
-    mem = {k: _memory(p) for k, p in ckpts.items()}
+    mem = {k: in_memory(p) for k, p in ckpts.items()}
     expected = merge("ties", _ctx(tmp_path), **params, base=mem["base"], models=[mem["a"], mem["b"]])
     info = _stream("ties", ckpts["base"], [ckpts["a"], ckpts["b"]], params, tmp_path / "o",
                    stats=MergeStats("ties", params))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import mergekit_formulas as mk
 import pytest
 import torch
 from hypothesis import given, settings
@@ -90,11 +91,13 @@ def test_magnitude_threshold_keeps_floor_density_entries() -> None:
 
 
 def ties_oracle(base, tensors, density, weights, elect, weights_at, normalize, scale):  # type: ignore[no-untyped-def]
-    """TIES written out coordinate by coordinate in Python floats (paper Algorithm 1 + variants)."""
+    """TIES written out coordinate by coordinate in Python floats (paper Algorithm 1 + variants);
+    ``density`` is one value or one per model."""
     deltas = [[float(v) - float(b) for v, b in zip(x, base)] for x in tensors]
+    densities = density if isinstance(density, list) else [density] * len(tensors)
     trimmed = []
-    for d in deltas:
-        k = int(density * len(d) + 1e-9)
+    for d, kept in zip(deltas, densities):
+        k = int(kept * len(d) + 1e-9)
         cut = sorted((abs(v) for v in d), reverse=True)[k - 1] if k else math.inf
         trimmed.append([v if abs(v) >= cut else 0.0 for v in d])
     out = []
@@ -260,3 +263,91 @@ def test_half_precision_inputs_keep_their_dtype() -> None:
     a, b = A.to(torch.bfloat16), B.to(torch.bfloat16)
     assert K.linear(None, [a, b]).dtype == torch.bfloat16
     assert K.ties(BASE.to(torch.float16), [A.half(), B.half()]).dtype == torch.float16
+
+
+# --- per-model densities (mergekit allows one density, and gamma, per model) -----------------------
+
+
+@pytest.mark.parametrize("elect", ["mass", "count"])
+def test_ties_per_model_density_matches_oracle(elect: str) -> None:
+    args = dict(density=[0.2, 0.6, 1.0], weights=[1.0, 2.0, 0.5], elect=elect, weights_at="after", normalize=True, scale=1.0)
+    got = K.ties(BASE, [A, B, C], **args)  # type: ignore[arg-type]
+    assert torch.allclose(got, ties_oracle(BASE, [A, B, C], **args))
+
+
+def test_ties_per_model_density_hand_computed() -> None:
+    # trimmed: A keeps 3 only (0.2·5 = 1), B keeps -2, -2, 4, C keeps everything
+    # mass votes (2, -1.5, -0.5, -3, 5) -> signs (+, -, -, -, +); disjoint means 2, -2, -0.5, -3, 2.5
+    assert torch.allclose(K.ties(BASE, [A, B, C], density=[0.2, 0.6, 1.0]), t(2.0, -2.0, -0.5, -3.0, 2.5))
+
+
+def test_sparse_kernels_give_the_same_result_for_a_float_and_a_list_of_it() -> None:
+    models = [A + 1, B + 1, C + 1]
+    assert torch.equal(K.ties(BASE + 1, models, density=0.6), K.ties(BASE + 1, models, density=[0.6] * 3))
+    assert torch.equal(
+        K.breadcrumbs(BASE + 1, models, density=0.6, gamma=0.2),
+        K.breadcrumbs(BASE + 1, models, density=[0.6] * 3, gamma=[0.2] * 3),
+    )
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(
+        K.dare(BASE + 1, models, density=0.4, generator=g1), K.dare(BASE + 1, models, density=[0.4] * 3, generator=g2)
+    )
+
+
+def test_dare_per_model_density_draws_model_by_model() -> None:
+    base, x, y = torch.zeros(200, dtype=D), torch.linspace(-1, 1, 200, dtype=D), torch.linspace(2, 3, 200, dtype=D)
+    got = K.dare(base, [x, y], density=[0.3, 0.8], weights=[1.0, 0.5], generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    keep_x, keep_y = torch.rand(200, generator=g) < 0.3, torch.rand(200, generator=g) < 0.8
+    assert torch.allclose(got, x * keep_x / 0.3 + 0.5 * y * keep_y / 0.8)
+
+
+def test_breadcrumbs_per_model_density_and_gamma() -> None:
+    x = t(*range(1, 11))
+    y = -x
+    got = K.breadcrumbs(torch.zeros(10, dtype=D), [x, y], density=[0.5, 0.9], gamma=[0.2, 0.0])
+    assert torch.equal(got, keep_band(x, density=0.5, gamma=0.2) + keep_band(y, density=0.9, gamma=0.0))
+    assert torch.equal(got, t(0, -2, -3, 0, 0, 0, 0, 0, -9, -10))
+
+
+@pytest.mark.parametrize("kernel", [K.ties, K.dare, K.breadcrumbs])
+def test_per_model_density_needs_one_value_per_model(kernel) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"expected 2 densities, one per model"):
+        kernel(BASE, [A, B], density=[0.5, 0.5, 0.5])
+
+
+# --- rescale (mergekit's `rescale: true` for ties and breadcrumbs) -----------------------------------
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_ties_matches_mergekit_as_written(rescale: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 8, generator=g, dtype=D)
+    xs = [base + torch.randn(6, 8, generator=g, dtype=D) for _ in range(3)]
+    weights, density = [0.7, 1.3, 1.0], [0.3, 0.5, 0.8]
+    got = K.ties(base, xs, density=density, weights=weights, weights_at="before", scale=0.9,
+                 rescale="l1" if rescale else "none")
+    expected = mk.gta(base, xs, weights=weights, sparsify=lambda d, i: mk.magnitude(d, density[i], rescale),
+                      consensus="sum", normalize=True, lambda_=0.9)
+    assert torch.allclose(got, expected)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("consensus", [None, "mass"])
+def test_breadcrumbs_matches_mergekit_as_written(rescale: bool, consensus: str | None) -> None:
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 9, generator=g, dtype=D)
+    xs = [base + torch.randn(5, 9, generator=g, dtype=D) for _ in range(2)]
+    weights, density, gamma = [0.5, 1.5], [0.6, 0.8], [0.1, 0.05]
+    got = K.breadcrumbs(base, xs, density=density, gamma=gamma, weights=weights, consensus=consensus,  # type: ignore[arg-type]
+                        weights_at="before", rescale="l1" if rescale else "none")
+    expected = mk.gta(base, xs, weights=weights,
+                      sparsify=lambda d, i: mk.magnitude_outliers(d, density[i], gamma[i], rescale),
+                      consensus="sum" if consensus else None, normalize=False, lambda_=1.0)
+    assert torch.allclose(got, expected)
+
+
+def test_l1_rescale_restores_the_norm_of_each_trimmed_task_vector() -> None:
+    x = t(4.0, -1.0, 0.5, 2.0, -0.25)
+    kept = K.ties(torch.zeros(5, dtype=D), [x], density=0.4, rescale="l1")  # keeps 4 and 2, norm 7.75
+    assert torch.allclose(kept, t(4.0, 0.0, 0.0, 2.0, 0.0) * 7.75 / 6.0)

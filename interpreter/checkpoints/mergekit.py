@@ -1,57 +1,41 @@
 """``mlspec import mergekit config.yml``: a mergekit YAML config as an equivalent ``.merge`` spec.
 
-Each mergekit method maps to a ``merge_checkpoints`` call whose named options reproduce mergekit's
-semantics (which differ from the papers' in places — see :mod:`mlspec.ops.merge.kernels`):
+Every merge method of mergekit 0.1.5 maps to an mlspec operator whose named options reproduce
+mergekit's semantics (:mod:`mlspec.checkpoints.mergekit_methods` says which, parameter by
+parameter). As mergekit does:
 
-==================  ==========================================================================
-mergekit            mlspec
-==================  ==========================================================================
-linear              average (weights, normalize)
-task_arithmetic     task_arithmetic, scale = weight·λ (normalize divides by Σ weight)
-ties                ties, trim = tensor, weights_at = before, elect = mass (or count)
-dare_linear         dare, merge = task_arithmetic, rescale = l1 (mergekit ≥ 0.1; none if rescale false)
-dare_ties           dare, merge = ties, rescale = l1, weights_at = before
-breadcrumbs(_ties)  breadcrumbs (merge = ties for _ties)
-slerp               slerp: the base model is the t = 0 end
-model_stock         model_stock, mean = cosine
-karcher             spherical_mean
-==================  ==========================================================================
+- a model's parameter falls back to the global ``parameters`` and then to the method's default; a
+  model's rule list without a fallback rule (``- value: …``) falls back the same way for the
+  tensors its filters do not match;
+- ``dtype`` is the dtype the merge runs in and, without ``out_dtype``, the dtype written;
+- ``linear``, ``karcher`` and ``passthrough`` take the ``base_model`` as one more input;
+- several YAML documents chain merges (``mergekit-multi``): a document's ``name`` can be used as a
+  model by the others; the spec declares each merge once and exports those no other merge uses.
 
-Per-model parameters (weight, density, gamma) stay per model, each falling back to the config's
-global value (each may vary by tensor). Slices, modules, LoRA references and
-other methods are refused with a message saying so.
+``tokenizer_source: base`` (or the model whose tokenizer the export copies) is carried; a union
+vocabulary, another model's tokenizer or added tokens re-map the embeddings, which mlspec does
+not do, and are refused. A chat template is noted in the spec, not applied. Configs mergekit
+rejects are refused with the reason; so are LoRA references, ``modules`` and methods' options that
+have no mlspec equivalent (``model_stock`` ``filter_wise``).
 """
 
 from __future__ import annotations
 
-import keyword
-import re
-from pathlib import Path
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from mlspec.checkpoints import settings as st
+from mlspec.checkpoints.mergekit_methods import METHODS, REQUIRED, MethodMap, Param
+from mlspec.checkpoints.mergekit_spec import Merge, render
 from mlspec.errors import MlspecError
 
-__all__ = ["mergekit_to_spec", "MergekitImportError", "SUPPORTED"]
+__all__ = ["Merge", "MergekitImportError", "mergekit_to_spec", "read_config"]
 
 
 class MergekitImportError(MlspecError):
     pass
 
 
-#: mergekit method -> (mlspec method, fixed options, mergekit's default for `normalize`)
-SUPPORTED: dict[str, tuple[str, dict[str, Any], bool | None]] = {
-    "linear": ("average", {}, True),
-    "task_arithmetic": ("task_arithmetic", {}, False),
-    "ties": ("ties", {"trim": "tensor", "weights_at": "before"}, True),
-    "dare_linear": ("dare", {"merge": "task_arithmetic", "weights_at": "before"}, False),
-    "dare_ties": ("dare", {"merge": "ties", "weights_at": "before"}, False),
-    "breadcrumbs": ("breadcrumbs", {"merge": "task_arithmetic", "weights_at": "before"}, False),
-    "breadcrumbs_ties": ("breadcrumbs", {"merge": "ties", "weights_at": "before"}, False),
-    "slerp": ("slerp", {}, None),
-    "model_stock": ("model_stock", {"mean": "cosine"}, None),
-    "karcher": ("spherical_mean", {}, None),
-}
 _DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -62,48 +46,85 @@ _DTYPES = {
     "bf16": "bfloat16",
     "float64": "float64",
 }
-_KEYWORDS = {"true", "false", "step", "on", "for", "in", "to", "as", "study", "use", "export", "report"}
 
 
-def _fail(message: str) -> MergekitImportError:
-    return MergekitImportError(f"cannot import this mergekit config: {message}")
+def _fail(message: str, where: str | None = None) -> MergekitImportError:
+    prefix = f"{where}: " if where else ""
+    return MergekitImportError(f"cannot import this mergekit config: {prefix}{message}")
 
 
-def _value(v: Any) -> str:
-    """A normalised setting (or option) as spec text."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return str(int(v)) if float(v).is_integer() else f"{v:.12g}"  # 0.4, not 0.39999999999999997
-    if isinstance(v, str):
-        return v
-    if st.is_rules(v):
-        if all(
-            r["filter"] is None
-            or (
-                r["filter"].isidentifier()
-                and r["filter"] not in _KEYWORDS
-                and not keyword.iskeyword(r["filter"])
-            )
-            for r in v
-        ):
-            parts = [f"{r['filter'] or 'default'} = {_value(r['value'])}" for r in v]
-            return f"by_name({', '.join(parts)})"
-        rules = [
-            f'rule(filter = "{r["filter"]}", value = {_value(r["value"])})'
-            if r["filter"] is not None
-            else f"rule(value = {_value(r['value'])})"
-            for r in v
-        ]
-        return f"[{', '.join(rules)}]"
-    return f"[{', '.join(_value(x) for x in v)}]"
-
-
+# --- settings ---------------------------------------------------------------------------------------
 def _setting(value: Any, where: str) -> Any:
     try:
         return st.normalise(value)
     except ValueError as exc:
-        raise _fail(f"{where}: {exc}") from None
+        raise _fail(str(exc), where) from None
+
+
+def _has_fallback(setting: Any) -> bool:
+    return not st.is_rules(setting) or any(rule["filter"] is None for rule in setting)
+
+
+def _fallback(setting: Any, then: Any) -> Any:
+    """``setting``, where its rules match nothing continuing with ``then`` (mergekit's lookup order)."""
+    if setting is None:
+        return then
+    if _has_fallback(setting) or then is None or then is REQUIRED:
+        return setting
+    return setting + (then if st.is_rules(then) else [{"filter": None, "value": then}])
+
+
+def _flag(value: Any, param: Param, where: str) -> Any:
+    if value is None:
+        value = param.default
+    if not isinstance(value, bool):
+        raise _fail(f"must be true or false (not {value!r})", where)
+    return value
+
+
+Level = tuple[dict[str, Any], str]  # a parameters mapping, and where it is written (for messages)
+
+
+def _lookup(levels: list[Level], key: str, param: Param) -> Any:
+    """mergekit's lookup: the first level that sets ``key`` (a level whose rules match nothing for a
+    tensor passes that tensor on to the next), then the method's default (or REQUIRED)."""
+    given = [(level[key], f"{where}: {key}") for level, where in levels if level.get(key) is not None]
+    if param.flag:
+        return _flag(given[0][0] if given else None, param, given[0][1] if given else key)
+    value = param.default
+    for setting, where in reversed(given):
+        value = _fallback(_setting(setting, where), value)
+    return value
+
+
+def _parameters(
+    method: str, spec: MethodMap, entries: list[dict[str, Any]], levels: list[Level]
+) -> dict[str, Any]:
+    """The method's parameters in mlspec's names: per-model ones as one setting per entry (looked up
+    on the entry, then ``levels``), global ones looked up on ``levels``."""
+    out: dict[str, Any] = {}
+    for key, param in spec.per_model.items():
+        values = []
+        for entry in entries:
+            value = _lookup([(entry.get("parameters") or {}, str(entry["model"])), *levels], key, param)
+            if value is REQUIRED:
+                raise _fail(f"{method} needs '{key}' for every model; {entry['model']!r} has none and there is no global {key}")
+            values.append(value)
+        if param.ours is not None and any(v is not None for v in values):
+            out[param.ours] = values
+    mergekit_globals = {}
+    for key, param in spec.globals.items():
+        value = _lookup(levels, key, param)
+        if value is REQUIRED:
+            raise _fail(f"{method} needs the parameter '{key}' (mergekit requires it)")
+        mergekit_globals[key] = value
+        if param.ours is not None and value is not None:
+            out[param.ours] = param.convert(value) if param.convert else value
+    if method == "model_stock" and mergekit_globals["filter_wise"]:
+        raise _fail("model_stock with filter_wise: true has no mlspec equivalent", "parameters")
+    if method == "task_arithmetic":
+        out = {"scale": _task_arithmetic_scales(out["weights"], mergekit_globals["lambda"], mergekit_globals["normalize"])}
+    return {**out, **spec.fixed}
 
 
 def _scaled(setting: Any, factor: float) -> Any:
@@ -116,136 +137,201 @@ def _scaled(setting: Any, factor: float) -> Any:
     return [x * factor for x in setting]
 
 
-def _identifier(path: str, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(path.rstrip("/")).name).strip("_").lower() or "model"
-    if stem[0].isdigit() or stem in _KEYWORDS or keyword.iskeyword(stem):
-        stem = "m_" + stem
-    name, i = stem, 2
-    while name in taken:
-        name, i = f"{stem}_{i}", i + 1
-    taken.add(name)
-    return name
+# --- one document -----------------------------------------------------------------------------------
+def _inputs(config: dict[str, Any], spec: MethodMap, method: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """The base (None unless the method anchors on it) and the other inputs, as mergekit sees them."""
+    entries = list(config.get("models") or [])
+    base = config.get("base_model")
+    if spec.base == "joins":
+        if base is not None and base not in [e["model"] for e in entries]:
+            entries.append({"model": base})  # mergekit adds the base model to the inputs
+        base = None
+    elif base is None and spec.base in ("required", "first"):
+        raise _fail(f"{method} needs a base_model")
+    others = [e for e in entries if e["model"] != base]
+    low, high = spec.inputs
+    if len(others) < low or (high is not None and len(others) > high):
+        count = f"exactly {low}" if low == high else f"at least {low}"
+        besides = " besides the base model" if spec.base != "joins" else ""
+        raise _fail(f"{method} merges {count} model(s){besides}, not {len(others)}")
+    return base, others
 
 
-def _each(models: list[dict[str, Any]], glob: dict[str, Any], key: str, default: Any) -> list[Any]:
-    """A per-model parameter: each model's own value, else the config's global one."""
-    return [
-        _setting(m.get("parameters", {}).get(key, glob.get(key, default)), f"{m['model']}: {key}")
-        for m in models
-    ]
-
-
-def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
-    """The ``.merge`` spec equivalent to a mergekit config; raises :class:`MergekitImportError`."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as exc:
-        raise _fail(f"not valid YAML ({exc})") from None
-    if not isinstance(config, dict) or "merge_method" not in config:
-        raise _fail("it has no 'merge_method'")
+def _convert(config: dict[str, Any], name: str | None) -> Merge:
     method = str(config["merge_method"])
-    if method not in SUPPORTED:
-        raise _fail(f"merge_method {method!r} has no mlspec equivalent (supported: {', '.join(SUPPORTED)})")
-    for key in ("slices", "modules"):
-        if config.get(key):
-            raise _fail(
-                f"'{key}' (layer ranges, frankenmerges, multi-module models) are not supported; use 'models'"
-            )
-    ours, fixed, normalize_default = SUPPORTED[method]
-    models = config.get("models") or []
-    if not isinstance(models, list) or not all(isinstance(m, dict) and "model" in m for m in models):
-        raise _fail("'models' must be a list of {model: path, parameters: {...}}")
-    base_ref = config.get("base_model")
-    for ref in [base_ref, *(m["model"] for m in models)]:
-        if ref is not None and ("+" in str(ref) or "@" in str(ref)):
-            raise _fail(
-                f"model reference {ref!r}: LoRA adapters and revisions are not supported (use a local path)"
-            )
-    glob = dict(config.get("parameters") or {})
-    params: dict[str, Any] = dict(fixed)
-    others = [m for m in models if m["model"] != base_ref] if ours != "slerp" else models
-    if ours == "slerp":
-        if base_ref is None or len(models) != 2 or base_ref not in [m["model"] for m in models]:
-            raise _fail("slerp needs exactly two models, one of them the base_model (the t = 0 end)")
-        others = sorted(models, key=lambda m: m["model"] != base_ref)
-        params["t"] = _setting(glob.get("t"), "t")
-    elif ours in ("model_stock", "spherical_mean"):
-        if glob.get("filter_wise"):
-            raise _fail("model_stock filter_wise = true has no mlspec equivalent")
-        if ours == "spherical_mean" and "max_iter" in glob:
-            params["max_iter"] = int(glob["max_iter"])
+    if method not in METHODS:
+        raise _fail(f"merge_method {method!r} is not a mergekit 0.1.5 method (they are: {', '.join(METHODS)})")
+    spec = METHODS[method]
+    levels: list[Level] = [(dict(config.get("parameters") or {}), "parameters")]
+    if config.get("slices"):
+        slices = [_slice(method, spec, sl, i, config.get("base_model"), levels) for i, sl in enumerate(config["slices"])]
+        base = config.get("base_model")
+        return Merge(name, method, spec.ours, base, [], {**spec.fixed, **_dtypes(config)}, slices,
+                     _tokenizer_notes(config, base, [slices[0]["sources"][0]["model"]]))
+    base, others = _inputs(config, spec, method)
+    params = {**_parameters(method, spec, others, levels), **_dtypes(config)}
+    refs = [e["model"] for e in others]
+    if spec.base == "first":
+        refs, base = [base, *refs], None
+    return Merge(name, method, spec.ours, base, refs, params, None, _tokenizer_notes(config, base, refs))
+
+
+def _slice(
+    method: str, spec: MethodMap, sl: Any, index: int, base: str | None, levels: list[Level]
+) -> dict[str, Any]:
+    """One output slice: its sources (model, layer range) and the parameters that apply to it (the
+    slice's own ``parameters`` sit between the sources' and the global ones)."""
+    where = f"slices[{index}]"
+    sources = sl.get("sources") if isinstance(sl, dict) else None
+    if not isinstance(sources, list) or not sources:
+        raise _fail("a slice needs sources: [{model: ..., layer_range: [start, end]}]", where)
+    for src in sources:
+        span = src.get("layer_range")
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+                and 0 <= span[0] < span[1]):
+            raise _fail(f"{src['model']}: layer_range must be [start, end] with 0 ≤ start < end (not {span!r})", where)
+    lengths = sorted({src["layer_range"][1] - src["layer_range"][0] for src in sources})
+    if len(lengths) > 1:
+        raise _fail(f"all sources of a slice must span the same number of layers (not {lengths}; mergekit refuses this too)", where)
+    base = sl.get("base_model") or base
+    others = sources if spec.base == "joins" else [src for src in sources if src["model"] != base]
+    if spec.base == "joins" and method == "passthrough" and len(sources) != 1:
+        raise _fail(f"passthrough copies one source per slice (not {len(sources)}); merge them with another method", where)
+    if spec.base in ("required", "first") and len(others) == len(sources) and len(sources) > 1:
+        raise _fail(f"{method} needs the base model {base!r} among the slice's sources", where)
+    if len(sources) == 1:
+        params: dict[str, Any] = {}  # one source is copied
     else:
-        lam = float(glob.get("lambda", 1.0))
-        weights = [
-            _setting(m.get("parameters", {}).get("weight", glob.get("weight", 1.0)), f"{m['model']}: weight")
-            for m in others
-        ]
-        normalize = bool(glob.get("normalize", normalize_default))
-        if ours == "task_arithmetic":
-            total = sum(w for w in weights if isinstance(w, float)) if normalize else 1.0
-            if normalize and not all(isinstance(w, float) for w in weights):
-                raise _fail("task_arithmetic with normalize and weights that vary by tensor")
-            params["scale"] = [_scaled(w, lam / total) for w in weights]
-        else:
-            params["weights"] = weights
-            params["normalize"] = normalize
-            if ours != "average" and lam != 1.0:
-                params["scale"] = lam
-        if ours in ("ties", "dare", "breadcrumbs"):
-            params["density"] = _each(others, glob, "density", 1.0)
-        if ours == "breadcrumbs":
-            params["gamma"] = _each(others, glob, "gamma", 0.01)
-        if ours == "dare":
-            params["rescale"] = "l1" if glob.get("rescale", True) else "none"
-        if "consensus_method" in glob and ours in ("ties",):
-            params["elect"] = {"sum": "mass", "count": "count"}[str(glob["consensus_method"])]
+        params = _parameters(method, spec, others, [(dict(sl.get("parameters") or {}), where), *levels])
+    return {"sources": [{"model": src["model"], "layer_range": list(src["layer_range"])} for src in sources],
+            "base": base if spec.base != "joins" else None, "params": params}
+
+
+def _task_arithmetic_scales(weights: list[Any], lam: Any, normalize: bool) -> list[Any]:
+    """mergekit's task arithmetic is base + λ·Σ wᵢτᵢ (/ Σ wᵢ with normalize): one scale per model."""
+    if not isinstance(lam, float):
+        raise _fail("task_arithmetic with a lambda that varies by tensor has no mlspec equivalent", "parameters")
+    if not normalize:
+        return [_scaled(w, lam) for w in weights]
+    if not all(isinstance(w, float) for w in weights):
+        raise _fail("task_arithmetic with normalize: true and weights that vary by tensor has no mlspec equivalent")
+    total = sum(weights)
+    return [_scaled(w, lam / (total if abs(total) >= 1e-8 else 1.0)) for w in weights]
+
+
+def _dtypes(config: dict[str, Any]) -> dict[str, str]:
+    out = {}
     for key in ("dtype", "out_dtype"):
         if config.get(key):
             if str(config[key]) not in _DTYPES:
                 raise _fail(f"{key} {config[key]!r} is not one of {', '.join(sorted(_DTYPES))}")
-            params[key] = _DTYPES[str(config[key])]
-    return _render(
-        method,
-        ours,
-        base_ref if ours not in ("average", "spherical_mean", "slerp") else None,
-        [m["model"] for m in others],
-        params,
-        config,
-        name,
-    )
+            out[key] = _DTYPES[str(config[key])]
+    if "dtype" in out and "out_dtype" not in out:
+        out["out_dtype"] = out["dtype"]  # mergekit writes in dtype when there is no out_dtype
+    return out
 
 
-def _render(
-    method: str,
-    ours: str,
-    base: str | None,
-    models: list[str],
-    params: dict[str, Any],
-    config: dict[str, Any],
-    name: str,
-) -> str:
-    taken: set[str] = {name}
-    lines = [
-        f"# Imported from a mergekit config (merge_method: {method}).",
-        "# Checkpoints are read from local paths only: replace hub ids with downloaded directories.",
-        "",
-    ]
-    if config.get("tokenizer_source") or config.get("tokenizer") or config.get("chat_template"):
-        lines.insert(2, "# The tokenizer settings were not imported: the base model's tokenizer is copied.")
-    lines += [f'study "{name}" (seed = 0)', ""]
-    base_name = _identifier(base, taken) if base is not None else None
-    if base is not None:
-        lines.append(f'model {base_name} = load("{base}")')
-    names = [_identifier(m, taken) for m in models]
-    lines += [f'model {n} = load("{m}")' for n, m in zip(names, models)]
-    args = (
-        [f"method = {ours}"]
-        + ([f"base = {base_name}"] if base_name else [])
-        + [f"models = [{', '.join(names)}]"]
-    )
-    args += [f"{k} = {_value(v)}" for k, v in params.items()]
-    lines += ["", f"merge {name} = merge_checkpoints(", *[f"    {a}," for a in args], ")"]
-    lines += [f'export {name} to "{name}" as hf', ""]
-    return "\n".join(lines)
+def _tokenizer_notes(config: dict[str, Any], base: str | None, refs: list[str]) -> list[str]:
+    """What the export does about the tokenizer; refuses what would change the embeddings."""
+    source, tokenizer = config.get("tokenizer_source"), config.get("tokenizer")
+    if source is not None and tokenizer is not None:
+        raise _fail("it sets both tokenizer_source and tokenizer (mergekit refuses that too)")
+    if isinstance(tokenizer, dict):
+        extra = sorted(set(tokenizer) - {"source"})
+        if extra:
+            raise _fail(
+                f"tokenizer: {', '.join(extra)}: adding tokens or padding the vocabulary re-maps the embeddings, "
+                "which mlspec does not do"
+            )
+        source = tokenizer.get("source", "union")
+    notes = []
+    copied = base or (refs[0] if refs else None)
+    if source is not None:
+        if source == "union":
+            raise _fail(
+                "tokenizer_source: union builds a merged vocabulary and re-maps every model's embeddings, "
+                "which mlspec does not do; use base (all models must share the base's vocabulary)"
+            )
+        if source not in ("base", copied):
+            raise _fail(
+                f"tokenizer_source: {source}: mergekit re-maps the embeddings to that model's vocabulary, which "
+                f"mlspec does not do; the export copies the tokenizer of {copied!r}"
+            )
+        notes.append(f"# tokenizer_source: {source}: the export copies the tokenizer of {copied}.")
+    if config.get("chat_template"):
+        notes.append(f"# chat_template: {config['chat_template']} was not applied (the tokenizer is copied as it is).")
+    return notes
+
+
+# --- documents -------------------------------------------------------------------------------------
+def _documents(yaml_text: str) -> list[tuple[str | None, dict[str, Any]]]:
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(yaml_text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise _fail(f"not valid YAML ({exc})") from None
+    out: list[tuple[str | None, dict[str, Any]]] = []
+    for i, doc in enumerate(docs):
+        where = f"document {i + 1}" if len(docs) > 1 else None
+        if not isinstance(doc, dict) or "merge_method" not in doc:
+            raise _fail("it has no 'merge_method'", where)
+        doc = dict(doc)
+        name = doc.pop("name", None)
+        if name is not None and not isinstance(name, str):
+            raise _fail(f"name must be a string (not {name!r})", where)
+        if name in [n for n, _ in out]:
+            raise _fail("several documents have no name (mergekit-multi allows one)" if name is None
+                        else f"two documents are named {name!r}", where)
+        _check_document(doc, where)
+        out.append((name, doc))
+    if not out:
+        raise _fail("it has no 'merge_method'")
+    return out
+
+
+def _check_document(doc: dict[str, Any], where: str | None) -> None:
+    present = [key for key in ("models", "slices", "modules") if doc.get(key)]
+    if len(present) != 1:
+        raise _fail("exactly one of 'models', 'slices' or 'modules' must be given (mergekit requires it)", where)
+    if present == ["modules"]:
+        raise _fail("'modules' (multi-module models) are not supported; use 'models' or 'slices'", where)
+    entries = doc.get("models") or [src for sl in doc.get("slices") or [] for src in (sl or {}).get("sources") or []]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("model"), str) for e in entries):
+        raise _fail("every model must be given as {model: path, parameters: {...}}", where)
+    for ref in [doc.get("base_model"), *(e["model"] for e in entries)]:
+        if ref is not None and ("+" in str(ref) or "@" in str(ref)):
+            raise _fail(f"model reference {ref!r}: LoRA adapters and revisions are not supported (use a local path)", where)
+
+
+def _ordered(merges: list[Merge]) -> list[Merge]:
+    by_name = {m.name: m for m in merges if m.name is not None}
+    graph = {m.name: [r for r in m.uses() if r in by_name] for m in merges}
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        raise _fail(f"the merges use each other in a circle ({' -> '.join(map(str, exc.args[1]))})") from None
+    named = {m.name: m for m in merges}
+    return [named[n] for n in order]
+
+
+def read_config(yaml_text: str) -> list[Merge]:
+    """A mergekit config (one or several YAML documents) as merges, each after those it uses;
+    raises :class:`MergekitImportError`."""
+    merges = []
+    for doc_name, doc in _documents(yaml_text):
+        try:
+            merges.append(_convert(doc, doc_name))
+        except MergekitImportError as exc:
+            if doc_name is None:
+                raise
+            raise MergekitImportError(str(exc).replace(": ", f": merge {doc_name!r}: ", 1)) from None
+    return _ordered(merges)
+
+
+def mergekit_to_spec(yaml_text: str, *, name: str = "merged") -> str:
+    """The ``.merge`` spec equivalent to a mergekit config; ``name`` names the unnamed (final) merge."""
+    try:
+        return render(read_config(yaml_text), name)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None

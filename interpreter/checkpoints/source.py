@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mlspec.checkpoints.layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
+from mlspec.checkpoints.slices import layer_index
 
 __all__ = ["Checkpoint", "TensorInfo", "layer_index", "SAFETENSORS_DTYPES"]
 
@@ -37,15 +37,6 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 #: ``model.layers.7.mlp…`` / ``transformer.h.7…`` / ``blocks.7…``: the transformer block a tensor is in.
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
-
-
-def layer_index(name: str) -> int | None:
-    """The index of the block holding tensor ``name``, or None for embeddings, final norms, heads."""
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else None
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     shape: tuple[int, ...]

@@ -19,7 +19,7 @@ from torch import Tensor
 from mlspec.checkpoints import settings as st
 from mlspec.ops.merge import kernels
 from mlspec.ops.merge.method import MergeMethod
-from mlspec.ops.merge.sparsify import MagnitudeThreshold, threshold_of_magnitudes
+from mlspec.ops.merge.sparsify import MagnitudeThreshold, keep_top, threshold_of_magnitudes
 
 __all__ = [
     "average",
@@ -51,24 +51,35 @@ def spherical_mean(tensors: list[Tensor], *, weights: list[float], max_iter: int
     return kernels.spherical_mean(None, tensors, weights=weights, max_iter=max_iter)
 
 
-def _magnitudes(x: Tensor, base: Tensor) -> Tensor:
-    """|x − base| in at least float32, with one temporary of the tensor's size (large tensors of a
+def _delta(x: Tensor, base: Tensor) -> Tensor:
+    """x − base in at least float32, with one temporary of the tensor's size (large tensors of a
     streamed merge arrive in their stored dtype)."""
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     delta = x.to(wide, copy=True)
-    delta.sub_(base)
-    return delta.abs_()
+    return delta.sub_(base)
+
+
+def _magnitudes(x: Tensor, base: Tensor) -> Tensor:
+    return _delta(x, base).abs_()
 
 
 def ties_tensor_thresholds(
     params: Mapping[str, Any], base: Tensor, tensors: list[Tensor], thresholds: list[float] | None = None
 ) -> dict[str, Any]:
-    """Each task vector's per-tensor trim threshold (``trim = tensor``); none when the whole-model
-    pass has set them."""
-    if thresholds is not None:
-        return {}
-    return {"thresholds": [threshold_of_magnitudes(_magnitudes(x, base), d)
-                           for x, d in zip(tensors, params["density"])]}
+    """What TIES needs of a whole tensor: each task vector's per-tensor trim threshold
+    (``trim = tensor``; none when the whole-model pass has set them) and, with ``rescale = l1``,
+    each trimmed task vector's L1 factor. One task vector's magnitudes at a time."""
+    out: dict[str, Any] = {}
+    if thresholds is None:
+        thresholds = [threshold_of_magnitudes(_magnitudes(x, base), d) for x, d in zip(tensors, params["density"])]
+        out["thresholds"] = thresholds
+    if params.get("rescale") == "l1":
+        factors = []
+        for x, thr in zip(tensors, thresholds):
+            delta = _delta(x, base)
+            factors.append(kernels.l1_factor(keep_top(delta, thr), delta))
+        out["factors"] = factors
+    return out
 
 
 def ties_whole_model(
@@ -102,38 +113,36 @@ def ties_whole_model(
 
 def ties(
     tensors: list[Tensor], base: Tensor, *, density: list[float], weights: list[float], scale: float,
-    elect: str, weights_at: str, trim: str, normalize: bool, thresholds: list[float] | None = None,
+    elect: str, weights_at: str, trim: str, normalize: bool, rescale: str,
+    thresholds: list[float] | None = None, factors: list[float] | None = None,
 ) -> Tensor:
-    if thresholds is None:
-        thresholds = ties_tensor_thresholds({"density": density}, base, tensors)["thresholds"]
-    return kernels.ties(base, tensors, thresholds=thresholds, weights=weights, elect=elect,  # type: ignore[arg-type]
-                        weights_at=weights_at, normalize=normalize, scale=scale)  # type: ignore[arg-type]
+    if thresholds is None or (rescale == "l1" and factors is None):
+        whole = ties_tensor_thresholds({"density": density, "rescale": rescale}, base, tensors, thresholds)
+        thresholds, factors = whole.get("thresholds", thresholds), whole.get("factors", factors)
+    return kernels.ties(base, tensors, thresholds=thresholds, factors=factors, weights=weights,  # type: ignore[arg-type]
+                        elect=elect, weights_at=weights_at, normalize=normalize, scale=scale)  # type: ignore[arg-type]
 
 
 def _consensus(merge: str, elect: str) -> str | None:
     return elect if merge == "ties" else None
 
 
-def _one(values: list[float]) -> float | list[float]:
-    return values[0] if len(set(values)) == 1 else values
-
-
 def dare(
     tensors: list[Tensor], base: Tensor, *, density: list[float], weights: list[float], scale: float,
     elect: str, weights_at: str, rescale: str, merge: str, normalize: bool, generator: torch.Generator,
 ) -> Tensor:
-    return kernels.dare(base, tensors, density=_one(density), weights=weights, rescale=rescale,  # type: ignore[arg-type]
+    return kernels.dare(base, tensors, density=density, weights=weights, rescale=rescale,  # type: ignore[arg-type]
                         consensus=_consensus(merge, elect), weights_at=weights_at,  # type: ignore[arg-type]
                         normalize=normalize, scale=scale, generator=generator)
 
 
 def breadcrumbs(
     tensors: list[Tensor], base: Tensor, *, density: list[float], gamma: list[float], weights: list[float],
-    scale: float, elect: str, weights_at: str, merge: str, normalize: bool,
+    scale: float, elect: str, weights_at: str, merge: str, normalize: bool, rescale: str,
 ) -> Tensor:
-    return kernels.breadcrumbs(base, tensors, density=_one(density), gamma=_one(gamma),  # type: ignore[arg-type]
-                               weights=weights, consensus=_consensus(merge, elect),  # type: ignore[arg-type]
-                               weights_at=weights_at, normalize=normalize, scale=scale)  # type: ignore[arg-type]
+    return kernels.breadcrumbs(base, tensors, density=density, gamma=gamma, weights=weights,
+                               consensus=_consensus(merge, elect), weights_at=weights_at,  # type: ignore[arg-type]
+                               normalize=normalize, scale=scale, rescale=rescale)  # type: ignore[arg-type]
 
 
 def model_stock(tensors: list[Tensor], base: Tensor, *, mean: str) -> Tensor:

@@ -14,17 +14,19 @@ Signatures (stable; keyword-only parameters after ``*``)::
     slerp(base, tensors, *, t, dot_threshold=0.9995, eps=1e-8)
     spherical_mean(base, tensors, *, weights=None, max_iter=100, tol=1e-10, eps=1e-8)
     ties(base, tensors, *, density=0.2, weights=None, thresholds=None, elect="mass",
-         weights_at="after", normalize=True, scale=1.0)
+         weights_at="after", normalize=True, scale=1.0, rescale="none", factors=None)
     dare(base, tensors, *, density=0.5, weights=None, rescale="inverse", consensus=None,
          weights_at="after", normalize=False, scale=1.0, generator=None)
     breadcrumbs(base, tensors, *, density=0.9, gamma=0.01, weights=None, consensus=None,
-                weights_at="after", normalize=False, scale=1.0)
+                weights_at="after", normalize=False, scale=1.0, rescale="none")
     model_stock(base, tensors, *, mean="cosine", eps=1e-6)
     fisher(base, tensors, *, fishers, weights=None, eps=1e-8)
     regmean(base, tensors, *, grams=None, alpha=0.9, weights=None)
 
     magnitude_threshold(x, density) -> float        # per-tensor top-k threshold
     MagnitudeThreshold(density).observe(x) ... .refine(x) ... .value   # whole-model, two passes
+
+``density`` and ``gamma`` of the sparse methods are one float for every model, or one per model.
 
 Inputs may be any floating dtype; half precision is computed in float32 and the result is cast
 back to the dtype of ``base`` (or of the first tensor). The dispute points between the papers and
@@ -54,9 +56,11 @@ __all__ = [
     "consensus_sum",
     "dare",
     "fisher",
+    "l1_factor",
     "linear",
     "magnitude_threshold",
     "model_stock",
+    "per_model",
     "regmean",
     "slerp",
     "spherical_mean",
@@ -77,12 +81,17 @@ def _out(x: Tensor, like: Tensor) -> Tensor:
     return x.to(like.dtype)
 
 
+def per_model(value: float | Sequence[float], n: int, what: str) -> list[float]:
+    """One value per model: a float is shared by all ``n`` models, a sequence must have ``n`` values."""
+    if isinstance(value, int | float):
+        return [float(value)] * n
+    if len(value) != n:
+        raise ValueError(f"expected {n} {what}, one per model (not {list(value)!r})")
+    return [float(v) for v in value]
+
+
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    if weights is None:
-        return [1.0] * n
-    if len(weights) != n:
-        raise ValueError(f"expected {n} weights, one per model (not {list(weights)!r})")
-    return [float(w) for w in weights]
+    return per_model(1.0 if weights is None else weights, n, "weights")
 
 
 def _deltas(base: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -208,6 +217,13 @@ def consensus_sum(
     return mixed
 
 
+def l1_factor(kept: Tensor, original: Tensor) -> float:
+    """‖original‖₁ / ‖kept‖₁ for a sparsified ``original``; 1 when either norm is below 1e-7
+    (mergekit's ``rescale: true`` for magnitude trims and MagPrune)."""
+    before, after = float(original.abs().sum()), float(kept.abs().sum())
+    return before / after if before >= 1e-7 and after >= 1e-7 else 1.0
+
+
 def _combine(
     base: Tensor,
     deltas: Sequence[Tensor],
@@ -233,26 +249,36 @@ def ties(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    density: float = 0.2,
+    density: float | Sequence[float] = 0.2,
     weights: Sequence[float] | None = None,
     thresholds: Sequence[float] | None = None,
     elect: Election = "mass",
     weights_at: WeightsAt = "after",
     normalize: bool = True,
     scale: float = 1.0,
+    rescale: Literal["none", "l1"] = "none",
+    factors: Sequence[float] | None = None,
 ) -> Tensor:
     """TIES-merging (Yadav et al. 2023): trim each task vector to its top-``density`` magnitudes,
     elect a sign per coordinate, average the agreeing entries, add λ·τ_m to the base.
 
     Trim scope: with ``thresholds=None`` each tensor keeps its own top-k (mergekit); passing one
     whole-model threshold per task vector (from :class:`MagnitudeThreshold`) reproduces the paper
-    and FusionBench, which rank all of a model's parameters together.
+    and FusionBench, which rank all of a model's parameters together. ``density`` may be one value
+    per model (mergekit's per-model ``density``). ``rescale = l1`` scales each trimmed task vector
+    back to its L1 norm (mergekit's ``rescale: true``); ``factors`` gives those multipliers when
+    they were computed on the whole tensor beforehand (a row chunk's own norms would differ).
     """
     deltas = _deltas(base, tensors)
     if thresholds is None:
-        trimmed = [keep_top(d, magnitude_threshold(d, density)) for d in deltas]
+        densities = per_model(density, len(deltas), "densities")
+        trimmed = [keep_top(d, magnitude_threshold(d, k)) for d, k in zip(deltas, densities)]
     else:
         trimmed = [keep_top(d, thr) for d, thr in zip(deltas, _weights(thresholds, len(deltas)))]
+    if factors is not None:
+        trimmed = [k * f for k, f in zip(trimmed, _weights(factors, len(trimmed)))]
+    elif rescale == "l1":
+        trimmed = [k * l1_factor(k, d) for k, d in zip(trimmed, deltas)]
     return _combine(base, trimmed, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
@@ -260,7 +286,7 @@ def dare(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    density: float = 0.5,
+    density: float | Sequence[float] = 0.5,
     weights: Sequence[float] | None = None,
     rescale: Literal["inverse", "l1", "none"] = "inverse",
     consensus: Election | None = None,
@@ -275,9 +301,11 @@ def dare(
 
     ``rescale``: ``inverse`` multiplies by 1/(1 − p) (the paper, FusionBench, mergekit before
     PR #505); ``l1`` matches the L1 norm of the kept entries to the original (mergekit today).
+    ``density`` may be one value per model; the models draw from ``generator`` in order.
     """
     deltas = _deltas(base, tensors)
-    dropped = [random_drop(d, density, rescale=rescale, generator=generator) for d in deltas]
+    densities = per_model(density, len(deltas), "densities")
+    dropped = [random_drop(d, k, rescale=rescale, generator=generator) for d, k in zip(deltas, densities)]
     return _combine(base, dropped, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale)
 
 
@@ -285,19 +313,25 @@ def breadcrumbs(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    density: float = 0.9,
-    gamma: float = 0.01,
+    density: float | Sequence[float] = 0.9,
+    gamma: float | Sequence[float] = 0.01,
     weights: Sequence[float] | None = None,
     consensus: Election | None = None,
     weights_at: WeightsAt = "after",
     normalize: bool = False,
     scale: float = 1.0,
+    rescale: Literal["none", "l1"] = "none",
 ) -> Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023): per tensor, drop the largest ``gamma``
     fraction of each task vector's magnitudes (outliers) and the smallest, keeping ``density``;
-    then task arithmetic (or TIES with ``consensus``; mergekit ``breadcrumbs_ties``)."""
+    then task arithmetic (or TIES with ``consensus``; mergekit ``breadcrumbs_ties``). ``density``
+    and ``gamma`` may each be one value per model; ``rescale = l1`` as in :func:`ties`."""
     deltas = _deltas(base, tensors)
-    kept = [keep_band(d, density=density, gamma=gamma) for d in deltas]
+    n = len(deltas)
+    bands = zip(deltas, per_model(density, n, "densities"), per_model(gamma, n, "gammas"))
+    kept = [keep_band(d, density=k, gamma=g) for d, k, g in bands]
+    if rescale == "l1":
+        kept = [k * l1_factor(k, d) for k, d in zip(kept, deltas)]
     return _combine(base, kept, weights, consensus=consensus, weights_at=weights_at, normalize=normalize, scale=scale)
 
 

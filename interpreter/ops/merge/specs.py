@@ -53,6 +53,11 @@ class _SparseParams(Params):
     )
 
 
+_L1 = Field(
+    default="none", description="scale each trimmed task vector back to its L1 norm (mergekit's rescale: true)"
+)
+
+
 class TiesParams(_SparseParams):
     density: float = Field(default=0.2, ge=0.0, le=1.0, description="fraction of each task vector kept (top-k)")
     trim: Literal["model", "tensor"] = Field(
@@ -62,6 +67,7 @@ class TiesParams(_SparseParams):
     normalize: bool = Field(
         default=True, description="disjoint mean (paper, mergekit) or disjoint sum (FusionBench's default)"
     )
+    rescale: Literal["none", "l1"] = _L1
 
 
 class DareParams(_SparseParams):
@@ -80,6 +86,7 @@ class BreadcrumbsParams(_SparseParams):
     gamma: float = Field(default=0.01, ge=0.0, le=1.0, description="fraction of largest magnitudes dropped")
     merge: Literal["task_arithmetic", "ties"] = Field(default="task_arithmetic", description="how to combine")
     normalize: bool = Field(default=False, description="divide the merged delta by the weights")
+    rescale: Literal["none", "l1"] = _L1
 
 
 class ModelStockParams(Params):
