@@ -31,7 +31,8 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SpecError as exc:
             click.echo(exc.render(), err=True)
             n = len(exc.diagnostics)
-            click.echo(f"\n{n} error{'s' if n != 1 else ''} in the spec; nothing was run.", err=True)
+            where = " in the spec" if any(d.span is not None for d in exc.diagnostics) else ""
+            click.echo(f"\n{n} error{'s' if n != 1 else ''}{where}; nothing was run.", err=True)
             sys.exit(EXIT_SPEC)
         except MlspecError as exc:
             click.echo(f"error: {exc}", err=True)
@@ -212,37 +213,24 @@ def ops(name: str | None, dialect: str | None) -> None:
     from mlspec.errors import did_you_mean
 
     if name is None:
+        import shutil
+        import textwrap
+
+        width = max(80, shutil.get_terminal_size((100, 24)).columns)
         for spec in registry.all_ops(dialect):
             dialects = "/".join(sorted(spec.dialects))
-            click.echo(f"{spec.name:<20} {spec.output.value:<12} {dialects:<13} {spec.summary}")
+            head = f"{spec.name:<20} {spec.output.value:<12} {dialects:<13} "
+            click.echo(textwrap.fill(spec.summary, width, initial_indent=head, subsequent_indent=" " * len(head),
+                                     break_on_hyphens=False))
         return
     spec = registry.get(name)
     if spec is None:
         hint = did_you_mean(name, registry.names())
         click.echo(f"error: unknown operator '{name}'" + (f"; {hint}" if hint else ""), err=True)
         sys.exit(EXIT_SPEC)
-    click.echo(_describe_op(spec))
+    from mlspec.describe import describe
 
-
-def _describe_op(spec: Any) -> str:
-    import inspect
-
-    lines = [f"{spec.name}  ->  {spec.output.value}   (version {spec.version}; dialects: "
-             f"{', '.join(sorted(spec.dialects))})", "", inspect.cleandoc(spec.doc), ""]
-    if spec.inputs:
-        lines.append("inputs:")
-        for p in spec.inputs:
-            many = f"list of {p.kind.value}" if p.many else p.kind.value
-            lines.append(f"  {p.name:<16} {many}" + ("" if p.required else " (optional)") + (f"  {p.doc}" if p.doc else ""))
-    fields = spec.params.model_fields
-    if fields:
-        lines.append("parameters:")
-        for fname, info in fields.items():
-            shown = info.alias or fname
-            default = "required" if info.is_required() else f"default {json.dumps(info.get_default(call_default_factory=True))}"
-            ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-            lines.append(f"  {shown:<16} {ann:<24} {default}" + (f"  — {info.description}" if info.description else ""))
-    return "\n".join(lines)
+    click.echo(describe(spec))
 
 
 @main.group(name="import")

@@ -17,6 +17,7 @@ Adding an operator never touches the grammar: add an ``OpSpec`` to a catalogue m
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -115,7 +116,10 @@ class OpSpec:
 
     @property
     def summary(self) -> str:
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+        """The doc's first sentence, whole however the docstring wraps it."""
+        paragraph = " ".join(self.doc.strip().split("\n\n")[0].split())
+        match = re.match(r"(.+?[.!?])(?=\s+[A-Z`]|$)", paragraph)
+        return match.group(1) if match else paragraph
 
 
 _REGISTRY: dict[str, OpSpec] = {}

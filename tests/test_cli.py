@@ -42,6 +42,31 @@ def test_ops_name_shows_parameters_defaults_and_docs() -> None:
     assert bad.exit_code == 2 and "did you mean 'average'?" in bad.stderr
 
 
+def test_ops_list_shows_whole_first_sentences() -> None:
+    from mlspec import registry
+
+    listing = " ".join(invoke("ops").output.split())  # wrapped to the terminal: compare word by word
+    for spec in registry.all_ops():
+        assert spec.summary.endswith((".", "!", "?", ")")), spec.summary
+        assert " ".join(spec.summary.split()) in listing
+    breadcrumbs = registry.get("breadcrumbs")
+    assert breadcrumbs is not None and breadcrumbs.summary.endswith("then task arithmetic or TIES.")
+    connect = registry.get("connect")  # the sentence ends before the example on the same paragraph
+    assert connect is not None and connect.summary.endswith("score it against the straight line.")
+
+
+def test_ops_shows_choices_ranges_and_the_clauses_that_set_parameters() -> None:
+    evaluate = invoke("ops", "evaluate_extrap").output
+    assert "one of: exact, valid_path" in evaluate
+    dynamics = invoke("ops", "dynamics").output
+    assert "list of (one of: fixed_point, cycle, pca, betti, deadend)" in dynamics
+    train = invoke("ops", "train_recurrent").output
+    # The operator's parameters and the `train` statement's clauses use one vocabulary.
+    assert "  batch " in train and "  validation " in train and "batch_size" not in train
+    assert "int (≥ 1)" in train and "float (≥ 0.0, < 1.0)" in train
+    assert "its clauses set parameters: epochs, with (sets loss), lr, batch," in train
+
+
 def test_check_graph_and_fmt(tmp_path: Path) -> None:
     spec = tmp_path / "s.merge"
     spec.write_text(SPEC)

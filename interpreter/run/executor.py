@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlspec import registry
-from mlspec.errors import MlspecError
+from mlspec.errors import Diagnostic, MlspecError, SpecError
 from mlspec.plan.graph import Plan
 from mlspec.plan.steps import Step
 from mlspec.run.cache import Cache
@@ -53,12 +53,25 @@ class RunResult:
         return [o for o in self.outcomes.values() if o.state in ("failed", "skipped")]
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
+def resolve_device(device: str, *, here: bool = True) -> str:
+    """``auto`` → cuda when present, else cpu. A device this machine lacks is refused here, before
+    any step runs (a SpecError: exit code 2), rather than failing step after step. ``here=False``
+    (Ray: the steps run on the cluster's machines) checks only the device's name."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in ("auto", "cpu"):
+        return "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise SpecError(Diagnostic(f"unknown device {device!r}", None, help="use auto, cpu, cuda or cuda:N"))
+    if not here:
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= count:
+        have = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device"
+        raise SpecError(Diagnostic(f"device {device!r} is not available: this machine has {have}", None,
+                                   help="run with --device cpu, or leave the study's device as auto"))
+    return device
 
 
 def explain(plan: Plan, cache: Cache, *, force: bool = False) -> list[tuple[Step, str, str]]:
@@ -185,7 +198,7 @@ class Runner:
         self.force = force
         self.allow_outside = allow_outside
         self.progress = progress
-        self.device = resolve_device(device or plan.study.device)
+        self.device = resolve_device(device or plan.study.device, here=executor == "local")
         self.values: dict[str, Value] = {}  # in-process results, by key, freed after last use
 
     def payload(self, step: Step, threads: int | None = None) -> dict[str, Any]:

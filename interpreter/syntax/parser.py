@@ -7,6 +7,7 @@ file extension. Parsers are built once per process (LALR, contextual lexer).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from functools import cache
 from importlib import resources
@@ -50,11 +51,22 @@ def _collect_comment(token: Token) -> Token:
     return token
 
 
+class _WholeWords:
+    """Keywords match whole words only. The contextual lexer tries just the terminals the parser
+    accepts next, so where no name fits, ``batch_size`` would lex as the keyword ``batch`` followed
+    by ``_size``; offering NAME everywhere makes it one word, reported as the unknown word it is."""
+
+    always_accept = ("NAME",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        return stream
+
+
 @cache
 def _parser(dialect: str) -> Lark:
     # Comments are ignored by the grammar but collected for `fmt` and the report's question.
     return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment})
+                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment}, postlex=_WholeWords())
 
 
 @cache
@@ -131,6 +143,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
         lines = text.rstrip().splitlines() or [""]
         line, col = len(lines), len(lines[-1]) + 1
         expected = getattr(exc, "expected", set())
+        unclosed = _unclosed_bracket(text, file, line, col, expected, parser, "the end of the file")
+        if unclosed is not None:
+            return unclosed
         what = _expected_list(expected, parser)
         return Diagnostic(f"the spec ended unexpectedly; expected {what}", Span(file, line, col, line, col + 1))
     line, col = exc.line, exc.column
@@ -140,17 +155,23 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
     if isinstance(exc, UnexpectedToken):
         expected = set(exc.accepts or exc.expected)
     elif isinstance(exc, UnexpectedCharacters):
-        expected = set(exc.allowed or ())
+        # What the parser accepts here (the lexer's own list has NAME in place of every keyword).
+        state = exc.state
+        expected = set(state.parse_conf.parse_table.states[state.position]) if state else set(exc.allowed or ())
     starts = _statement_keywords(dialect)
     kw = keywords(dialect)
     expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
-    closers = [c for c in (")", "]") if c in expected_words]
     before = _previous_code(text, line, col)
-    if closers and before is not None and before[0] < line:
+    if before is not None and before[0] < line:
         # The statement went on past the end of its line: most often an unclosed bracket.
-        at = Span(file, before[0], before[1] + 1, before[0], before[1] + 2)
-        return Diagnostic(f"expected '{closers[0]}': a bracket on line {before[0]} is not closed", at,
-                          help=f"close it before the statement on line {line}")
+        unclosed = _unclosed_bracket(text, file, line, col, expected, parser, f"the statement on line {line}")
+        if unclosed is not None:
+            return unclosed
+    if word == "," and "x" in expected_words:
+        src = text.splitlines()[line - 1]
+        axes = re.findall(r"[A-Za-z_]\w*", src[src.rfind("along", 0, col) + len("along"):].split("#")[0])
+        return Diagnostic("unexpected ','; the axes of a grid are joined with x", span,
+                          help=f"write `along {' x '.join(axes)}`")
     if word and re.match(r"[A-Za-z_]", word):
         # A word where a keyword belongs: most likely a misspelt statement or clause keyword.
         clause_words = [*kw["clause_kw"], "on", "for", "to", "as", "step", "along", "x"]
@@ -170,6 +191,33 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
                               help=hint or f"expected {_expected_list(expected, parser)}")
     shown = "'" + word + "'" if word else "this"
     return Diagnostic(f"unexpected {shown}; expected {_expected_list(expected, parser)}", span)
+
+
+_PAIRS = {"(": ")", "[": "]"}
+
+
+def _unclosed_bracket(text: str, file: str, line: int, col: int, expected: set[str], parser: Lark,
+                      until: str) -> Diagnostic | None:
+    """The innermost bracket still open at (line, col), if the parser expected its closer there:
+    the diagnostic points at the opening bracket, not at wherever the parser gave up."""
+    expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
+    lines = text.splitlines()
+    upto = "\n".join(lines[: line - 1] + [lines[line - 1][: col - 1] if line <= len(lines) else ""])
+    stack: list[tuple[str, int]] = []
+    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[\[\]()]', upto):
+        token = m.group(0)
+        if token in _PAIRS:
+            stack.append((token, m.start()))
+        elif token in _PAIRS.values() and stack and _PAIRS[stack[-1][0]] == token:
+            stack.pop()
+    if not stack or _PAIRS[stack[-1][0]] not in expected_words:
+        return None
+    opener, offset = stack[-1]
+    at_line = upto.count("\n", 0, offset) + 1
+    at_col = offset - (upto.rfind("\n", 0, offset) + 1) + 1
+    closer = _PAIRS[opener]
+    return Diagnostic(f"this '{opener}' is never closed", Span(file, at_line, at_col, at_line, at_col + 1),
+                      help=f"add '{closer}' before {until}")
 
 
 def _previous_code(text: str, line: int, col: int) -> tuple[int, int] | None:
