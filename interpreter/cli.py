@@ -1,4 +1,4 @@
-"""The ``mlspec`` command: run, check, graph, fmt, ops, report, compare, import.
+"""The ``mlspec`` command: run, check, graph, fmt, ops, report, compare, import, init, lsp.
 
 Spec errors print as diagnostics (file:line:col, the line, a caret) with exit code 2; a failing
 step exits 1 after writing everything that did finish. No Python traceback for any spec input.
@@ -231,6 +231,30 @@ def ops(name: str | None, dialect: str | None) -> None:
     from mlspec.describe import describe
 
     click.echo(describe(spec))
+
+
+@main.command()
+def lsp() -> None:
+    """Serve editors over stdio: diagnostics as you type, hover, completion, go-to-definition."""
+    try:
+        from mlspec.lsp.server import serve
+    except ModuleNotFoundError as exc:
+        click.echo(f"error: `mlspec lsp` needs {exc.name}: pip install 'mlspec[lsp]'", err=True)
+        sys.exit(EXIT_FAILED)
+    serve()
+
+
+@main.command()
+@click.argument("words", nargs=-1, required=True, metavar="[merge|extrap] NAME")
+@_fail_cleanly
+def init(words: tuple[str, ...]) -> None:
+    """Write NAME.merge (or NAME.extrap): a small commented study that checks and runs."""
+    from mlspec.starters import write_starter
+
+    if len(words) > 2 or (len(words) == 2 and words[0] not in ("merge", "extrap")):
+        raise click.UsageError("usage: mlspec init [merge|extrap] NAME")
+    path = write_starter(words[0] if len(words) == 2 else "merge", words[-1])
+    click.echo(f"wrote {path}\nnext: mlspec run {shlex.quote(str(path))}")
 
 
 @main.group(name="import")

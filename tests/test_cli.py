@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from mlspec.cli import main
@@ -124,3 +125,33 @@ def test_an_unwritable_output_directory_is_a_clean_error(tmp_path: Path) -> None
                                     str(tmp_path / "c")])
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "Not a directory" in out.stderr or "File exists" in out.stderr
+
+
+def test_init_writes_a_commented_spec_that_checks_and_says_what_to_type_next(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    merge = invoke("init", "first")
+    assert merge.exit_code == 0 and merge.output == "wrote first.merge\nnext: mlspec run first.merge\n"
+    extrap = invoke("init", "extrap", "mazes")
+    assert extrap.exit_code == 0 and "next: mlspec run mazes.extrap" in extrap.output
+    first = (tmp_path / "first.merge").read_text()
+    for name in ("first.merge", "mazes.extrap"):
+        text = (tmp_path / name).read_text()
+        assert text.startswith("# ") and text.count("\n#") >= 4  # commented for a first reader
+        checked = invoke("check", name)
+        assert checked.exit_code == 0 and " steps" in checked.output
+    again = CliRunner().invoke(main, ["init", "first"])
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert (tmp_path / "first.merge").read_text() == first  # not overwritten
+    wrong = CliRunner().invoke(main, ["init", "nonsense", "x"])
+    assert wrong.exit_code == 2 and "mlspec init [merge|extrap] NAME" in wrong.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["merge", "extrap"])
+def test_init_specs_run(tmp_path: Path, monkeypatch, dialect: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert invoke("init", dialect, "starter").exit_code == 0
+    ran = invoke("run", f"starter.{dialect}", "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    assert ran.exit_code == 0, ran.output
+    assert (tmp_path / "out" / "starter" / "report.html").exists()

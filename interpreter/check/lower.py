@@ -232,8 +232,8 @@ class _Lowerer(Resolver):
         for stmt in other.statements:
             if isinstance(stmt, ast.Use):
                 self.include(stmt, seen | {str(path)})
-            elif isinstance(stmt, ast.Decl):
-                self.guard(self.decl, stmt)
+            elif isinstance(stmt, ast.Decl) and not self.guard(self.decl, stmt):
+                self.failed.add(stmt.name)
 
     def guard(self, fn: Any, stmt: Any) -> bool:
         try:

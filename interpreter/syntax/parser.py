@@ -19,7 +19,7 @@ from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
 from mlspec.syntax.ast import Program
 from mlspec.syntax.build import build_program
 
-__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords"]
+__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "statement_keywords", "accepted_after"]
 
 DIALECTS = {".merge": "merge", ".extrap": "extrap"}
 
@@ -81,7 +81,7 @@ def keywords(dialect: str) -> dict[str, list[str]]:
     return out
 
 
-def _statement_keywords(dialect: str) -> list[str]:
+def statement_keywords(dialect: str) -> list[str]:
     kw = keywords(dialect)
     return ["study", "use", "export", "report", *kw["decl_kind"], *kw["action_kw"]]
 
@@ -108,6 +108,23 @@ def parse_file(path: str | Path) -> Program:
     except (UnicodeDecodeError, IsADirectoryError) as exc:
         raise SpecError(Diagnostic(f"cannot read {str(path)!r} as a UTF-8 spec ({exc.__class__.__name__})", None)) from None
     return parse(text, str(path), dialect_of(path))
+
+
+def accepted_after(text: str, dialect: str) -> set[str] | None:
+    """What the grammar accepts right after ``text`` — keywords as written (``'epochs'``), other
+    terminals by name (``NAME``, ``NUMBER``, ``STRING``) — or None when ``text`` itself has a
+    syntax error. An editor's completion offers exactly these keywords."""
+    parser = _parser(dialect)
+    interactive = parser.parse_interactive(text)
+    try:
+        interactive.exhaust_lexer()
+    except UnexpectedInput:
+        return None
+    out = set()
+    for name in interactive.accepts():
+        pattern = parser.get_terminal(name).pattern if name != "$END" else None
+        out.add(pattern.value if pattern is not None and pattern.type == "str" else name)
+    return out
 
 
 # --- syntax errors -----------------------------------------------------------------------------
@@ -158,7 +175,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
         # What the parser accepts here (the lexer's own list has NAME in place of every keyword).
         state = exc.state
         expected = set(state.parse_conf.parse_table.states[state.position]) if state else set(exc.allowed or ())
-    starts = _statement_keywords(dialect)
+    starts = statement_keywords(dialect)
     kw = keywords(dialect)
     expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
     before = _previous_code(text, line, col)
@@ -185,7 +202,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
                 kind, hint = "keyword", hint_clause
             else:
                 kind, hint = ("statement" if statement_words else "keyword"), hint_stmt or hint_clause
-            if hint is None and word in _statement_keywords(other):
+            if hint is None and word in statement_keywords(other):
                 hint = f"'{word}' belongs to the .{other} dialect; this file is .{dialect}"
             return Diagnostic(f"unknown {kind} '{word}'", span,
                               help=hint or f"expected {_expected_list(expected, parser)}")
