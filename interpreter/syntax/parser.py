@@ -19,7 +19,8 @@ from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
 from mlspec.syntax.ast import Program
 from mlspec.syntax.build import build_program
 
-__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "statement_keywords", "accepted_after"]
+__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "all_keywords", "statement_keywords",
+           "accepted_after"]
 
 DIALECTS = {".merge": "merge", ".extrap": "extrap"}
 
@@ -79,6 +80,13 @@ def keywords(dialect: str) -> dict[str, list[str]]:
         if rule.origin.name in out:
             out[rule.origin.name] += [str(parser.get_terminal(sym.name).pattern.value) for sym in rule.expansion]
     return out
+
+
+@cache
+def all_keywords(dialect: str) -> frozenset[str]:
+    """Every word the dialect's grammar reserves somewhere (``study``, ``epochs``, ``x``, ``true`` …)."""
+    return frozenset(t.pattern.value for t in _parser(dialect).terminals
+                     if t.pattern.type == "str" and t.pattern.value.isidentifier())
 
 
 def statement_keywords(dialect: str) -> list[str]:
