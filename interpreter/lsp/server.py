@@ -8,6 +8,9 @@ and the analysis's spans (1-based characters).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
@@ -19,6 +22,7 @@ from mlspec.lsp import analysis
 
 __all__ = ["server", "serve"]
 
+T = TypeVar("T")
 server = LanguageServer("mlspec", __version__)
 _documents: dict[str, analysis.Document] = {}
 
@@ -72,6 +76,13 @@ def _current(ls: LanguageServer, uri: str) -> tuple[analysis.Document, TextDocum
     return _documents[uri], doc
 
 
+def _ask(ls: LanguageServer, params: lsp.TextDocumentPositionParams,
+         question: Callable[[analysis.Document, int, int], T]) -> tuple[T, TextDocument]:
+    """The analysis's answer about the position in ``params``, and the document it is in."""
+    result, doc = _current(ls, params.text_document.uri)
+    return question(result, *_position(doc, params.position)), doc
+
+
 @server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: LanguageServer, params: lsp.DidOpenTextDocumentParams) -> None:
     _refresh(ls, params.text_document.uri)
@@ -95,8 +106,7 @@ def did_close(ls: LanguageServer, params: lsp.DidCloseTextDocumentParams) -> Non
 
 @server.feature(lsp.TEXT_DOCUMENT_HOVER)
 def hover(ls: LanguageServer, params: lsp.HoverParams) -> lsp.Hover | None:
-    result, doc = _current(ls, params.text_document.uri)
-    text = analysis.hover(result, *_position(doc, params.position))
+    text, _ = _ask(ls, params, analysis.hover)
     if text is None:
         return None
     return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text))
@@ -104,18 +114,17 @@ def hover(ls: LanguageServer, params: lsp.HoverParams) -> lsp.Hover | None:
 
 @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=["(", ",", "="]))
 def completion(ls: LanguageServer, params: lsp.CompletionParams) -> lsp.CompletionList:
-    result, doc = _current(ls, params.text_document.uri)
+    found, _ = _ask(ls, params, analysis.complete)
     items = [lsp.CompletionItem(label=c.label, kind=_COMPLETION_KINDS[c.kind], detail=c.detail or None,
                                 documentation=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=c.documentation)
                                 if c.documentation else None, insert_text=c.insert)
-             for c in analysis.complete(result, *_position(doc, params.position))]
+             for c in found]
     return lsp.CompletionList(is_incomplete=False, items=items)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: LanguageServer, params: lsp.DefinitionParams) -> lsp.Location | None:
-    result, doc = _current(ls, params.text_document.uri)
-    span = analysis.definition(result, *_position(doc, params.position))
+    span, doc = _ask(ls, params, analysis.definition)
     if span is None:
         return None
     uri = from_fs_path(span.file) or params.text_document.uri
