@@ -170,3 +170,28 @@ def test_document_symbols_are_the_declarations(client: LspClient, tmp_path: Path
     init = symbols[names.index("init")]
     assert init["detail"] == "model = mlp(…)"
     assert init["selectionRange"]["start"] == {"line": _line_of(QUICK, "model init")[0], "character": 6}
+
+
+def test_hover_on_a_statement_and_its_clauses_names_the_operator_parameters() -> None:
+    """A clause is a parameter under another name: hovering `batch` in a train statement says so."""
+    from mlspec.lsp.analysis import analyse, hover
+
+    text = "task mazes = maze(size = 5)\nmodel dt = dt_net(width = 8)\ntrain [dt] on mazes epochs 2 with progressive_loss(alpha = 0.5) batch 10\n"
+    doc = analyse(text, "/nowhere/t.extrap")
+    assert doc.diagnostics == []
+    line = text.split("\n")[2]
+    batch = hover(doc, 3, line.index("batch") + 2)
+    assert batch is not None and batch.startswith("**batch** — parameter of `train_recurrent`")
+    with_ = hover(doc, 3, line.index("with") + 1)
+    assert with_ is not None and with_.startswith("**loss** — parameter of `train_recurrent`")
+    assert "set by `with` in a `train` statement" in with_
+    train = hover(doc, 3, 2)
+    assert train is not None and train.startswith("`train` runs the operator `train_recurrent`")
+
+
+def test_the_server_does_not_import_torch() -> None:
+    """Starting the server stays quick: like `mlspec check`, it never loads torch."""
+    import subprocess
+
+    code = "import sys, mlspec.lsp.server\nassert 'torch' not in sys.modules, 'the language server imported torch'\n"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -21,7 +21,7 @@ from mlspec.errors import Diagnostic, Span, SpecError
 from mlspec.registry import Kind, OpSpec
 from mlspec.syntax import ast
 from mlspec.syntax.fmt import format_program
-from mlspec.syntax.parser import DIALECTS, accepted_after, parse, statement_keywords
+from mlspec.syntax.parser import DIALECTS, accepted_after, open_brackets, parse, statement_keywords
 
 __all__ = ["Document", "Completion", "Symbol", "analyse", "hover", "complete", "definition", "symbols",
            "formatted"]
@@ -296,19 +296,12 @@ def formatted(doc: Document) -> str | None:
 
 def _open_call(before: str) -> tuple[str, str] | None:
     """(function name, text after its '(') of the innermost call still open at the end of ``before``."""
-    stack: list[int] = []
-    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[\[\]()]', before):
-        token = m.group(0)
-        if token in "([":
-            stack.append(m.start())
-        elif token in ")]" and stack:
-            stack.pop()
-    for start in reversed(stack):
-        if before[start] == "(":
-            name = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*$", before[:start])
-            return (name.group(1), before[start + 1:]) if name else None
+    stack = open_brackets(before)
+    if not stack or stack[-1][0] != "(":
         return None  # inside a list: a value, not a parameter name
-    return None
+    start = stack[-1][1]
+    name = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*$", before[:start])
+    return (name.group(1), before[start + 1:]) if name else None
 
 
 def _statement_start(before: str) -> str:
@@ -349,9 +342,8 @@ def complete(doc: Document, line: int, col: int) -> list[Completion]:
         words -= _clause_words(doc.dialect)
     out += [Completion(word, "keyword") for word in sorted(words)]
     if "NAME" in accepted and call is None:
-        after_equals = re.search(r"=\s*$", before) is not None
         decl_kind = re.match(r"\s*([a-z]+)\s+[A-Za-z_]\w*(\[[^\]]*\])?\s*=\s*$", before.split("\n")[-1])
-        if after_equals and decl_kind is not None:
+        if decl_kind is not None:  # `model c = |`: the operators that make a model
             out += _operators(doc, DECL_KINDS[doc.dialect].get(decl_kind.group(1), ()))
         out += _names(doc, decls, None)
     return out

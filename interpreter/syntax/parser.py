@@ -20,7 +20,7 @@ from mlspec.syntax.ast import Program
 from mlspec.syntax.build import build_program
 
 __all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "all_keywords", "statement_keywords",
-           "accepted_after"]
+           "accepted_after", "open_brackets"]
 
 DIALECTS = {".merge": "merge", ".extrap": "extrap"}
 
@@ -221,6 +221,19 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
 _PAIRS = {"(": ")", "[": "]"}
 
 
+def open_brackets(text: str) -> list[tuple[str, int]]:
+    """The brackets still open at the end of ``text``, outermost first, as (bracket, offset);
+    brackets in strings and comments do not count."""
+    stack: list[tuple[str, int]] = []
+    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[\[\]()]', text):
+        token = m.group(0)
+        if token in _PAIRS:
+            stack.append((token, m.start()))
+        elif token in _PAIRS.values() and stack and _PAIRS[stack[-1][0]] == token:
+            stack.pop()
+    return stack
+
+
 def _unclosed_bracket(text: str, file: str, line: int, col: int, expected: set[str], parser: Lark,
                       until: str) -> Diagnostic | None:
     """The innermost bracket still open at (line, col), if the parser expected its closer there:
@@ -228,13 +241,7 @@ def _unclosed_bracket(text: str, file: str, line: int, col: int, expected: set[s
     expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
     lines = text.splitlines()
     upto = "\n".join(lines[: line - 1] + [lines[line - 1][: col - 1] if line <= len(lines) else ""])
-    stack: list[tuple[str, int]] = []
-    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[\[\]()]', upto):
-        token = m.group(0)
-        if token in _PAIRS:
-            stack.append((token, m.start()))
-        elif token in _PAIRS.values() and stack and _PAIRS[stack[-1][0]] == token:
-            stack.pop()
+    stack = open_brackets(upto)
     if not stack or _PAIRS[stack[-1][0]] not in expected_words:
         return None
     opener, offset = stack[-1]
