@@ -192,8 +192,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
         unclosed = _unclosed_bracket(text, file, line, col, expected, parser, f"the statement on line {line}")
         if unclosed is not None:
             return unclosed
-    if word == "," and "x" in expected_words:
-        src = text.splitlines()[line - 1]
+    src = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+    if word == "," and "x" in expected_words and "along" in src[: col - 1]:
         axes = re.findall(r"[A-Za-z_]\w*", src[src.rfind("along", 0, col) + len("along"):].split("#")[0])
         return Diagnostic("unexpected ','; the axes of a grid are joined with x", span,
                           help=f"write `along {' x '.join(axes)}`")
@@ -206,8 +206,11 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
         hint_stmt = did_you_mean(word, statement_words)
         if statement_words or clause_words:
             other = "extrap" if dialect == "merge" else "merge"
-            if hint_clause and not hint_stmt:
-                kind, hint = "keyword", hint_clause
+            mid_line = bool(src[: col - 1].strip())
+            if (hint_clause and not hint_stmt) or (mid_line and clause_words and not hint_stmt):
+                # A statement starts a line; a word further along it continues the statement.
+                listed = [k for k in kw["clause_kw"] if k in clause_words]
+                kind, hint = "keyword", hint_clause or (f"the .{dialect} clause keywords: {', '.join(listed)}" if listed else None)
             else:
                 kind, hint = ("statement" if statement_words else "keyword"), hint_stmt or hint_clause
             if hint is None and word in statement_keywords(other):
