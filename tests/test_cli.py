@@ -68,6 +68,15 @@ def test_ops_shows_choices_ranges_and_the_clauses_that_set_parameters() -> None:
     assert "its clauses set parameters: epochs, with (sets loss), lr, batch," in train
 
 
+def test_every_operator_describes_its_types_in_spec_terms() -> None:
+    from mlspec import registry
+
+    for spec in registry.all_ops():
+        out = invoke("ops", spec.name)
+        assert out.exit_code == 0
+        assert "typing." not in out.output and "Literal" not in out.output and "NoneType" not in out.output
+
+
 def test_check_graph_and_fmt(tmp_path: Path) -> None:
     spec = tmp_path / "s.merge"
     spec.write_text(SPEC)
