@@ -1,4 +1,4 @@
-"""The ``mlspec`` command: run, check, graph, fmt, ops, report, compare, import.
+"""The ``mlspec`` command: run, check, graph, fmt, ops, report, compare, import, init, lsp.
 
 Spec errors print as diagnostics (file:line:col, the line, a caret) with exit code 2; a failing
 step exits 1 after writing everything that did finish. No Python traceback for any spec input.
@@ -31,7 +31,8 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SpecError as exc:
             click.echo(exc.render(), err=True)
             n = len(exc.diagnostics)
-            click.echo(f"\n{n} error{'s' if n != 1 else ''} in the spec; nothing was run.", err=True)
+            where = " in the spec" if any(d.span is not None for d in exc.diagnostics) else ""
+            click.echo(f"\n{n} error{'s' if n != 1 else ''}{where}; nothing was run.", err=True)
             sys.exit(EXIT_SPEC)
         except MlspecError as exc:
             click.echo(f"error: {exc}", err=True)
@@ -315,41 +316,48 @@ def ops(name: str | None, dialect: str | None, python_files: tuple[str, ...]) ->
             sys.exit(EXIT_SPEC)
 
     if name is None:
+        import shutil
+        import textwrap
+
+        width = max(80, shutil.get_terminal_size((100, 24)).columns)
         for spec in registry.all_ops(dialect):
             dialects = "/".join(sorted(spec.dialects))
-            click.echo(f"{spec.name:<20} {spec.output.value:<12} {dialects:<13} {spec.summary}")
+            head = f"{spec.name:<20} {spec.output.value:<12} {dialects:<13} "
+            click.echo(textwrap.fill(spec.summary, width, initial_indent=head, subsequent_indent=" " * len(head),
+                                     break_on_hyphens=False))
         return
     spec = registry.get(name)
     if spec is None:
         hint = did_you_mean(name, registry.names())
         click.echo(f"error: unknown operator '{name}'" + (f"; {hint}" if hint else ""), err=True)
         sys.exit(EXIT_SPEC)
-    click.echo(_describe_op(spec))
+    from mlspec.describe import describe
+
+    click.echo(describe(spec))
 
 
-def _describe_op(spec: Any) -> str:
-    import inspect
+@main.command()
+def lsp() -> None:
+    """Serve editors over stdio: diagnostics as you type, hover, completion, go-to-definition."""
+    try:
+        from mlspec.lsp.server import serve
+    except ModuleNotFoundError as exc:
+        click.echo(f"error: `mlspec lsp` needs {exc.name}: pip install 'mlspec[lsp]'", err=True)
+        sys.exit(EXIT_FAILED)
+    serve()
 
-    lines = [f"{spec.name}  ->  {spec.output.value}   (version {spec.version}; dialects: "
-             f"{', '.join(sorted(spec.dialects))})", "", inspect.cleandoc(spec.doc), ""]
-    if spec.inputs:
-        lines.append("inputs:")
-        for p in spec.inputs:
-            many = f"list of {p.kind.value}" if p.many else p.kind.value
-            lines.append(f"  {p.name:<16} {many}" + ("" if p.required else " (optional)") + (f"  {p.doc}" if p.doc else ""))
-    fields = spec.params.model_fields
-    if fields:
-        lines.append("parameters:")
-        for fname, info in fields.items():
-            shown = info.alias or fname
-            default = "required" if info.is_required() else f"default {json.dumps(info.get_default(call_default_factory=True))}"
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            declared = extra.get("scalar", info.annotation)
-            ann = getattr(declared, "__name__", None) or str(declared).replace("typing.", "")
-            ann += " per model" if extra.get("per_model") else ""
-            ann += " (varies by tensor)" if extra.get("varies") else ""
-            lines.append(f"  {shown:<16} {ann:<24} {default}" + (f"  — {info.description}" if info.description else ""))
-    return "\n".join(lines)
+
+@main.command()
+@click.argument("words", nargs=-1, required=True, metavar="[merge|extrap] NAME")
+@_fail_cleanly
+def init(words: tuple[str, ...]) -> None:
+    """Write NAME.merge (or NAME.extrap): a small commented study that checks and runs."""
+    from mlspec.starters import write_starter
+
+    if len(words) > 2 or (len(words) == 2 and words[0] not in ("merge", "extrap")):
+        raise click.UsageError("usage: mlspec init [merge|extrap] NAME")
+    path = write_starter(words[0] if len(words) == 2 else "merge", words[-1])
+    click.echo(f"wrote {path}\nnext: mlspec run {shlex.quote(str(path))}")
 
 
 @main.group(name="import")

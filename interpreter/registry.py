@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -122,7 +123,10 @@ class OpSpec:
 
     @property
     def summary(self) -> str:
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+        """The doc's first sentence, whole however the docstring wraps it."""
+        paragraph = " ".join(self.doc.strip().split("\n\n")[0].split())
+        match = re.match(r"(.+?[.!?])(?=\s+[A-Z`]|$)", paragraph)
+        return match.group(1) if match else paragraph
 
 
 _REGISTRY: dict[str, OpSpec] = {}

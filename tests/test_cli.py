@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from mlspec.cli import main
@@ -40,6 +41,40 @@ def test_ops_name_shows_parameters_defaults_and_docs() -> None:
     assert "in " in mlp and "required" in mlp  # aliases shown as written in specs
     bad = CliRunner().invoke(main, ["ops", "averge"])
     assert bad.exit_code == 2 and "did you mean 'average'?" in bad.stderr
+
+
+def test_ops_list_shows_whole_first_sentences() -> None:
+    from mlspec import registry
+
+    listing = " ".join(invoke("ops").output.split())  # wrapped to the terminal: compare word by word
+    for spec in registry.all_ops():
+        assert spec.summary.endswith((".", "!", "?", ")")), spec.summary
+        assert " ".join(spec.summary.split()) in listing
+    breadcrumbs = registry.get("breadcrumbs")
+    assert breadcrumbs is not None and breadcrumbs.summary.endswith("then task arithmetic or TIES.")
+    connect = registry.get("connect")  # the sentence ends before the example on the same paragraph
+    assert connect is not None and connect.summary.endswith("score it against the straight line.")
+
+
+def test_ops_shows_choices_ranges_and_the_clauses_that_set_parameters() -> None:
+    evaluate = invoke("ops", "evaluate_extrap").output
+    assert "one of: exact, valid_path" in evaluate
+    dynamics = invoke("ops", "dynamics").output
+    assert "list of (one of: fixed_point, cycle, pca, betti, deadend)" in dynamics
+    train = invoke("ops", "train_recurrent").output
+    # The operator's parameters and the `train` statement's clauses use one vocabulary.
+    assert "  batch " in train and "  validation " in train and "batch_size" not in train
+    assert "int (≥ 1)" in train and "float (≥ 0.0, < 1.0)" in train
+    assert "its clauses set parameters: epochs, with (sets loss), lr, batch," in train
+
+
+def test_every_operator_describes_its_types_in_spec_terms() -> None:
+    from mlspec import registry
+
+    for spec in registry.all_ops():
+        out = invoke("ops", spec.name)
+        assert out.exit_code == 0
+        assert "typing." not in out.output and "Literal" not in out.output and "NoneType" not in out.output
 
 
 def test_check_graph_and_fmt(tmp_path: Path) -> None:
@@ -99,3 +134,33 @@ def test_an_unwritable_output_directory_is_a_clean_error(tmp_path: Path) -> None
                                     str(tmp_path / "c")])
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "Not a directory" in out.stderr or "File exists" in out.stderr
+
+
+def test_init_writes_a_commented_spec_that_checks_and_says_what_to_type_next(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    merge = invoke("init", "first")
+    assert merge.exit_code == 0 and merge.output == "wrote first.merge\nnext: mlspec run first.merge\n"
+    extrap = invoke("init", "extrap", "mazes")
+    assert extrap.exit_code == 0 and "next: mlspec run mazes.extrap" in extrap.output
+    first = (tmp_path / "first.merge").read_text()
+    for name in ("first.merge", "mazes.extrap"):
+        text = (tmp_path / name).read_text()
+        assert text.startswith("# ") and text.count("\n#") >= 4  # commented for a first reader
+        checked = invoke("check", name)
+        assert checked.exit_code == 0 and " steps" in checked.output
+    again = CliRunner().invoke(main, ["init", "first"])
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert (tmp_path / "first.merge").read_text() == first  # not overwritten
+    wrong = CliRunner().invoke(main, ["init", "nonsense", "x"])
+    assert wrong.exit_code == 2 and "mlspec init [merge|extrap] NAME" in wrong.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["merge", "extrap"])
+def test_init_specs_run(tmp_path: Path, monkeypatch, dialect: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert invoke("init", dialect, "starter").exit_code == 0
+    ran = invoke("run", f"starter.{dialect}", "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    assert ran.exit_code == 0, ran.output
+    assert (tmp_path / "out" / "starter" / "report.html").exists()

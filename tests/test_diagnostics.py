@@ -76,3 +76,27 @@ def test_mangled_specs_never_crash(tmp_path: Path, start: int, length: int, inse
     code, err = _check(spec)
     assert code in (0, 2), err
     assert "Traceback" not in err and "__ANON" not in err and "Tree(" not in err
+
+
+def test_unavailable_device_is_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device cuda` without CUDA: one clear message and exit 2, not a failure per step."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    spec = HERE / "run" / "cuda_unavailable.merge"
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    result = CliRunner().invoke(main, ["run", str(spec), "--device", "cuda", "--out", str(out),
+                                       "--cache-dir", str(cache), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert result.stderr == spec.with_suffix(".expected").read_text()
+    assert not out.exists() and not cache.exists()  # nothing ran, nothing was written
+
+
+def test_a_study_device_this_machine_lacks_is_refused_too(tmp_path: Path) -> None:
+    spec = tmp_path / "s.merge"
+    spec.write_text((HERE / "run" / "cuda_unavailable.merge").read_text().replace("seed = 0", 'device = "cuda:99"'))
+    result = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "out"),
+                                       "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "device 'cuda:99' is not available" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()

@@ -154,10 +154,7 @@ class _Lowerer(Resolver):
             raise self.error(f"'{a.keyword}' needs `on <data>`", a.span)
         models = self.subjects(a.subjects, Kind.MODEL, a.keyword)
         datasets: list[tuple[str | None, dict[str, tuple[Any, Span]], str]] = []
-        grid_axes = [self.lookup(n) for n in axes]
-        for n, b in zip(axes, grid_axes):
-            if b.kind != "axis":
-                raise self.error(f"'{n.id}' is not an axis; declare it with `axis {n.id} = [...]`", n.span)
+        grid_axes = [self.axis(n) for n in axes]
         on_items = (a.on.items if isinstance(a.on, ast.ListExpr) else [a.on]) if a.on is not None else [None]
         self.plan_expansion([len(models), len(on_items), *[len(b.values) for b in grid_axes]], a.span,
                             f"this '{a.keyword}'")
@@ -179,6 +176,17 @@ class _Lowerer(Resolver):
                 if rule.rebinds:
                     previous = self.env[self._subject_name(model)]
                     self.declare(Binding(previous.name, previous.span, "step", out=previous.out, steps=[step_name]))
+
+    def axis(self, n: ast.Name) -> Binding:
+        """An axis named in `along`; an undeclared one gets the declaration to add."""
+        if n.id not in self.env and n.id not in self.later and n.id not in self.failed:
+            axes = [k for k, b in self.env.items() if b.kind == "axis"]
+            raise self.error(f"unknown axis '{n.id}'", n.span,
+                             help=did_you_mean(n.id, axes) or f"declare it above this statement: `axis {n.id} = [...]`")
+        b = self.lookup(n)
+        if b.kind != "axis":
+            raise self.error(f"'{n.id}' is not an axis; declare it with `axis {n.id} = [...]`", n.span)
+        return b
 
     def _subject_name(self, step: str) -> str:
         """The name a step is known by in the spec (a lookup, so checking stays linear)."""
@@ -292,8 +300,8 @@ class _Lowerer(Resolver):
                            "(so that --allow-python is asked for the code it names)", stmt.span)
             elif isinstance(stmt, ast.Use):
                 self.include(stmt, seen | {str(path)})
-            elif isinstance(stmt, ast.Decl):
-                self.guard(self.decl, stmt)
+            elif isinstance(stmt, ast.Decl) and not self.guard(self.decl, stmt):
+                self.failed.add(stmt.name)
 
     def guard(self, fn: Any, stmt: Any) -> bool:
         try:
@@ -328,6 +336,11 @@ class _Lowerer(Resolver):
             elif isinstance(s, ast.Report):
                 report_name = self.report_name(s) or report_name
         self.check_collisions(report_name)
+        if not self.steps and not self.diags:
+            first = self.program.statements[0].span if self.program.statements else None
+            self.error("the spec has nothing to run: it declares no data, models or analyses",
+                       first or Span(self.program.file, 1, 1, 1, 1),
+                       help=f"`mlspec init {self.dialect} NAME` writes a small commented spec to start from")
         if self.diags:
             raise SpecError(self.diags, self.sources)
         info = StudyInfo(name=study_name, seed=options.seed, device=options.device, dialect=self.dialect,

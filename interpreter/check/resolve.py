@@ -226,6 +226,8 @@ class Resolver:
             return self.call(decl.value, name, scope, statement=statement, on=decl.on, overrides=overrides,
                              family=family, sweep=sweep)
         op = registry.get(c.func)
+        if op is None and c.func in self.failed:
+            raise Abort()  # a re-use of a declaration that already has its own error
         if op is None or self.dialect not in op.dialects:
             pool = registry.names(self.dialect) + [b for b, v in self.env.items() if v.template is not None]
             hint = did_you_mean(c.func, pool)
@@ -326,7 +328,9 @@ class Resolver:
                 else:
                     got = raw.get(written, raw.get(field_name))
                     msg = err["msg"].replace("Value error, ", "")
-                    self.error(f"invalid '{written}' for {op.name}: {msg} (not {shown(got)})", span)
+                    if "(not " not in msg:  # a validator's own message may quote the value already
+                        msg += f" (not {shown(got)})"
+                    self.error(f"invalid '{written}' for {op.name}: {msg}", span)
             raise Abort() from None
         return model.model_dump(mode="json")
 

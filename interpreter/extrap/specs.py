@@ -66,13 +66,14 @@ class FeedForwardParams(_NetParams):
 class TrainRecurrentParams(Params):
     epochs: int = Field(default=50, ge=1, description="passes over the training split")
     lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate")
-    batch_size: int = Field(default=50, ge=1, description="mini-batch size")
+    batch_size: int = Field(default=50, ge=1, alias="batch", description="mini-batch size")
     loss: dict[str, Any] | None = Field(default=None, description="progressive_loss(alpha = 0.01); default alpha 0")
     iterations: int | None = Field(default=None, ge=1, description="training budget; default: the model's")
     warmup: int = Field(default=10, ge=0, description="epochs of linear learning-rate warm-up")
     throttle: bool = Field(default=True, description="weight-tied layers learn at lr / iterations")
     weight_decay: float = Field(default=2e-4, ge=0.0, description="Adam L2 penalty")
-    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0, description="held out to pick the best epoch")
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0, alias="validation",
+                                description="held out to pick the best epoch")
     clip: float | None = Field(default=None, gt=0.0, description="gradient-norm clipping")
     milestones: list[int] = Field(default=[], description="epochs where the learning rate decays")
     gamma: float = Field(default=0.1, gt=0.0, description="decay factor at each milestone")
@@ -97,7 +98,7 @@ def _as_list(v: Any) -> Any:
 class EvaluateExtrapParams(Params):
     iterations: list[int] = Field(default=[30], description="budgets, all read from one unrolled pass")
     correctness: Literal["exact", "valid_path"] = Field(default="exact", description="exact, or any minimal path")
-    batch_size: int = Field(default=256, ge=1, description="samples per forward pass")
+    batch_size: int = Field(default=256, ge=1, alias="batch", description="samples per forward pass")
     examples: int = Field(default=4, ge=0, le=64, description="solved and failed mazes kept as pictures")
 
     _list = field_validator("iterations", mode="before")(_as_list)
@@ -117,7 +118,7 @@ class DynamicsParams(Params):
     max_period: int = Field(default=8, ge=2, description="longest cycle looked for")
     tol: float = Field(default=1e-3, gt=0.0, description="relative distance that counts as equal")
     sketch: int = Field(default=256, ge=2, description="dimensions of the state sketch for PCA and Betti")
-    batch_size: int = Field(default=64, ge=1, description="samples per forward pass")
+    batch_size: int = Field(default=64, ge=1, alias="batch", description="samples per forward pass")
 
     _list = field_validator("detect", mode="before")(_as_list)
 

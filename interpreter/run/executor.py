@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlspec import registry
-from mlspec.errors import MlspecError, StepError
+from mlspec.errors import Diagnostic, MlspecError, SpecError, StepError
 from mlspec.plan.graph import Plan
 from mlspec.plan.steps import Step
 from mlspec.run.cache import Cache
@@ -71,14 +71,26 @@ def torch_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when present, else ``cpu``. Imports torch, so a run calls it only once a
-    step has to run."""
-    if device != "auto":
-        return device
+def resolve_device(device: str, *, here: bool = True) -> str:
+    """``auto`` → cuda when present, else cpu. A device this machine lacks is refused here, before
+    any step runs (a SpecError: exit code 2), rather than failing step after step. ``here=False``
+    (Ray: the steps run on the cluster's machines) checks only the device's name. Imports torch, so
+    a run calls it only once a step has to run."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in ("auto", "cpu"):
+        return "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise SpecError(Diagnostic(f"unknown device {device!r}", None, help="use auto, cpu, cuda or cuda:N"))
+    if not here:
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= count:
+        have = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device"
+        raise SpecError(Diagnostic(f"device {device!r} is not available: this machine has {have}", None,
+                                   help="run with --device cpu, or leave the study's device as auto"))
+    return device
 
 
 def computed(name: str, op: str, seconds: float | None) -> dict[str, Any]:
@@ -236,7 +248,7 @@ class Runner:
 
     @cached_property
     def device(self) -> str:
-        return resolve_device(self.requested_device)
+        return resolve_device(self.requested_device, here=self.executor == "local")
 
     def payload(self, step: Step) -> dict[str, Any]:
         keys = {port: ([self.plan.step(n).key for n in names] if isinstance(names, list)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from functools import cache
 from importlib import resources
@@ -21,7 +22,8 @@ from mlspec.syntax import limits
 from mlspec.syntax.ast import Program
 from mlspec.syntax.build import build_program
 
-__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords"]
+__all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "all_keywords", "statement_keywords",
+           "accepted_after", "open_brackets"]
 
 DIALECTS = {".merge": "merge", ".extrap": "extrap"}
 
@@ -62,13 +64,22 @@ def _parser_cache(dialect: str) -> str | bool:
     except OSError:
         return False  # a read-only home: build the parser in memory every time
     return str(root / f"lark-{dialect}.cache")
+class _WholeWords:
+    """Keywords match whole words only. The contextual lexer tries just the terminals the parser
+    accepts next, so where no name fits, ``batch_size`` would lex as the keyword ``batch`` followed
+    by ``_size``; offering NAME everywhere makes it one word, reported as the unknown word it is."""
+
+    always_accept = ("NAME",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        return stream
 
 
 @cache
 def _parser(dialect: str) -> Lark:
     # Comments are ignored by the grammar but collected for `fmt` and the report's question.
     return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment},
+                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment}, postlex=_WholeWords(),
                 cache=_parser_cache(dialect))
 
 
@@ -84,7 +95,14 @@ def keywords(dialect: str) -> dict[str, list[str]]:
     return out
 
 
-def _statement_keywords(dialect: str) -> list[str]:
+@cache
+def all_keywords(dialect: str) -> frozenset[str]:
+    """Every word the dialect's grammar reserves somewhere (``study``, ``epochs``, ``x``, ``true`` …)."""
+    return frozenset(t.pattern.value for t in _parser(dialect).terminals
+                     if t.pattern.type == "str" and t.pattern.value.isidentifier())
+
+
+def statement_keywords(dialect: str) -> list[str]:
     kw = keywords(dialect)
     return ["study", "use", "export", "report", *kw["decl_kind"], *kw["action_kw"]]
 
@@ -113,6 +131,23 @@ def parse_file(path: str | Path) -> Program:
     except (UnicodeDecodeError, IsADirectoryError) as exc:
         raise SpecError(Diagnostic(f"cannot read {str(path)!r} as a UTF-8 spec ({exc.__class__.__name__})", None)) from None
     return parse(text, str(path), dialect_of(path))
+
+
+def accepted_after(text: str, dialect: str) -> set[str] | None:
+    """What the grammar accepts right after ``text`` — keywords as written (``'epochs'``), other
+    terminals by name (``NAME``, ``NUMBER``, ``STRING``) — or None when ``text`` itself has a
+    syntax error. An editor's completion offers exactly these keywords."""
+    parser = _parser(dialect)
+    interactive = parser.parse_interactive(text)
+    try:
+        interactive.exhaust_lexer()
+    except UnexpectedInput:
+        return None
+    out = set()
+    for name in interactive.accepts():
+        pattern = parser.get_terminal(name).pattern if name != "$END" else None
+        out.add(pattern.value if pattern is not None and pattern.type == "str" else name)
+    return out
 
 
 # --- syntax errors -----------------------------------------------------------------------------
@@ -148,6 +183,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
         lines = text.rstrip().splitlines() or [""]
         line, col = len(lines), len(lines[-1]) + 1
         expected = getattr(exc, "expected", set())
+        unclosed = _unclosed_bracket(text, file, line, col, expected, parser, "the end of the file")
+        if unclosed is not None:
+            return unclosed
         what = _expected_list(expected, parser)
         return Diagnostic(f"the spec ended unexpectedly; expected {what}", Span(file, line, col, line, col + 1))
     line, col = exc.line, exc.column
@@ -157,17 +195,23 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
     if isinstance(exc, UnexpectedToken):
         expected = set(exc.accepts or exc.expected)
     elif isinstance(exc, UnexpectedCharacters):
-        expected = set(exc.allowed or ())
-    starts = _statement_keywords(dialect)
+        # What the parser accepts here (the lexer's own list has NAME in place of every keyword).
+        state = exc.state
+        expected = set(state.parse_conf.parse_table.states[state.position]) if state else set(exc.allowed or ())
+    starts = statement_keywords(dialect)
     kw = keywords(dialect)
     expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
-    closers = [c for c in (")", "]") if c in expected_words]
     before = _previous_code(text, line, col)
-    if closers and before is not None and before[0] < line:
+    if before is not None and before[0] < line:
         # The statement went on past the end of its line: most often an unclosed bracket.
-        at = Span(file, before[0], before[1] + 1, before[0], before[1] + 2)
-        return Diagnostic(f"expected '{closers[0]}': a bracket on line {before[0]} is not closed", at,
-                          help=f"close it before the statement on line {line}")
+        unclosed = _unclosed_bracket(text, file, line, col, expected, parser, f"the statement on line {line}")
+        if unclosed is not None:
+            return unclosed
+    src = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+    if word == "," and "x" in expected_words and "along" in src[: col - 1]:
+        axes = re.findall(r"[A-Za-z_]\w*", src[src.rfind("along", 0, col) + len("along"):].split("#")[0])
+        return Diagnostic("unexpected ','; the axes of a grid are joined with x", span,
+                          help=f"write `along {' x '.join(axes)}`")
     if word and re.match(r"[A-Za-z_]", word):
         # A word where a keyword belongs: most likely a misspelt statement or clause keyword.
         clause_words = [*kw["clause_kw"], "on", "for", "to", "as", "step", "along", "x"]
@@ -177,16 +221,53 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str)
         hint_stmt = did_you_mean(word, statement_words)
         if statement_words or clause_words:
             other = "extrap" if dialect == "merge" else "merge"
-            if hint_clause and not hint_stmt:
-                kind, hint = "keyword", hint_clause
+            mid_line = bool(src[: col - 1].strip())
+            if (hint_clause and not hint_stmt) or (mid_line and clause_words and not hint_stmt):
+                # A statement starts a line; a word further along it continues the statement.
+                listed = [k for k in kw["clause_kw"] if k in clause_words]
+                kind, hint = "keyword", hint_clause or (f"the .{dialect} clause keywords: {', '.join(listed)}" if listed else None)
             else:
                 kind, hint = ("statement" if statement_words else "keyword"), hint_stmt or hint_clause
-            if hint is None and word in _statement_keywords(other):
+            if hint is None and word in statement_keywords(other):
                 hint = f"'{word}' belongs to the .{other} dialect; this file is .{dialect}"
             return Diagnostic(f"unknown {kind} '{word}'", span,
                               help=hint or f"expected {_expected_list(expected, parser)}")
     shown = "'" + word + "'" if word else "this"
     return Diagnostic(f"unexpected {shown}; expected {_expected_list(expected, parser)}", span)
+
+
+_PAIRS = {"(": ")", "[": "]"}
+
+
+def open_brackets(text: str) -> list[tuple[str, int]]:
+    """The brackets still open at the end of ``text``, outermost first, as (bracket, offset);
+    brackets in strings and comments do not count."""
+    stack: list[tuple[str, int]] = []
+    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[\[\]()]', text):
+        token = m.group(0)
+        if token in _PAIRS:
+            stack.append((token, m.start()))
+        elif token in _PAIRS.values() and stack and _PAIRS[stack[-1][0]] == token:
+            stack.pop()
+    return stack
+
+
+def _unclosed_bracket(text: str, file: str, line: int, col: int, expected: set[str], parser: Lark,
+                      until: str) -> Diagnostic | None:
+    """The innermost bracket still open at (line, col), if the parser expected its closer there:
+    the diagnostic points at the opening bracket, not at wherever the parser gave up."""
+    expected_words = {_describe_terminal(t, parser).strip("'") for t in expected}
+    lines = text.splitlines()
+    upto = "\n".join(lines[: line - 1] + [lines[line - 1][: col - 1] if line <= len(lines) else ""])
+    stack = open_brackets(upto)
+    if not stack or _PAIRS[stack[-1][0]] not in expected_words:
+        return None
+    opener, offset = stack[-1]
+    at_line = upto.count("\n", 0, offset) + 1
+    at_col = offset - (upto.rfind("\n", 0, offset) + 1) + 1
+    closer = _PAIRS[opener]
+    return Diagnostic(f"this '{opener}' is never closed", Span(file, at_line, at_col, at_line, at_col + 1),
+                      help=f"add '{closer}' before {until}")
 
 
 def _previous_code(text: str, line: int, col: int) -> tuple[int, int] | None:

@@ -177,8 +177,7 @@ class MergeMethod:
         for name, info in self.params.model_fields.items():
             if name not in flexible:
                 continue
-            extra = {"per_model": name in self.per_model, "varies": name in self.varying,
-                     "scalar": info.annotation}
+            extra = {"per_model": name in self.per_model, "varies": name in self.varying, "scalar_field": info}
             fields[name] = (Any, Field(default=info.get_default(call_default_factory=True),
                                        description=info.description, json_schema_extra=extra))
         method = self
