@@ -268,11 +268,12 @@ class Runner:
 
     def run(self) -> RunResult:
         start = time.perf_counter()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         steps = self.plan.steps
         todo = [s for s in steps if self._needs_run(s)]
-        # With nothing to run, torch is never imported just to name a device.
+        # With nothing to run, torch is never imported just to name a device; a device this machine
+        # lacks is refused here, before anything is written.
         result = RunResult(device=self.device if todo else f"{self.requested_device} (not needed: every step cached)")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         to_run = {s.name for s in todo}
         result.outcomes.update({s.name: StepOutcome(s.name, "cached") for s in steps if s.name not in to_run})
         with self._overall(len(todo)) as advance:
