@@ -132,6 +132,12 @@ class _Lowerer(Resolver):
                 raise self.error(f"'{n.id}' is not an axis; declare it with `axis {n.id} = [...]`", n.span)
         on_items = (a.on.items if isinstance(a.on, ast.ListExpr) else [a.on]) if a.on is not None else [None]
         for item in on_items:
+            if isinstance(item, ast.Index) or (isinstance(item, ast.Name) and not axes
+                                               and self.lookup(item).kind == "family"):
+                if axes:
+                    raise self.error("members of a sweep cannot also vary along axes", item.span)
+                datasets += [(step, {}, "") for step in self.subjects(item, Kind.DATASET, f"'on' of {a.keyword}")]
+                continue
             for combo in itertools.product(*[b.values for b in grid_axes]):
                 over = {n.id: (v, n.span) for n, v in zip(axes, combo)}
                 point = ", ".join(f"{n.id} = {format_value(v)}" for n, v in zip(axes, combo))
