@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from mlspec.report.figures import Figure, new_figure, study_figure, style
 from mlspec.report.study import StepView, StudyView, fmt, number
@@ -133,41 +134,51 @@ def _backdoor_rows(study: StudyView) -> list[dict[str, Any]]:
     return rows
 
 
+def _integer_ticks(ax: Any, xs: list[Any]) -> None:
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 @study_figure
 def backdoor_figure(study: StudyView) -> list[Figure]:
     rows = _backdoor_rows(study)
     merged = [r for r in rows if r["merge"] and r["sweep"]]
     if not merged:
         return []
-    fig = new_figure(10.0, 3.8, ncols=2)
-    series: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
     xname = next(iter(merged[0]["sweep"]))
+    # one-variable sweeps on the left; a family swept over more (a merge weight) gets its own column
+    plain: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    weighted: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in merged:
         keys = list(r["sweep"])
         rest = ", ".join(f"{k} = {fmt(r['sweep'][k], 3)}" for k in keys[1:])
-        series[r["family"] + (f" ({rest})" if rest else "")].append((r["sweep"][keys[0]], r))
-    sentences = []
-    for i, (label, points) in enumerate(series.items()):
-        points.sort(key=lambda p: p[0])
-        xs = [p[0] for p in points]
-        for ax, metric in zip(fig.axes, ("attack_success", "accuracy")):
-            ax.plot(xs, [p[1][metric] for p in points], label=label, **style(i))
-        sentences.append(f"{label}: attack success {fmt(points[0][1]['attack_success'], 3)} at {xname} = "
-                         f"{fmt(xs[0], 3)}, {fmt(points[-1][1]['attack_success'], 3)} at {xname} = {fmt(xs[-1], 3)}")
+        (weighted if rest else plain)[r["family"] + (f" ({rest})" if rest else "")].append(r)
+    columns = [c for c in (plain, weighted) if c]
+    fig = new_figure(5.2 * len(columns), 6.4, ncols=len(columns), nrows=2)
     alone = [r for r in rows if not r["sweep"]]
-    for j, r in enumerate(alone):
-        for ax, metric in zip(fig.axes, ("attack_success", "accuracy")):
-            if r[metric] is not None:
-                ax.axhline(r[metric], color="#555555", linestyle=(":", "--", "-.")[j % 3], linewidth=1.0,
-                           label=f"{r['model']} alone")
-        sentences.append(f"{r['model']} alone: attack success {fmt(r['attack_success'], 3)}")
-    for ax, what in zip(fig.axes, ("attack success (triggered → target)", "clean accuracy")):
-        ax.set_xlabel(xname)
-        ax.set_ylabel(what)
-        ax.set_ylim(-0.02, 1.02)
-    fig.axes[0].set_title("does the backdoor survive the merge?")
-    fig.axes[1].set_title("what the merge costs on clean inputs")
-    fig.axes[1].legend(fontsize=6, loc="lower left", ncols=2)
+    sentences = []
+    for col, series in enumerate(columns):
+        top, bottom = fig.axes[col], fig.axes[len(columns) + col]
+        for i, (label, points) in enumerate(series.items()):
+            points.sort(key=lambda r: r["sweep"][xname])
+            xs = [r["sweep"][xname] for r in points]
+            for ax, metric in ((top, "attack_success"), (bottom, "accuracy")):
+                ax.plot(xs, [r[metric] for r in points], label=label, **style(i))
+                _integer_ticks(ax, xs)
+            sentences.append(f"{label}: attack success {fmt(points[0]['attack_success'], 3)} at {xname} = "
+                             f"{fmt(xs[0], 3)}, {fmt(points[-1]['attack_success'], 3)} at {xname} = {fmt(xs[-1], 3)}")
+        for j, r in enumerate(alone):
+            for ax, metric in ((top, "attack_success"), (bottom, "accuracy")):
+                if r[metric] is not None:
+                    ax.axhline(r[metric], color="#555555", linestyle=(":", "--", "-.")[j % 3], linewidth=1.0,
+                               label=f"{r['model']} alone")
+        for ax, what in ((top, "attack success (triggered → target)"), (bottom, "clean accuracy")):
+            ax.set_xlabel(xname)
+            ax.set_ylabel(what)
+            ax.set_ylim(-0.02, 1.02)
+        top.set_title("does the backdoor survive the merge?" if col == 0 else "… against the merge weight")
+        bottom.legend(fontsize=6, loc="lower left", ncols=2)
+    sentences += [f"{r['model']} alone: attack success {fmt(r['attack_success'], 3)}" for r in alone]
     return [Figure(slug="answer-backdoor", title="Backdoor: attack success and clean accuracy of each merge",
                    mpl=fig, section=SECTION, data={"rows": rows},
                    alt="Attack success and clean accuracy against " + xname + ": " + "; ".join(sentences) + ".",
