@@ -40,6 +40,7 @@ def test_interference_grows_with_the_number_of_tasks(tmp_path: Path) -> None:
     assert conflicts == sorted(conflicts) and conflicts[0] < conflicts[-1]
     cos = np.array(r["vectors[2]"]["cosine"])
     assert abs(cos[0, 1]) < 0.2  # task vectors of different tasks: nearly orthogonal
+    assert (tmp_path / "out" / "figures" / "answer-interference.svg").exists()
 
 
 @pytest.mark.slow
@@ -59,6 +60,7 @@ def test_a_backdoor_is_diluted_by_merging_with_clean_models(tmp_path: Path) -> N
     assert ev("ta[1, 0.2]") < ev("ta[1, 1.0]")  # a larger merge weight carries more of the backdoor
     assert ev("ta[2, 1.0]") < ev("ta[1, 1.0]")  # more clean task vectors dilute it
     assert ev("naive_avg[2]", "accuracy") < ev("rebasin_avg[2]", "accuracy")  # unaligned: the merge breaks
+    assert (tmp_path / "out" / "figures" / "answer-backdoor.svg").exists()
 
 
 REDUCED_SHIFT = [
@@ -88,4 +90,5 @@ def test_extrapolation_breaks_along_percolation(tmp_path: Path) -> None:
         assert max(trained["accuracy"]) > 0.5, model  # it learned the training distribution
         assert max(shifted["accuracy"]) < max(trained["accuracy"]), model
         assert all(v >= e for v, e in zip(shifted["accuracy"], shifted["exact_accuracy"]))
-    assert "Answer" in (tmp_path / "out" / "report.html").read_text()
+    for slug in ("answer-shift", "answer-limits"):
+        assert (tmp_path / "out" / "figures" / f"{slug}.svg").exists()
