@@ -49,6 +49,39 @@ def test_valid_path_counts_at_least_the_exact_solutions() -> None:
         evaluate(net, data, budgets=[1], correctness="approximately")
 
 
+class Fixed(IterativeNet):
+    """Predicts the same pixels for every input: a known answer to score."""
+
+    def __init__(self, pixels: torch.Tensor):
+        super().__init__()
+        self.iterations = 1
+        self.register_buffer("pixels", pixels)
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, k: int = 0) -> torch.Tensor:
+        return h
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        on = self.pixels.float().expand(len(h), -1, -1)
+        return torch.stack([1 - on, on], 1)
+
+
+def test_valid_path_reports_the_exact_score_beside_it() -> None:
+    """Two copies of a room with two shortest paths; the net always draws the left one. Against the
+    top-path target it is not exact but valid; against the left-path target it is both."""
+    room = torch.tensor([[0, 0, 0, 0, 0], [0, 2, 1, 1, 0], [0, 1, 0, 1, 0], [0, 1, 1, 3, 0], [0, 0, 0, 0, 0]])
+    via_top = torch.tensor([[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]])
+    via_left = via_top.T.contiguous()
+    data = {"grid": torch.stack([room, room]).to(torch.uint8), "path": torch.stack([via_top, via_left]).to(torch.uint8)}
+    net = Fixed(mazes.upscale(via_left[None])[0])
+    valid = evaluate(net, data, budgets=[1], correctness="valid_path")
+    exact = evaluate(net, data, budgets=[1], correctness="exact")
+    assert valid["accuracy"] == [1.0] and valid["exact_accuracy"] == [0.5]
+    assert exact["accuracy"] == [0.5] and "exact_accuracy" not in exact
+
+
 class Toy(IterativeNet):
     """h ← R h + c on 2 channels: a contraction (fixed point) or a rotation by 2π/period (cycle)."""
 
@@ -79,6 +112,9 @@ def test_limits_are_detected_with_their_period(period: int | None, kind: str) ->
                   detect=("fixed_point", "cycle", "pca", "deadend"))
     assert out["limit"]["kind"] == [kind] * 3
     assert out["limit"]["period"] == [{None: 1, 2: 2, 3: 3, 7: 0}[period]] * 3
+    share = {None: "fixed_point", 2: "cycle_2", 3: "cycle_longer", 7: "none"}[period]
+    assert out["limit"]["counts"] == {k: 3 if k == share else 0
+                                      for k in ("fixed_point", "cycle_2", "cycle_longer", "none")}
     assert len(out["residual"]["mean"]) == 120 and len(out["pca"][0]["points"]) == 40
     assert 0 <= out["deadend"]["agreement"][-1] <= 1
 
@@ -93,7 +129,7 @@ def test_classify_by_hand() -> None:
 def test_dynamics_of_a_dt_net_runs_free_and_reports_json() -> None:
     torch.manual_seed(0)
     out = analyse(DTNet(width=4), maze_tensors(7, 4, 0), iterations=30, window=10, detect=("fixed_point",))
-    assert out["count"] == 4 and set(out["limit"]["counts"]) == {"fixed_point", "cycle", "none"}
+    assert out["count"] == 4 and set(out["limit"]["counts"]) == {"fixed_point", "cycle_2", "cycle_longer", "none"}
     with pytest.raises(ValueError, match="unknown dynamics detector 'loops'"):
         analyse(DTNet(width=4), maze_tensors(7, 1, 0), iterations=3, detect=("loops",))
 

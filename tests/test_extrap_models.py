@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlspec.extrap.models import DTNet, FeedForwardNet, ImplicitNet, _anderson_mix
+from mlspec.extrap.models import DTNet, FeedForwardNet, ImplicitNet, _anderson_mix, broyden
 from mlspec.ops.models.arch import build
 
 NETS = {
@@ -118,3 +118,69 @@ def test_feedforward_cannot_think_longer_than_its_depth() -> None:
         three, ten = net(x, at=[3, 10])
     torch.testing.assert_close(three, ten)
     assert isinstance(build(NETS["dt_net"]), DTNet)
+
+
+def _linear_contraction(seed: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h ← A h + b with spectral radius 0.95 and its exact fixed point (I − A)⁻¹ b."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    a = torch.from_numpy(q @ np.diag(np.linspace(0.5, 0.95, n)) @ q.T)
+    b = torch.from_numpy(rng.normal(size=n))
+    return a, b, torch.linalg.solve(torch.eye(n, dtype=torch.float64) - a, b)
+
+
+def test_broyden_solves_a_linear_fixed_point_where_picard_creeps() -> None:
+    """On an affine map Broyden's method terminates in at most 2n steps (Gay 1979); Picard's error
+    after 20 steps is still about 0.95^20 of the start."""
+    a, b, star = _linear_contraction(1)
+    h0 = torch.zeros(2, 8, dtype=torch.float64)  # two samples, the same problem
+    fn = lambda h: h @ a.T + b  # noqa: E731
+    first, twenty = broyden(fn, h0, [1, 20], tol=1e-300)
+    torch.testing.assert_close(first, fn(h0))  # the first step is one application of fn
+    torch.testing.assert_close(twenty, star.expand(2, 8), rtol=0, atol=1e-9)
+    h_p = h0
+    for _ in range(20):
+        h_p = fn(h_p)
+    assert (h_p - star).norm() > 0.1 * star.norm()
+
+
+def test_broyden_stops_a_sample_at_tol_and_keeps_its_lowest_residual_iterate() -> None:
+    a, b, star = _linear_contraction(2)
+    fn = lambda h: h @ a.T + b  # noqa: E731
+    h0 = torch.stack([star, torch.zeros(8, dtype=torch.float64)])  # sample 0 starts at the fixed point
+    out = broyden(fn, h0, [3, 10], tol=1e-6)
+    for k in out:
+        torch.testing.assert_close(k[0], star, rtol=0, atol=1e-12)  # never moved away
+    res = [float((fn(k[1]) - k[1]).norm()) for k in out]
+    assert res[1] <= res[0]
+
+
+def test_implicit_net_with_broyden_reads_the_solver() -> None:
+    torch.manual_seed(5)
+    net = ImplicitNet(width=6, blocks=1, solver="broyden", tol=1e-300).double().eval()
+    x = inputs({})
+    with torch.no_grad():
+        one, many = net.states_at(x, [1, 12])
+        step_one = next(net.trajectory(x, 1))
+        torch.testing.assert_close(one, step_one)
+        res = lambda h: (net.step(x, h) - h).flatten(1).norm(dim=1)  # noqa: E731
+        assert bool((res(many) < res(list(net.trajectory(x, 12))[-1])).all())
+
+
+def test_path_independent_training_starts_half_the_batch_from_random_states() -> None:
+    """Training mode: the first half of the batch starts from N(0, 1) (so two draws differ there),
+    the second half from zero (so it equals evaluation). Evaluation never draws."""
+    x = inputs({}).repeat(2, 1, 1, 1)  # 6 samples: 3 random starts, 3 zero starts
+    torch.manual_seed(6)
+    net = ImplicitNet(width=6, blocks=1, solver="picard", tol=1e-300, backward="unrolled",
+                      path_independent=True).double()
+    with torch.no_grad():
+        net.train()
+        first, second = net.states_at(x, [2])[0], net.states_at(x, [2])[0]
+        net.eval()
+        plain = net.states_at(x, [2])[0]
+        again = net.states_at(x, [2])[0]
+    assert not torch.allclose(first[:3], second[:3])
+    torch.testing.assert_close(first[3:], plain[3:])
+    torch.testing.assert_close(plain, again)
+    assert not torch.allclose(first[:3], plain[:3])

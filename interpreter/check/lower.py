@@ -159,6 +159,12 @@ class _Lowerer(Resolver):
         self.plan_expansion([len(models), len(on_items), *[len(b.values) for b in grid_axes]], a.span,
                             f"this '{a.keyword}'")
         for item in on_items:
+            if isinstance(item, ast.Index) or (isinstance(item, ast.Name) and not axes
+                                               and self.lookup(item).kind == "family"):
+                if axes:
+                    raise self.error("members of a sweep cannot also vary along axes", item.span)
+                datasets += [(step, {}, "") for step in self.subjects(item, Kind.DATASET, f"'on' of {a.keyword}")]
+                continue
             for combo in itertools.product(*[b.values for b in grid_axes]):
                 over = {n.id: (v, n.span) for n, v in zip(axes, combo)}
                 point = ", ".join(f"{n.id} = {format_value(v)}" for n, v in zip(axes, combo))

@@ -8,6 +8,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,8 +150,9 @@ class Resolver:
             if not port.many:
                 raise self.error(f"{role} takes one {port.kind.value}, not a list", e.span)
             out: list[str] = []
-            for i, item in enumerate(e.items):
-                out += self.refs(item, registry.Port(port.name, port.kind), f"{owner}[{i}]", scope, role)
+            for i, item in enumerate(e.items):  # an indexed range inside a list adds its members: [bd, c[1 .. k]]
+                item_port = registry.Port(port.name, port.kind, many=isinstance(item, ast.Index))
+                out += self.refs(item, item_port, f"{owner}[{i}]", scope, role)
             return out
         if isinstance(e, ast.Name):
             if e.id in scope:
@@ -171,14 +173,12 @@ class Resolver:
             binding = self.lookup(e.target)
             if binding.kind != "family":
                 raise self.error(f"'{e.target.id}' is not a sweep, so it cannot be indexed", e.span)
-            key = tuple(self.value(k, scope) for k in e.keys)
-            for member_key, step in binding.members.items():
-                if len(member_key) == len(key) and all(_same(a, b) for a, b in zip(member_key, key)):
-                    self.check_kind(binding.out, port, role, step, e.span)
-                    return [step]
-            known = ", ".join(f"[{', '.join(format_value(v) for v in k)}]" for k in list(binding.members)[:8])
-            raise self.error(f"'{e.target.id}' has no member [{', '.join(format_value(v) for v in key)}]",
-                             e.span, help=f"members: {known}")
+            values = [self.value(k, scope) for k in e.keys]
+            keys = list(itertools.product(*[v if isinstance(v, list) else [v] for v in values]))
+            if len(keys) > 1 and not port.many:  # `ft[1 .. n]`: several members, in the order written
+                raise self.error(f"'{format_expr(e)}' names {len(keys)} members of a sweep; {role} takes one",
+                                 e.span)
+            return [self.member(binding, key, port, role, e) for key in keys]
         if isinstance(e, ast.Call):
             template = self.env.get(e.func)
             # A re-used declaration is named by its text (`d(test_fraction = 0.25)`), so two uses share it.
@@ -188,6 +188,15 @@ class Resolver:
             return [name]
         raise self.error(f"{role} needs {port.kind.article} {port.kind.value}, "
                          f"not {format_expr(e)}", e.span)
+
+    def member(self, binding: Binding, key: tuple[Any, ...], port: registry.Port, role: str, e: ast.Index) -> str:
+        for member_key, step in binding.members.items():
+            if len(member_key) == len(key) and all(_same(a, b) for a, b in zip(member_key, key)):
+                self.check_kind(binding.out, port, role, step, e.span)
+                return step
+        known = ", ".join(f"[{', '.join(format_value(v) for v in k)}]" for k in list(binding.members)[:8])
+        raise self.error(f"'{e.target.id}' has no member [{', '.join(format_value(v) for v in key)}]",
+                         e.span, help=f"members: {known}")
 
     def call_text(self, c: ast.Call, scope: dict[str, Any],
                   overrides: dict[str, tuple[Any, Span]] | None = None) -> str:

@@ -4,7 +4,8 @@ applications of the update, never the solver's stopping rule) analysed per maze.
 - Residual norms ‖h(k+1) − h(k)‖ at every iteration.
 - Over the last ``window`` iterations: a *fixed point* when ‖h(k) − h(k−1)‖ ≤ tol·‖h(k)‖ throughout,
   else a *cycle* of the smallest period p ≤ ``max_period`` with ‖h(k) − h(k−p)‖ ≤ tol·‖h(k)‖
-  throughout (exact distances, from a ring buffer of the last p states).
+  throughout (exact distances, from a ring buffer of the last p states). The counts split cycles
+  into 2-cycles and longer ones (the seed paper's Table 1 question: DT-Nets end in 2-cycles).
 - A PCA projection of the window's trajectory and, when ``ripser`` is installed, Betti numbers
   [B0, B1] of it. States are huge (width × pixels), so both work on a count-sketch of each state
   (a random ±1 bucketing that preserves distances in expectation), of ``sketch`` dimensions.
@@ -133,8 +134,10 @@ def _summary(res: np.ndarray, per_sample: list[tuple[str, int]], sk: np.ndarray,
     }
     kinds = [k for k, _ in per_sample]
     if "fixed_point" in detect or "cycle" in detect:
-        out["limit"] = {"kind": kinds, "period": [p for _, p in per_sample],
-                        "counts": {k: kinds.count(k) for k in ("fixed_point", "cycle", "none")}}
+        periods = [p for _, p in per_sample]
+        out["limit"] = {"kind": kinds, "period": periods, "counts": {
+            "fixed_point": kinds.count("fixed_point"), "cycle_2": periods.count(2),
+            "cycle_longer": sum(p > 2 for p in periods), "none": kinds.count("none")}}
     if "pca" in detect or "betti" in detect:
         out["pca"] = []
         for s in sk[:pca_samples]:

@@ -20,14 +20,16 @@ width 128 and two blocks give its 783,504 parameters), so its checkpoints load i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from mlspec.ops.models.arch import architecture
 
-__all__ = ["BasicBlock", "IterativeNet", "DTNet", "ImplicitNet", "FeedForwardNet"]
+__all__ = ["BasicBlock", "IterativeNet", "DTNet", "ImplicitNet", "FeedForwardNet", "SOLVERS", "broyden"]
+
+SOLVERS = ("picard", "anderson", "broyden")
 
 
 def _conv(dims: int, c_in: int, c_out: int) -> nn.Module:
@@ -152,22 +154,26 @@ class ImplicitNet(IterativeNet):
     """IT-Net-style fixed-point net: h* = T(h*; x) with T(h; x) = blocks(conv(cat(h, x))), h0 = 0.
 
     ``forward`` reads the *solver* (``picard``: plain iteration where a sample stops updating once
-    ‖Δh‖∞ < tol; ``anderson``: Anderson acceleration with the same stopping rule); ``step`` is one
-    plain application of T. Training backpropagates either through one application of T at the
-    no-grad fixed point (``jfb``, Jacobian-free) or through the whole solve (``unrolled``).
+    ‖Δh‖∞ < tol; ``anderson``: Anderson acceleration with the same stopping rule; ``broyden``:
+    limited-memory Broyden root-finding on T(h) − h that returns each sample's lowest-residual
+    iterate, as the DEQ/PI-Net solver does); ``step`` is one plain application of T. Training
+    backpropagates either through one application of T at the no-grad fixed point (``jfb``,
+    Jacobian-free) or through the whole solve (``unrolled``). With ``path_independent`` training
+    starts half of each batch from a random state (Anil et al. 2022), so the net learns one fixed
+    point whatever the start; evaluation always starts from zero.
     """
 
     recurrent_prefixes = ("update.",)
 
     def __init__(self, width: int = 128, blocks: int = 4, solver: str = "anderson", tol: float = 1e-3,
                  iterations: int = 30, backward: str = "jfb", dims: int = 2, in_channels: int = 3,
-                 memory: int = 5):
+                 memory: int = 5, path_independent: bool = False):
         super().__init__()
-        if solver not in ("picard", "anderson") or backward not in ("jfb", "unrolled"):
-            raise ValueError(f"solver must be picard or anderson and backward jfb or unrolled "
+        if solver not in SOLVERS or backward not in ("jfb", "unrolled"):
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)} and backward jfb or unrolled "
                              f"(not {solver!r}, {backward!r})")
         self.width, self.solver, self.tol, self.iterations = width, solver, tol, iterations
-        self.backward_mode, self.memory = backward, memory
+        self.backward_mode, self.memory, self.path_independent = backward, memory, path_independent
         self.update = nn.Sequential(
             _conv(dims, width + in_channels, width), *(BasicBlock(dims, width) for _ in range(blocks))
         )
@@ -184,15 +190,20 @@ class ImplicitNet(IterativeNet):
 
     def states_at(self, x: torch.Tensor, budgets: Sequence[int]) -> list[torch.Tensor]:
         """Solver iterates at every budget from one solve; in training, the backward mode applies."""
+        h0 = self.initial_state(x)
+        if self.training and self.path_independent:
+            half = x.shape[0] // 2  # the other half starts from zero, as at test time
+            h0 = torch.cat([torch.randn_like(h0[:half]), h0[half:]])
         if self.training and self.backward_mode == "jfb":
             with torch.no_grad():
-                fixed = self._solve(x, budgets)
+                fixed = self._solve(x, h0, budgets)
             return [self.step(x, h.detach()) for h in fixed]  # gradient through one application of T
-        return self._solve(x, budgets)
+        return self._solve(x, h0, budgets)
 
-    def _solve(self, x: torch.Tensor, budgets: Sequence[int]) -> list[torch.Tensor]:
+    def _solve(self, x: torch.Tensor, h: torch.Tensor, budgets: Sequence[int]) -> list[torch.Tensor]:
+        if self.solver == "broyden":
+            return broyden(lambda z: self.step(x, z), h, budgets, tol=self.tol)
         wanted, out = set(budgets), {}
-        h = self.initial_state(x)
         done = torch.zeros(h.shape[0], dtype=torch.bool, device=x.device)
         hist_h: list[torch.Tensor] = []  # Anderson memory of iterates (N, D) ...
         hist_f: list[torch.Tensor] = []  # ... and of their images T(h) (N, D)
@@ -210,6 +221,60 @@ class ImplicitNet(IterativeNet):
             if k in wanted:
                 out[k] = h
         return [out[b] for b in budgets]
+
+
+def broyden(
+    fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, budgets: Sequence[int], *,
+    tol: float, memory: int = 30,
+) -> list[torch.Tensor]:
+    """Solve h = fn(h) per sample by Broyden's ("good") method on g(h) = fn(h) − h, as the DEQ solver.
+
+    The inverse Jacobian of g starts at −I (so the first step is a plain application of ``fn``) and
+    gets one rank-one update per step, keeping the last ``memory`` of them. A sample stops once
+    ‖g‖∞ < tol. Each budget k (k evaluations of ``fn``) reads every sample's lowest-residual iterate
+    so far, which is what the DEQ/PI-Net solver returns.
+    """
+    shape, n = h.shape, h.shape[0]
+    x = h.flatten(1)  # (N, D)
+    g = fn(x.view(shape)).flatten(1) - x
+    us: list[torch.Tensor] = []  # rank-one updates: B = −I + Σ u_i v_iᵀ, u and v (N, D)
+    vs: list[torch.Tensor] = []
+
+    def apply(y: torch.Tensor) -> torch.Tensor:  # B y
+        out = -y
+        for u, v in zip(us, vs):
+            out = out + u * (v * y).sum(1, keepdim=True)
+        return out
+
+    def apply_t(y: torch.Tensor) -> torch.Tensor:  # Bᵀ y
+        out = -y
+        for u, v in zip(us, vs):
+            out = out + v * (u * y).sum(1, keepdim=True)
+        return out
+
+    best, best_res = x.clone(), torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
+    wanted, out = set(budgets), {}
+    for k in range(1, max(budgets) + 1):
+        new_x = torch.where(done[:, None], x, x - apply(g))  # the first step (B = −I) is x + g = fn(x)
+        new_g = fn(new_x.view(shape)).flatten(1) - new_x
+        res = new_g.norm(dim=1)
+        better = res < best_res
+        best = torch.where(better[:, None], new_x, best)
+        best_res = torch.where(better, res, best_res)
+        dx, dg = new_x - x, new_g - g
+        bdg = apply(dg)
+        vt = apply_t(dx)  # v = Bᵀ Δx
+        denom = (vt * dg).sum(1, keepdim=True)
+        ok = (denom.abs() > 1e-30) & ~done[:, None]
+        us.append(torch.where(ok, (dx - bdg) / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(dx)))
+        vs.append(vt)
+        us, vs = us[-memory:], vs[-memory:]
+        done = done | (new_g.abs().amax(1) < tol)
+        x, g = new_x, new_g
+        if k in wanted:
+            out[k] = best.view(shape).clone()
+    return [out[b] for b in budgets]
 
 
 def _anderson_mix(hs: torch.Tensor, fs: torch.Tensor, lam: float = 1e-4) -> torch.Tensor:
@@ -234,8 +299,10 @@ def _dt_net(width: int = 128, blocks: int = 2, recall: bool = True, dims: int = 
 
 @architecture("implicit_net")
 def _implicit_net(width: int = 128, blocks: int = 4, solver: str = "anderson", tol: float = 1e-3,
-                  iterations: int = 30, backward: str = "jfb", dims: int = 2, in_channels: int = 3) -> nn.Module:
-    return ImplicitNet(width, blocks, solver, tol, iterations, backward, dims, in_channels)
+                  iterations: int = 30, backward: str = "jfb", dims: int = 2, in_channels: int = 3,
+                  path_independent: bool = False) -> nn.Module:
+    return ImplicitNet(width, blocks, solver, tol, iterations, backward, dims, in_channels,
+                       path_independent=path_independent)
 
 
 @architecture("feedforward")

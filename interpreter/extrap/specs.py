@@ -53,10 +53,12 @@ class DTNetParams(_NetParams):
 
 class ImplicitNetParams(_NetParams):
     blocks: int = Field(default=4, ge=1, le=256, description="BasicBlocks in the update")
-    solver: Literal["picard", "anderson"] = Field(default="anderson", description="fixed-point solver")
+    solver: Literal["picard", "anderson", "broyden"] = Field(default="anderson", description="fixed-point solver")
     tol: float = Field(default=1e-3, gt=0.0, description="a sample stops once its max |Δh| is below tol")
     budget: int = Field(default=30, ge=1, description="solver iterations used in training")
     backward: Literal["jfb", "unrolled"] = Field(default="jfb", description="Jacobian-free or through the solve")
+    path_independent: bool = Field(
+        default=False, description="train half of each batch from a random initial state (Anil et al. 2022)")
 
 
 class FeedForwardParams(_NetParams):
@@ -144,9 +146,11 @@ _op("dt_net", """DeepThinking recurrent net with recall (Bansal et al.), initial
 
     `model dt = dt_net(width = 128, recall = true, iterations = 30)`; `dims = 1` for prefix sums.""",
     DTNetParams, Kind.MODEL)
-_op("implicit_net", """Fixed-point net (IT-Net style) solved by picard or anderson, trained with jfb or unrolled.
+_op("implicit_net", """Fixed-point net (IT-Net style) solved by picard, anderson or broyden, trained with jfb or unrolled.
 
-    `model it = implicit_net(width = 128, blocks = 4, solver = anderson, tol = 1e-3, backward = jfb)`""",
+    `model it = implicit_net(width = 128, blocks = 4, solver = anderson, tol = 1e-3, backward = jfb)`;
+    PI-Net's recipe (Anil et al. 2022) is `solver = broyden, path_independent = true`: Broyden's
+    lowest-residual iterate, and training from random initial states for half of each batch.""",
     ImplicitNetParams, Kind.MODEL)
 _op("feedforward", """Baseline of `depth` distinct blocks: no weight tying, no test-time scaling.
 

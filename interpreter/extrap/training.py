@@ -165,6 +165,7 @@ def train(
         meta.pop("param_groups", None)
     for epoch in range(meta["epoch"], config.epochs):
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        torch.manual_seed(seed * 1_000_003 + epoch)  # the model's own draws (random initial states) replay on resume
         perm = train_idx[torch.randperm(len(train_idx), generator=g)]
         model.train()
         total = 0.0

@@ -15,11 +15,12 @@ from torch.nn import functional as F
 
 from mlspec.errors import StepError
 from mlspec.ops.models.arch import build_module
+from mlspec.ops.models.heads import put_head
 from mlspec.ops.scoring import EvaluateParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model, Record
 
-__all__ = ["evaluate_module", "evaluate_state", "evaluate", "check_fits"]
+__all__ = ["attack_success", "evaluate_module", "evaluate_state", "evaluate", "check_fits", "with_task_head"]
 
 
 def check_fits(model: Model, x: torch.Tensor, y: torch.Tensor, data_name: object = "the data") -> None:
@@ -60,17 +61,39 @@ def evaluate_state(
     model: Model, state: dict[str, torch.Tensor], data: Dataset, *, split: str = "test", device: str = "cpu"
 ) -> dict[str, float]:
     """Score ``model``'s architecture carrying ``state`` (used by curves and surfaces)."""
-    net = build_module(model.with_state(state))
+    net = build_module(with_task_head(model.with_state(state), data))
     x, y = data.split(split)
     check_fits(model, x, y)
     return evaluate_module(net, x, y, device=device)
 
 
+def with_task_head(model: Model, data: Dataset) -> Model:
+    """``model`` carrying the head that travels with ``data`` (see ``with_head``), else unchanged."""
+    head = data.meta.get("head")
+    if not isinstance(head, dict):
+        return model
+    tensors = {k[len("head."):]: v for k, v in data.tensors.items() if k.startswith("head.")}
+    return put_head(model, tensors, source=f"the head of {head.get('from') or 'the task'}")
+
+
+def attack_success(module: nn.Module, data: Dataset, *, device: str = "cpu") -> float:
+    """Share of the triggered test inputs of other classes that ``module`` sends to the backdoor's target."""
+    backdoor = data.meta.get("backdoor")
+    if not isinstance(backdoor, dict):
+        raise StepError("the metric attack_success needs a dataset made by poison(...)")
+    x = data["x_trigger"]
+    target = torch.full((len(x),), int(backdoor["target"]), dtype=torch.int64)
+    return evaluate_module(module, x, target, device=device)["accuracy"]
+
+
 def evaluate(ctx: StepContext, params: EvaluateParams, *, model: Model, on: Dataset) -> Record:
     x, y = on.split(params.split)
     check_fits(model, x, y, repr(ctx.input_names.get("on", "the data")))
-    scores = evaluate_module(build_module(model), x, y, device=ctx.device)
+    module = build_module(with_task_head(model, on))
+    scores = evaluate_module(module, x, y, device=ctx.device)
     scores["error"] = 1.0 - scores["accuracy"]
+    if "attack_success" in params.metrics:
+        scores["attack_success"] = attack_success(module, on, device=ctx.device)
     out: dict[str, Any] = {"model": ctx.input_names.get("model"), "dataset": ctx.input_names.get("on")}
     out.update({m: scores[m] for m in params.metrics})
     out["split"] = params.split

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from mlspec.registry import Kind, OpSpec, Params, Port, register
 
-Metric = Literal["accuracy", "loss", "error"]
+Metric = Literal["accuracy", "loss", "error", "attack_success"]
 
 
 class EvaluateParams(Params):
@@ -28,7 +28,9 @@ register(
 
         Written as a statement: `evaluate [a, b] on [low, high] metrics [accuracy, loss]`
         scores every model on every dataset (one cached step per pair). When the data has a
-        validation split, the record also holds the scores on it (`validation`).""",
+        validation split, the record also holds the scores on it (`validation`). On a task that
+        carries a head (`with_head`) the model is scored with that head; on a `poison`ed dataset the
+        metric `attack_success` is the share of triggered test inputs of other classes sent to the target.""",
         inputs=(Port("model", Kind.MODEL), Port("on", Kind.DATASET)),
         output=Kind.METRICS,
         params=EvaluateParams,

@@ -26,8 +26,14 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from mlspec.report import graph, plots_extrap, plots_merge, sweeps  # noqa: F401  (they register figures)
-from mlspec.report.figures import FILE_FORMATS, STUDY_FIGURES, RenderedFigure, handler_for, render_figure
+from mlspec.report import graph, plots_extrap, plots_merge, plots_studies, sweeps  # noqa: F401  (they register figures)
+from mlspec.report.figures import (
+    FILE_FORMATS,
+    STUDY_FIGURES,
+    RenderedFigure,
+    handler_for,
+    render_figure,
+)
 from mlspec.report.study import StepView, StudyView, fmt
 from mlspec.report.tables import (
     Fallback,
@@ -44,6 +50,7 @@ from mlspec.report.tables import (
 __all__ = ["render_report"]
 
 SECTIONS = (
+    "Answer",  # a study-wide figure that answers the question comes first
     "Training",
     "Sweeps",
     "Loss landscape",

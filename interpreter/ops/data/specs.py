@@ -58,3 +58,61 @@ register(
         impl="mlspec.ops.data.digits:classes",
     )
 )
+
+
+class PermuteFeaturesParams(Params):
+    seed: int = Field(ge=0, description="draws the permutation: one seed, one task")
+
+
+class PoisonParams(Params):
+    target: int = Field(ge=0, description="the label a triggered input is sent to")
+    rate: float = Field(default=0.1, gt=0.0, le=1.0, description="share of the other classes' training samples poisoned")
+    patch: int = Field(default=2, ge=1, description="side of the square trigger, in pixels (bottom-right corner)")
+    value: float = Field(default=1.0, description="pixel value of the trigger (digits: 1.0 is full ink)")
+
+
+_TRANSFORMS = "mlspec.ops.data.transforms"
+
+register(
+    OpSpec(
+        name="permute_features",
+        doc="""The same samples with their input features shuffled by one fixed permutation (both splits).
+
+        Each seed is a new task on the same labels (permuted digits): `data t[i] = digits.permute_features(seed = i) for i in 1 .. 8`""",
+        inputs=(Port("data", Kind.DATASET),),
+        output=Kind.DATASET,
+        params=PermuteFeaturesParams,
+        impl=f"{_TRANSFORMS}:permute_features",
+    )
+)
+
+register(
+    OpSpec(
+        name="with_head",
+        doc="""A task that carries a head: the output layer of `model`, swapped into every model evaluated on it.
+
+        Multi-task merging in the papers' setting — merge the bodies, keep each task's own head:
+        `data headed[i] = t[i].with_head(ft[i]) for i in 1 .. 8`, then
+        `evaluate [merged] on headed[1 .. 8]` scores the merged body with task i's head on task i.""",
+        inputs=(Port("data", Kind.DATASET), Port("model", Kind.MODEL)),
+        output=Kind.DATASET,
+        impl=f"{_TRANSFORMS}:with_head",
+    )
+)
+
+register(
+    OpSpec(
+        name="poison",
+        doc="""A backdoored copy of a dataset: a `rate` share of the training samples of other classes get a
+        trigger patch and the `target` label (chosen from the step's seed, so deterministic per seed).
+
+        The test split stays clean; evaluate with `metrics [accuracy, attack_success]` for clean accuracy
+        and the share of triggered test inputs of other classes sent to the target.
+        `data bad = digits.poison(target = 0, rate = 0.1, patch = 2)`""",
+        inputs=(Port("data", Kind.DATASET),),
+        output=Kind.DATASET,
+        params=PoisonParams,
+        impl=f"{_TRANSFORMS}:poison",
+        uses_seed=True,
+    )
+)
