@@ -30,7 +30,10 @@ CASES: dict[str, tuple[str, dict[str, float], float]] = {
 
 
 def rate(make: Callable[[int], object], count: int, budget_s: float) -> float:
-    """Mazes per second: repeat ``make(count)`` until ``budget_s`` has passed (at least once)."""
+    """Mazes per second: repeat ``make(count)`` until ``budget_s`` has passed (at least once), after
+    one untimed call for both sides alike (one-off costs: lazy imports and tables, and for large
+    results the kernel's first gathering of huge pages, which can take longer than a whole call)."""
+    make(count)
     done, start = 0, time.perf_counter()
     while True:
         make(count)
