@@ -133,6 +133,7 @@ def busy_machine_threads(reduced: bool = True, busy_processes: int = 1) -> None:
     import os
 
     cores = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()[0]
     text = (ROOT / "specs" / "quickstart.extrap").read_text()
     if reduced:  # the same study at a fifth of the training work
         text = text.replace("count = 1500", "count = 300").replace("epochs 20", "epochs 4")
@@ -160,7 +161,7 @@ def busy_machine_threads(reduced: bool = True, busy_processes: int = 1) -> None:
                     hog.kill()
                     hog.wait()
     print(f"quickstart.extrap{' (reduced: 300 mazes, 4 epochs)' if reduced else ''} on {cores} cores, "
-          f"load average before: {os.getloadavg()[0]:.1f}")
+          f"load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
     print(f"{'policy':<60}{'wall s':>8}")
     for name, seconds in rows:
         print(f"{name:<60}{seconds:8.1f}")

@@ -7,7 +7,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Before torch loads (the CLI, --jobs workers, most API use): waiting OpenMP threads sleep instead
+# of spinning, so a busy machine slows a run in proportion instead of collapsing it
+# (benchmarks/quickstart.py --busy; see mlspec.run.executor.torch_threads). A user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["load", "loads", "merge_method", "PerModel", "__version__"]

@@ -63,10 +63,6 @@ _MAX_STEPS = click.option("--max-steps", type=click.IntRange(1), metavar="N",
 @click.version_option(package_name="mlspec")
 def main() -> None:
     """mlspec — declarative studies of how neural networks learn and combine."""
-    import os
-
-    # Before torch loads: waiting OpenMP threads sleep rather than spin (see run.executor.torch_threads).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @main.command()

@@ -98,7 +98,7 @@ def test_kill_9_at_random_moments_then_a_rerun_gives_the_same_bytes(spec: Path, 
         assert rerun.returncode == 0, (trial, rerun.stderr)
         assert "damaged" not in rerun.stderr, (trial, rerun.stderr)
         assert outputs(out) == reference, f"trial {trial} differs"
-        assert not [p for p in out.rglob("*.tmp")], f"trial {trial} left a temporary file"
+        assert not [p for p in out.rglob(".*")], f"trial {trial} left a temporary file"
 
 
 @pytest.fixture(scope="module")
@@ -119,23 +119,9 @@ def task_merging_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, d
     return runs[0], runs[1]
 
 
-def _dare(name: str) -> bool:
-    return "dare" in name
-
-
 @pytest.mark.slow
 def test_task_merging_is_the_same_serially_and_with_two_jobs(task_merging_runs: tuple[dict, dict]) -> None:
     serial, parallel = task_merging_runs
     assert serial["steps"] == parallel["steps"]
-    for name in serial["results"]:
-        if not _dare(name):
-            assert serial["results"][name] == parallel["results"][name], name
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(reason="DARE stream per tensor: lead's issue-9 work", strict=False)
-def test_task_merging_dare_is_the_same_serially_and_with_two_jobs(task_merging_runs: tuple[dict, dict]) -> None:
-    serial, parallel = task_merging_runs
-    for name in serial["results"]:
-        if _dare(name):
-            assert serial["results"][name] == parallel["results"][name], name
+    for name in serial["results"]:  # DARE's random drops included
+        assert serial["results"][name] == parallel["results"][name], name

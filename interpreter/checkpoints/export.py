@@ -8,6 +8,7 @@ is assembled next to its destination and renamed into place, so a failed export 
 
 from __future__ import annotations
 
+import glob
 import shutil
 import tempfile
 from pathlib import Path
@@ -113,3 +114,5 @@ def export_safetensors_file(model: Model | CheckpointRef, target: Path, metadata
         (staging / SINGLE_NAME).replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):  # of exports killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -13,6 +13,7 @@ lock, and the other finds it cached when the lock is released.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -57,6 +58,8 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # of writers killed mid-write
+            leftover.unlink(missing_ok=True)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
@@ -159,6 +162,9 @@ class Cache:
         meta = {**meta, **({"step": extra} if extra else {})}
         final = self.path(key)
         tmp = self.root / "tmp" / f"{key}.{uuid.uuid4().hex}"
+        # Earlier writers of this entry that were killed mid-write (the caller holds the entry's lock).
+        for leftover in (self.root / "tmp").glob(f"{glob.escape(key)}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
             if tensors:

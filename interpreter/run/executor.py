@@ -62,7 +62,7 @@ def torch_threads() -> int:
     One number for the in-process run, each ``--jobs`` worker and each Ray task, because a reduction
     split over another number of threads rounds differently, and the promise is the same bytes
     however a study is executed. Idle waiting threads sleep instead of spinning
-    (``OMP_WAIT_POLICY=PASSIVE``, set by the CLI before torch loads), so a busy machine slows a run
+    (``OMP_WAIT_POLICY=PASSIVE``, set when mlspec is imported), so a busy machine slows a run
     down in proportion instead of collapsing it: ``benchmarks/quickstart.py --busy`` measures it.
     """
     configured = os.environ.get("MLSPEC_THREADS", "")
