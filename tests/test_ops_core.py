@@ -52,6 +52,25 @@ def test_digits_split_is_stratified_deterministic_and_scaled(tmp_path: Path) -> 
     assert torch.all((test_counts - all_counts * 0.25).abs() <= 1)  # stratified: a quarter of each class
 
 
+def test_a_validation_split_is_carved_from_training_and_scored_beside_the_test_split(tmp_path: Path) -> None:
+    plain = digits(ctx(tmp_path), DigitsParams(test_fraction=0.25))
+    d = digits(ctx(tmp_path), DigitsParams(test_fraction=0.25, validation_fraction=0.1))
+    assert torch.equal(d["x_test"], plain["x_test"])  # the test split does not move
+    assert d["x_val"].shape == (135, 64) and d["x_train"].shape == (1347 - 135, 64)
+    rows = {tuple(r) for r in plain["x_train"].tolist()}
+    assert len(rows & {tuple(r) for r in d["x_val"].tolist()}) == len({tuple(r) for r in d["x_val"].tolist()})
+    assert not {tuple(r) for r in d["x_val"].tolist()} & {tuple(r) for r in d["x_train"].tolist()}
+    low = classes(ctx(tmp_path), ClassesParams(classes=[0, 1, 2, 3, 4]), data=d)
+    assert set(low["y_val"].tolist()) == {0, 1, 2, 3, 4} and len(low["y_val"]) == int((d["y_val"] < 5).sum())
+    model = Model(arch={"type": "mlp", "in_features": 64, "hidden": [], "out_features": 10},
+                  state={"layers.0.weight": torch.zeros(10, 64), "layers.0.bias": torch.arange(10.0)})
+    out = evaluate(ctx(tmp_path, model="m", on="d"), EvaluateParams(), model=model, on=d).data
+    # Every prediction is class 9 (the largest bias): accuracy is the share of nines in each split.
+    assert out["accuracy"] == pytest.approx(float((d["y_test"] == 9).float().mean()))
+    assert out["validation"]["accuracy"] == pytest.approx(float((d["y_val"] == 9).float().mean()))
+    assert out["validation"]["n"] == 135
+
+
 def test_classes_keeps_only_requested_labels(tmp_path: Path) -> None:
     d = digits(ctx(tmp_path), DigitsParams())
     low = classes(ctx(tmp_path), ClassesParams(classes=[0, 1, 2, 3, 4]), data=d)

@@ -21,8 +21,8 @@ def test_steps_get_a_line_each_and_long_loops_a_line_per_interval() -> None:
         step(0, started="b")
         step(finished="b", error="boom")
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "[    0.0s] started  a  (1 of 2)"
+    assert lines[0] == "[    0.0s] started  a  (0 of 2 done)"
     periodic = [ln for ln in lines if "a: train" in ln]
     assert len(periodic) == 10 and periodic[0] == "[   10.0s]   a: train: 10/100 loss=0.5"
     assert lines[11] == "[  100.0s] finished a in 100.0s  (1 of 2 done)"
-    assert lines[12:] == ["[  100.0s] started  b  (2 of 2)", "[  100.0s] failed   b  (2 of 2 done): boom"]
+    assert lines[12:] == ["[  100.0s] started  b  (1 of 2 done)", "[  100.0s] failed   b  (2 of 2 done): boom"]

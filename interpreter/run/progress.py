@@ -39,7 +39,7 @@ def plain_progress(stream: TextIO, *, every_s: float = 10.0, clock: Callable[[],
             nonlocal done, last
             done += n
             if "started" in fields:
-                say(f"started  {fields['started']}  ({done + 1} of {total})")
+                say(f"started  {fields['started']}  ({done} of {total} done)")
             elif "finished" in fields:
                 took = fields.get("seconds")
                 verdict = "failed  " if fields.get("error") else "skipped " if fields.get("skipped") else "finished"
