@@ -64,7 +64,7 @@ def test_a_backdoor_is_diluted_by_merging_with_clean_models(tmp_path: Path) -> N
 
 
 REDUCED_SHIFT = [
-    ("mazes(count = 1500) epochs 20", "mazes(count = 600) epochs 10"),
+    ("mazes(count = 1500) epochs 20", "mazes(count = 1500) epochs 10"),
     ("axis size = [5, 7, 9]", "axis size = [5]"),
     ("axis percolation = [0.0, 0.1, 0.2, 0.3]", "axis percolation = [0.0, 0.3]"),
     ("mazes(count = 200)", "mazes(count = 60)"),
