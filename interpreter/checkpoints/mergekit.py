@@ -296,9 +296,17 @@ def _check_document(doc: dict[str, Any], where: str | None) -> None:
         raise _fail("exactly one of 'models', 'slices' or 'modules' must be given (mergekit requires it)", where)
     if present == ["modules"]:
         raise _fail("'modules' (multi-module models) are not supported; use 'models' or 'slices'", where)
-    entries = doc.get("models") or [src for sl in doc.get("slices") or [] for src in (sl or {}).get("sources") or []]
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("model"), str) for e in entries):
-        raise _fail("every model must be given as {model: path, parameters: {...}}", where)
+    slices = doc.get("slices") or []
+    if not isinstance(slices, list) or not all(isinstance(sl, dict) for sl in slices):
+        raise _fail("slices must be a list of {sources: [...]}", where)
+    entries = doc.get("models") or [src for sl in slices for src in sl.get("sources") or []]
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("model"), str) and isinstance(e.get("parameters") or {}, dict)
+        for e in entries
+    ):
+        raise _fail("every model must be given as {model: path, parameters: {name: value, ...}}", where)
+    if not isinstance(doc.get("parameters") or {}, dict):
+        raise _fail("parameters must be a mapping {name: value, ...}", where)
     for ref in [doc.get("base_model"), *(e["model"] for e in entries)]:
         if ref is not None and ("+" in str(ref) or "@" in str(ref)):
             raise _fail(f"model reference {ref!r}: LoRA adapters and revisions are not supported (use a local path)", where)
