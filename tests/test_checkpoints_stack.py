@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -49,7 +48,6 @@ def test_passthrough_frankenmerge_copies_the_picked_blocks(ckpts: Path, tmp_path
     assert code == 0, out
     a, b = tensors(ckpts / "a"), tensors(ckpts / "b")
     got = tensors(tmp_path / "o" / "out")
-    expected = {n: t for n, t in a.items() if ".layers." not in n and "norm.weight" != n.rsplit("model.", 1)[-1]}
     expected = {n: a[n] for n in a if ".layers." not in n and "embed" in n}
     expected.update({n: b[n] for n in b if ".layers." not in n and "embed" not in n})  # the last slice's
     for i in range(3):
@@ -66,10 +64,10 @@ def test_passthrough_frankenmerge_copies_the_picked_blocks(ckpts: Path, tmp_path
 
 
 def test_a_merged_slice_uses_its_own_depth_gradient(ckpts: Path, tmp_path: Path) -> None:
-    code, out = run(ckpts, tmp_path, 'merge out = stack(models = [a, b], method = linear, slices = [\n'
+    code, out = run(ckpts, tmp_path, 'merge out = stack(models = [a, b], method = average, slices = [\n'
                     '    layers(model = "a", start = 0, end = 1),\n'
-                    '    slice(sources = [layers(model = "a", start = 1, end = 4, weight = [1, 0]),\n'
-                    '                     layers(model = "b", start = 1, end = 4, weight = [0, 1])])])\n')
+                    '    slice(sources = [layers(model = "a", start = 1, end = 4, weights = [1, 0]),\n'
+                    '                     layers(model = "b", start = 1, end = 4, weights = [0, 1])])])\n')
     assert code == 0, out
     a, b = tensors(ckpts / "a"), tensors(ckpts / "b")
     got = tensors(tmp_path / "o" / "out")
@@ -93,7 +91,7 @@ def test_slerp_slice(ckpts: Path, tmp_path: Path) -> None:
     a, b = tensors(ckpts / "a"), tensors(ckpts / "b")
     got = tensors(tmp_path / "o" / "out")
     name = "model.layers.1.mlp.up_proj.weight"
-    torch.testing.assert_close(got[name], slerp([a[name], b["model.layers.3.mlp.up_proj.weight"]], t=0.3))
+    torch.testing.assert_close(got[name], slerp([a[name], b["model.layers.3.mlp.up_proj.weight"]], None, t=0.3, dot_threshold=0.9995))
     assert json.loads((tmp_path / "o" / "out" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
@@ -105,7 +103,7 @@ def test_slerp_slice(ckpts: Path, tmp_path: Path) -> None:
      "same number of blocks"),
 ])
 def test_bad_slices_are_clear_errors(ckpts: Path, tmp_path: Path, slices: str, message: str) -> None:
-    code, out = run(ckpts, tmp_path, f"merge out = stack(models = [a, b], method = linear, slices = {slices})\n")
+    code, out = run(ckpts, tmp_path, f"merge out = stack(models = [a, b], method = average, slices = {slices})\n")
     assert code != 0
     assert message in out, out
     assert "Traceback" not in out
@@ -120,5 +118,3 @@ def test_in_memory_models_are_refused() -> None:
     with pytest.raises(StepError, match="checkpoints on disk"):
         stack(None, params, models=[object()])  # type: ignore[arg-type,list-item]
 
-
-assert math  # noqa: used by oracle helpers above
