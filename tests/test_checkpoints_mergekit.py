@@ -341,9 +341,9 @@ def test_passthrough_slice_of_two_sources_and_a_slice_without_its_base_are_refus
         )
 
 
-def test_slices_are_planned_but_not_yet_written_as_a_spec() -> None:
-    with pytest.raises(MergekitImportError, match="no stacking operator"):
-        mergekit_to_spec("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]")
+def test_slices_become_a_stack() -> None:
+    spec = mergekit_to_spec("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]")
+    assert "stack(" in spec and 'layers(model = "a", start = 0, end = 2)' in spec
 
 
 # --- imported specs check and run -------------------------------------------------------------------

@@ -118,3 +118,30 @@ def test_in_memory_models_are_refused() -> None:
     with pytest.raises(StepError, match="checkpoints on disk"):
         stack(None, params, models=[object()])  # type: ignore[arg-type,list-item]
 
+
+
+def test_an_imported_mergekit_slices_config_checks_and_runs(ckpts: Path, tmp_path: Path) -> None:
+    from mlspec.checkpoints.mergekit import mergekit_to_spec
+
+    a, b = ckpts / "a", ckpts / "b"
+    spec = mergekit_to_spec(
+        f"merge_method: ties\nbase_model: {a}\nparameters: {{density: 1.0, weight: 1.0}}\n"
+        f"slices:\n  - sources: [{{model: {a}, layer_range: [0, 2]}}]\n"
+        f"  - sources:\n      - {{model: {a}, layer_range: [2, 4]}}\n"
+        f"      - {{model: {b}, layer_range: [0, 2], parameters: {{weight: 0.5}}}}\n"
+    )
+    assert "stack(" in spec and "weights = 0.5" in spec, spec
+    path = tmp_path / "imported.merge"
+    path.write_text(spec)
+    got = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "o"), "--cache-dir",
+                                    str(tmp_path / "c"), "--no-progress"])
+    assert got.exit_code == 0, got.output + got.stderr
+    out = tmp_path / "o" / "merged"
+    merged, ta, tb = tensors(out), tensors(a), tensors(b)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(merged[name], ta[name])  # the one-source slice is copied
+    # density 1, one model, mergekit's normalize: TIES is base + (0.5 · τ) / 0.5 with τ = b's block 0 − a's block 2
+    base, src = ta["model.layers.2.mlp.down_proj.weight"], tb["model.layers.0.mlp.down_proj.weight"]
+    by_hand = base + (0.5 * (src - base)) / 0.5
+    torch.testing.assert_close(merged["model.layers.2.mlp.down_proj.weight"], by_hand)

@@ -56,9 +56,6 @@ def stream_stack(
     Merged slices give the method their sources in order as its models; a method that requires a
     base gets the slice's base (which must be one of its sources) as the base and the others as
     models. Raises :class:`CheckpointError`."""
-    if method.prepare is not None:
-        raise CheckpointError(f"{method.name} needs a whole-model pass, which stacking does not run; "
-                              "merge the models first, then stack the result")
     labels = list(paths)
     started = time.perf_counter()
     out_dtype = DTYPES[options.out_dtype] if options.out_dtype else None
@@ -97,7 +94,10 @@ def stream_stack(
             bound = bounds.setdefault(n, BoundMethod(method, values, n, seed=seed))
             jobs.append(Job(**common, sources=tuple(names), reads=tuple(reads), has_base=has_base,
                             overrides=_overrides(method, pt, n, int(has_base)), merge=bound))
-        # The runner's own merge only names the work (every merged job carries its bound method).
+        if method.prepare is not None and len(bounds) > 1:
+            raise CheckpointError(f"{method.name} has a whole-model pass: every merged slice must merge the same "
+                                  f"number of models (not {sorted(bounds)})")
+        # The runner's merge runs the whole-model pass and names the work (merged jobs carry theirs).
         lead = next(iter(bounds.values()), None) or BoundMethod(method, values, 1, seed=seed)
         run_jobs(lead, inputs, jobs, out_dir, options=options, progress=progress)
         reference = inputs[labels.index(plan.config_from)]
