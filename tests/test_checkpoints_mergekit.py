@@ -269,8 +269,10 @@ dtype: float16
     )
     assert merge.op == "passthrough" and merge.models == [] and merge.base is None
     assert merge.slices == [
-        {"sources": [{"model": "psmathur/orca_mini_v3_13b", "layer_range": [0, 24]}], "base": None, "params": {}},
-        {"sources": [{"model": "garage-bAInd/Platypus2-13B", "layer_range": [20, 40]}], "base": None, "params": {}},
+        {"sources": [{"model": "psmathur/orca_mini_v3_13b", "layer_range": [0, 24], "params": {}}], "base": None,
+         "params": {}},
+        {"sources": [{"model": "garage-bAInd/Platypus2-13B", "layer_range": [20, 40], "params": {}}], "base": None,
+         "params": {}},
     ]
     assert merge.params == {"dtype": "float16", "out_dtype": "float16"}
 
@@ -312,8 +314,11 @@ parameters: {density: 0.9, lambda: 0.5}
     )
     first, second = ties.slices
     assert first["base"] == "base" and [s["model"] for s in first["sources"]] == ["base", "a", "b"]
-    assert first["params"]["weights"] == [1.0, 0.5]
-    assert first["params"]["density"] == [[{"filter": "mlp", "value": 0.2}, {"filter": None, "value": 0.7}], 0.7]
+    # per-model parameters sit on their sources (the base has none)
+    assert [s["params"].get("weights") for s in first["sources"]] == [None, 1.0, 0.5]
+    assert [s["params"].get("density") for s in first["sources"]] == [
+        None, [{"filter": "mlp", "value": 0.2}, {"filter": None, "value": 0.7}], 0.7]
+    assert "weights" not in first["params"] and "density" not in first["params"]
     assert first["params"]["scale"] == 0.5 and first["params"]["trim"] == "tensor"
     assert second["params"] == {}  # one source: its layers are copied
 
