@@ -186,12 +186,22 @@ class PerplexityParams(Params):
 _IMPL = "mlspec.ops.checkpoints.loading"
 
 
-def _check_merge(counts: Any, params: Any) -> str | None:
+def _check_merge(inputs: Any, params: Any) -> str | None:
     method = merge_method.get(str(params.get("method")))
     if method is None:
         return None
-    n = counts.get("models", 0)
-    return method.inputs_error(n, counts.get("base", 0) > 0) or method.count_error(n, params)
+    n = len(inputs.get("models") or [])
+    return method.inputs_error(n, "base" in inputs) or method.count_error(n, params)
+
+
+def _check_stack(inputs: Any, params: Any) -> str | None:
+    """Slices name models the call has (by their step names)."""
+    known = [*(inputs.get("models") or []), *([inputs["base"]] if "base" in inputs else [])]
+    unknown = sorted(slice_models(params.get("slices") or []) - set(known))
+    if unknown:
+        hint = did_you_mean(unknown[0], known) or f"the models are: {', '.join(map(repr, known))}"
+        return f"the slices name {', '.join(map(repr, unknown))}, not among the models ({hint})"
+    return None
 
 register(
     OpSpec(
@@ -227,7 +237,7 @@ register(
         output=Kind.MODEL,
         params=MergeCheckpointsParams,
         impl=f"{_IMPL}:merge_checkpoints",
-        check_inputs=lambda counts, params: _check_merge(counts, params),
+        check_inputs=_check_merge,
         uses_seed=True,
         dialects=frozenset({"merge"}),
     )
@@ -253,6 +263,7 @@ register(
         output=Kind.MODEL,
         params=StackParams,
         impl=f"{_IMPL}:stack",
+        check_inputs=_check_stack,
         uses_seed=True,
         dialects=frozenset({"merge"}),
     )
