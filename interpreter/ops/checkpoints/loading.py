@@ -64,7 +64,7 @@ def stack(
 
     from mlspec.checkpoints.engine import StreamOptions
     from mlspec.checkpoints.layout import reference
-    from mlspec.checkpoints.stacking import stream_stack
+    from mlspec.ops.checkpoints.stacking import stream_stack
 
     method = merge_method.get(params.method)
     assert method is not None
