@@ -63,7 +63,9 @@ class TensorMerge(Protocol):
 
     def prepare(self, groups: Callable[[], Iterable[tuple[Tensor | None, list[Tensor]]]]) -> None: ...
 
-    def tensor_extras(self, name: str, base: Tensor | None, tensors: Sequence[Tensor]) -> dict[str, Any]: ...
+    def tensor_extras(
+        self, name: str, base: Tensor | None, tensors: Sequence[Tensor], **overrides: Any
+    ) -> dict[str, Any]: ...
 
     def __call__(self, name: str, base: Tensor | None, tensors: Sequence[Tensor], **extra: Any) -> Tensor: ...
 
@@ -236,7 +238,7 @@ def _merge_one(
         with torch.no_grad():
             if not chunked:
                 return merge(job.name, base, xs, **overrides), xs, base
-            whole = merge.tensor_extras(job.name, base, xs)  # in the stored dtype: one temporary at a time
+            whole = merge.tensor_extras(job.name, base, xs, **overrides)  # in the stored dtype: one temporary at a time
             merged = torch.empty(job.shape, dtype=job.out_dtype)
             rows = max(1, CHUNK // math.prod(job.shape[1:]))
             for start in range(0, job.shape[0], rows):
