@@ -30,7 +30,8 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def run(ckpts: Path, tmp_path: Path, body: str) -> tuple[int, str]:
-    spec = ckpts / f"{tmp_path.name}.merge"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    spec = ckpts / f"{tmp_path.parent.name}-{tmp_path.name}.merge"
     spec.write_text('study "s"\nmodel a = load("a")\nmodel b = load("b")\n' + body + 'export out to "out" as hf\n')
     got = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "o"), "--cache-dir",
                                     str(tmp_path / "c"), "--no-progress"])
@@ -145,3 +146,21 @@ def test_an_imported_mergekit_slices_config_checks_and_runs(ckpts: Path, tmp_pat
     base, src = ta["model.layers.2.mlp.down_proj.weight"], tb["model.layers.0.mlp.down_proj.weight"]
     by_hand = base + (0.5 * (src - base)) / 0.5
     torch.testing.assert_close(merged["model.layers.2.mlp.down_proj.weight"], by_hand)
+
+
+def test_chunked_tensors_use_the_slices_parameters(ckpts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row chunks (large tensors) get TIES' trim threshold from the slice's density, as whole tensors do."""
+    from mlspec.checkpoints import engine
+
+    body = ('merge out = stack(base = a, models = [a, b], method = ties, density = 0.9, slices = [\n'
+            '    slice(sources = [layers(model = "a", start = 0, end = 4), layers(model = "b", start = 0, end = 4)],'
+            ' density = 0.3)])\n')
+    code, out = run(ckpts, tmp_path / "whole", body)
+    assert code == 0, out
+    monkeypatch.setattr(engine, "CHUNK", 64)
+    code, out = run(ckpts, tmp_path / "chunked", body)
+    assert code == 0, out
+    whole, chunked = tensors(tmp_path / "whole" / "o" / "out"), tensors(tmp_path / "chunked" / "o" / "out")
+    name = "model.layers.1.mlp.up_proj.weight"
+    for n in whole:
+        assert torch.equal(whole[n], chunked[n]), n
