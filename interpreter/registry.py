@@ -108,9 +108,9 @@ class OpSpec:
     uses_seed: bool = False  # when False the derived seed stays out of the cache key
     cacheable: bool = True  # False for side effects that must happen on every run (exports)
     dialects: frozenset[str] = frozenset({"merge", "extrap"})
-    #: ``check_inputs(counts, params)``: a message when a call's inputs cannot work together
-    #: (``counts``: how many values each port received), checked before anything runs.
-    check_inputs: Callable[[Mapping[str, int], Mapping[str, Any]], str | None] | None = None
+    #: ``check_inputs(inputs, params)``: a message when a call's inputs cannot work together
+    #: (``inputs``: the step name, or list of names, each port received), checked before anything runs.
+    check_inputs: Callable[[Mapping[str, Any], Mapping[str, Any]], str | None] | None = None
 
     def port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)

@@ -272,8 +272,10 @@ dtype: float16
     )
     assert merge.op == "passthrough" and merge.models == [] and merge.base is None
     assert merge.slices == [
-        {"sources": [{"model": "psmathur/orca_mini_v3_13b", "layer_range": [0, 24]}], "base": None, "params": {}},
-        {"sources": [{"model": "garage-bAInd/Platypus2-13B", "layer_range": [20, 40]}], "base": None, "params": {}},
+        {"sources": [{"model": "psmathur/orca_mini_v3_13b", "layer_range": [0, 24], "params": {}}], "base": None,
+         "params": {}},
+        {"sources": [{"model": "garage-bAInd/Platypus2-13B", "layer_range": [20, 40], "params": {}}], "base": None,
+         "params": {}},
     ]
     assert merge.params == {"dtype": "float16", "out_dtype": "float16"}
 
@@ -315,8 +317,11 @@ parameters: {density: 0.9, lambda: 0.5}
     )
     first, second = ties.slices
     assert first["base"] == "base" and [s["model"] for s in first["sources"]] == ["base", "a", "b"]
-    assert first["params"]["weights"] == [1.0, 0.5]
-    assert first["params"]["density"] == [[{"filter": "mlp", "value": 0.2}, {"filter": None, "value": 0.7}], 0.7]
+    # per-model parameters sit on their sources (the base has none)
+    assert [s["params"].get("weights") for s in first["sources"]] == [None, 1.0, 0.5]
+    assert [s["params"].get("density") for s in first["sources"]] == [
+        None, [{"filter": "mlp", "value": 0.2}, {"filter": None, "value": 0.7}], 0.7]
+    assert "weights" not in first["params"] and "density" not in first["params"]
     assert first["params"]["scale"] == 0.5 and first["params"]["trim"] == "tensor"
     assert second["params"] == {}  # one source: its layers are copied
 
@@ -344,9 +349,9 @@ def test_passthrough_slice_of_two_sources_and_a_slice_without_its_base_are_refus
         )
 
 
-def test_slices_are_planned_but_not_yet_written_as_a_spec() -> None:
-    with pytest.raises(MergekitImportError, match="no stacking operator"):
-        mergekit_to_spec("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]")
+def test_slices_become_a_stack() -> None:
+    spec = mergekit_to_spec("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]")
+    assert "stack(" in spec and 'layers(model = "a", start = 0, end = 2)' in spec
 
 
 # --- imported specs check and run -------------------------------------------------------------------

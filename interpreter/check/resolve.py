@@ -307,8 +307,7 @@ class Resolver:
                                  c.span, help=f"add {how}")
         params = self.validate(op, raw, spans, c)
         if op.check_inputs is not None:
-            counts = {p: len(v) if isinstance(v, list) else 1 for p, v in inputs.items()}
-            problem = op.check_inputs(counts, params)
+            problem = op.check_inputs(inputs, params)
             if problem:
                 raise self.error(problem, c.span)
         return self.add_step(Step(name=name, op=op.name, params=params, inputs=inputs, span=c.span,

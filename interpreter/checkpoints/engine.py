@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -36,7 +36,7 @@ from mlspec.checkpoints.source import Checkpoint
 from mlspec.checkpoints.validate import Job, plan_tensors
 from mlspec.checkpoints.writer import ShardedWriter
 
-__all__ = ["StreamOptions", "stream_merge", "DTYPES", "TensorMerge"]
+__all__ = ["StreamOptions", "stream_merge", "run_jobs", "DTYPES", "TensorMerge"]
 
 DTYPES = {
     "float32": torch.float32,
@@ -63,7 +63,9 @@ class TensorMerge(Protocol):
 
     def prepare(self, groups: Callable[[], Iterable[tuple[Tensor | None, list[Tensor]]]]) -> None: ...
 
-    def tensor_extras(self, name: str, base: Tensor | None, tensors: Sequence[Tensor]) -> dict[str, Any]: ...
+    def tensor_extras(
+        self, name: str, base: Tensor | None, tensors: Sequence[Tensor], **overrides: Any
+    ) -> dict[str, Any]: ...
 
     def __call__(self, name: str, base: Tensor | None, tensors: Sequence[Tensor], **extra: Any) -> Tensor: ...
 
@@ -109,9 +111,7 @@ def stream_merge(
     names = list(labels) if labels is not None else [str(m) for m in models]
     paths = ([base] if base is not None else []) + list(models)
     labelled = (["base " + (str(base))] if base is not None else []) + [f"model {n}" for n in names]
-    compute = DTYPES[options.dtype]
     started = time.perf_counter()
-    has_base = base is not None
     with ExitStack() as stack:
         inputs = [stack.enter_context(Checkpoint.open(p)) for p in paths]
         out_dtype = DTYPES[options.out_dtype] if options.out_dtype else None
@@ -119,55 +119,9 @@ def stream_merge(
             list(zip(labelled, inputs)), extra=options.extra, tied=options.tied, out_dtype=out_dtype
         )
         merge.num_layers = plan.num_layers
-        track = progress or (lambda total, desc: _Silent())
-
-        def groups() -> Iterator[tuple[Tensor | None, list[Tensor]]]:
-            with track(len(plan.merged), f"{merge.name}: whole-model pass") as advance:
-                for job in plan.merged:
-                    tensors = [_read(ck, s, compute) for ck, s in zip(inputs, job.sources)]
-                    yield (tensors[0], tensors[1:]) if has_base else (None, tensors)
-                    advance()
-
-        try:
-            merge.prepare(groups)
-        except ValueError as exc:
-            raise CheckpointError(f"{merge.name}: {exc}") from None
-        with track(len(plan.jobs), f"{merge.name} (streaming)") as advance:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            workers = max(1, options.workers)
-            with (
-                _one_thread_per_worker(),
-                ShardedWriter(
-                    out_dir,
-                    [j.planned for j in plan.jobs],
-                    shard_bytes=parse_size(options.shard_size),
-                    metadata={"mlspec.method": merge.name},
-                ) as writer,
-                ThreadPoolExecutor(workers) as pool,
-            ):
-                pending: deque[tuple[Job, Future[_Merged]]] = deque()
-
-                def finish_one() -> None:
-                    job, future = pending.popleft()
-                    merged, xs, b = future.result()
-                    if options.stats is not None and job.copy_from is None:
-                        options.stats.add(job.name, merged, xs, b)
-                    writer.write(job.name, merged)
-                    advance()
-
-                # Whole-tensor kernels need many temporaries of a tensor's size: those run side by side
-                # only while they add up to no more than the largest tensor. Chunked ones need few.
-                budget = max(math.prod(j.shape) for j in plan.jobs) * (workers if merge.elementwise else 1)
-                for job in plan.jobs:
-                    size = math.prod(job.shape)
-                    while pending and (
-                        len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget
-                    ):
-                        finish_one()
-                    future = pool.submit(_merge_one, job, inputs, merge, compute, has_base=has_base)
-                    pending.append((job, future))
-                while pending:
-                    finish_one()
+        has_base = base is not None
+        jobs = [replace(j, has_base=has_base) if j.copy_from is None else j for j in plan.jobs]
+        run_jobs(merge, inputs, jobs, out_dir, options=options, progress=progress)
         reference = inputs[0]
         written = {j.out_dtype for j in plan.merged}
         hfdir.write_config(
@@ -175,6 +129,11 @@ def stream_merge(
         )
         hfdir.copy_companions(reference.layout.directory, out_dir)
     numel = sum(math.prod(j.shape) for j in plan.merged)
+    return _info(merge, options, numel, started, plan.notes, paths, len(plan.jobs))
+
+
+def _info(merge: TensorMerge, options: StreamOptions, numel: int, started: float, notes: dict[str, Any],
+          paths: Sequence[str | Path], written: int) -> dict[str, Any]:
     info: dict[str, Any] = (
         options.stats.summary()
         if options.stats is not None
@@ -183,12 +142,80 @@ def stream_merge(
     info.update(
         streamed=True,
         seconds=round(time.perf_counter() - started, 3),
-        notes=plan.notes,
+        notes=notes,
         inputs=[str(Path(p).resolve()) for p in paths],
-        written=len(plan.jobs),
+        written=written,
     )
     info.update({k: v for k, v in merge.extras.items() if isinstance(v, int | float | str | list)})
     return info
+
+
+def _reads(job: Job, inputs: list[Checkpoint]) -> list[Checkpoint]:
+    return [inputs[i] for i in job.reads] if job.reads else inputs
+
+
+def run_jobs(
+    merge: TensorMerge,
+    inputs: list[Checkpoint],
+    jobs: list[Job],
+    out_dir: Path,
+    *,
+    options: StreamOptions,
+    progress: Callable[[int, str], Any] | None = None,
+) -> None:
+    """Read, merge (or copy) and write ``jobs`` into ``out_dir``: the whole-model pass first (if the
+    merge has one), then the tensors side by side on ``options.workers`` threads."""
+    compute = DTYPES[options.dtype]
+    merged_jobs = [j for j in jobs if j.copy_from is None]
+    track = progress or (lambda total, desc: _Silent())
+
+    def groups() -> Iterator[tuple[Tensor | None, list[Tensor]]]:
+        with track(len(merged_jobs), f"{merge.name}: whole-model pass") as advance:
+            for job in merged_jobs:
+                tensors = [_read(ck, s, compute) for ck, s in zip(_reads(job, inputs), job.sources)]
+                yield (tensors[0], tensors[1:]) if job.has_base else (None, tensors)
+                advance()
+
+    try:
+        merge.prepare(groups)
+    except ValueError as exc:
+        raise CheckpointError(f"{merge.name}: {exc}") from None
+    with track(len(jobs), f"{merge.name} (streaming)") as advance:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        workers = max(1, options.workers)
+        with (
+            _one_thread_per_worker(),
+            ShardedWriter(
+                out_dir,
+                [j.planned for j in jobs],
+                shard_bytes=parse_size(options.shard_size),
+                metadata={"mlspec.method": merge.name},
+            ) as writer,
+            ThreadPoolExecutor(workers) as pool,
+        ):
+            pending: deque[tuple[Job, Future[_Merged]]] = deque()
+
+            def finish_one() -> None:
+                job, future = pending.popleft()
+                merged, xs, b = future.result()
+                if options.stats is not None and job.copy_from is None:
+                    options.stats.add(job.name, merged, xs, b)
+                writer.write(job.name, merged)
+                advance()
+
+            # Whole-tensor kernels need many temporaries of a tensor's size: those run side by side
+            # only while they add up to no more than the largest tensor. Chunked ones need few.
+            budget = max(math.prod(j.shape) for j in jobs) * (workers if merge.elementwise else 1)
+            for job in jobs:
+                size = math.prod(job.shape)
+                while pending and (
+                    len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget
+                ):
+                    finish_one()
+                future = pool.submit(_merge_one, job, inputs, job.merge or merge, compute)
+                pending.append((job, future))
+            while pending:
+                finish_one()
 
 
 def _merge_one(
@@ -196,26 +223,28 @@ def _merge_one(
     inputs: list[Checkpoint],
     merge: TensorMerge,
     compute: torch.dtype,
-    *,
-    has_base: bool,
 ) -> _Merged:
-    if job.copy_from is not None:
+    if job.copy_from is not None and not job.reads:
         source = job.sources[0] if len(job.sources) == 1 else job.sources[job.copy_from]
         return inputs[job.copy_from].tensor(source), [], None
+    if job.copy_from is not None:  # byte-exact, from the input the job names
+        return inputs[job.reads[job.copy_from]].tensor(job.sources[job.copy_from]), [], None
+    has_base = bool(job.has_base)
+    overrides = dict(job.overrides or {})
     chunked = merge.elementwise and len(job.shape) > 1 and math.prod(job.shape) > CHUNK
-    tensors = [ck.tensor(s) if chunked else _read(ck, s, compute) for ck, s in zip(inputs, job.sources)]
+    tensors = [ck.tensor(s) if chunked else _read(ck, s, compute) for ck, s in zip(_reads(job, inputs), job.sources)]
     base, xs = (tensors[0], tensors[1:]) if has_base else (None, tensors)
     try:
         with torch.no_grad():
             if not chunked:
-                return merge(job.name, base, xs), xs, base
-            whole = merge.tensor_extras(job.name, base, xs)  # in the stored dtype: one temporary at a time
+                return merge(job.name, base, xs, **overrides), xs, base
+            whole = merge.tensor_extras(job.name, base, xs, **overrides)  # in the stored dtype: one temporary at a time
             merged = torch.empty(job.shape, dtype=job.out_dtype)
             rows = max(1, CHUNK // math.prod(job.shape[1:]))
             for start in range(0, job.shape[0], rows):
                 part = [t[start : start + rows].to(compute) for t in tensors]
                 pb, px = (part[0], part[1:]) if has_base else (None, part)
-                merged[start : start + rows] = merge(job.name, pb, px, **whole)
+                merged[start : start + rows] = merge(job.name, pb, px, **whole, **overrides)
             return merged, xs, base
     except ValueError as exc:  # the kernels' own parameter checks
         raise CheckpointError(f"{merge.name}: tensor {job.name!r}: {exc}") from None

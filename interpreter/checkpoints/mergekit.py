@@ -203,7 +203,17 @@ def _slice(
         params: dict[str, Any] = {}  # one source is copied
     else:
         params = _parameters(method, spec, others, [(dict(sl.get("parameters") or {}), where), *levels])
-    return {"sources": [{"model": src["model"], "layer_range": list(src["layer_range"])} for src in sources],
+    # Per-model parameters (one value per model besides the base) go to their sources; the base
+    # leads a "first" method's sources (slerp's t = 0 end).
+    per_model = {p.ours for p in spec.per_model.values() if p.ours}
+    own: dict[str, dict[str, Any]] = {src["model"]: {} for src in sources}
+    for key in [k for k in params if k in per_model]:
+        for src, value in zip(others, params.pop(key)):
+            own[src["model"]][key] = value
+    if spec.base == "first":
+        sources = sorted(sources, key=lambda src: src["model"] != base)
+    return {"sources": [{"model": src["model"], "layer_range": list(src["layer_range"]), "params": own[src["model"]]}
+                        for src in sources],
             "base": base if spec.base != "joins" else None, "params": params}
 
 

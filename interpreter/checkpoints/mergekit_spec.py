@@ -76,14 +76,7 @@ def _identifier(path: str, taken: set[str]) -> str:
 
 def render(merges: list[Merge], final: str) -> str:
     """The spec: the checkpoints loaded once each, the merges in order, exports of those no merge uses.
-    Raises ValueError for slices: mlspec plans layer stacks (:mod:`mlspec.checkpoints.slices`) but
-    has no operator to write them to yet."""
-    stacked = [m for m in merges if m.slices]
-    if stacked:
-        raise ValueError(
-            f"'slices' (layer stacking) are read and planned, but mlspec has no stacking operator to write "
-            f"them as a spec yet (merge_method: {stacked[0].method})"
-        )
+    Slices become ``stack(...)`` calls."""
     taken: set[str] = set()
     merge_ids = {m.name: _identifier(m.name or final, taken) for m in merges}
     paths = [r for m in merges for r in m.uses() if r not in merge_ids]
@@ -106,7 +99,36 @@ def render(merges: list[Merge], final: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _layers(src: dict[str, Any], ids: dict[str, str]) -> str:
+    start, end = src["layer_range"]
+    extra = "".join(f", {k} = {_value(v)}" for k, v in src.get("params", {}).items())
+    return f'layers(model = "{ids[src["model"]]}", start = {start}, end = {end}{extra})'
+
+
+def _stack(target: str, m: Merge, ids: dict[str, str]) -> list[str]:
+    models = list(dict.fromkeys(ids[src["model"]] for sl in m.slices or [] for src in sl["sources"]))
+    args = [f"method = {m.op}"]
+    if m.base is not None and m.base in ids:
+        args.append(f"base = {ids[m.base]}")
+    args.append(f"models = [{', '.join(models)}]")
+    args += [f"{k} = {_value(v)}" for k, v in m.params.items()]
+    slices = []
+    for sl in m.slices or []:
+        sources = [_layers(src, ids) for src in sl["sources"]]
+        if len(sources) == 1 and not sl["params"]:
+            slices.append(sources[0])
+            continue
+        extra = [f"{k} = {_value(v)}" for k, v in sl["params"].items()]
+        if sl.get("base") is not None and sl["base"] != m.base:
+            extra.append(f'base = "{ids[sl["base"]]}"')
+        slices.append("slice(sources = [" + ", ".join(sources) + "]" + "".join(f", {e}" for e in extra) + ")")
+    return [f"merge {target} = stack(", *[f"    {a}," for a in args], "    slices = [",
+            *[f"        {s}," for s in slices], "    ],", ")"]
+
+
 def _call(target: str, m: Merge, ids: dict[str, str]) -> list[str]:
+    if m.slices:
+        return _stack(target, m, ids)
     args = [f"method = {m.op}"]
     if m.base is not None:
         args.append(f"base = {ids[m.base]}")

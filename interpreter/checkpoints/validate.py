@@ -16,7 +16,7 @@ Two situations are settled by named options, never silently:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -46,6 +46,13 @@ class Job:
     layer: int | None
     sources: tuple[str, ...]  # the tensor to read from each input (an untied head reads the embedding)
     copy_from: int | None = None  # index of the input to copy from; None: merge
+    #: The input each of ``sources`` is read from (empty: every input, in order).
+    reads: tuple[int, ...] = ()
+    #: Whether the first of ``sources`` is the base (None: the merge's inputs decide).
+    has_base: bool | None = None
+    #: Parameters that replace the merge's per-tensor ones, and the merge itself, for this tensor.
+    overrides: Any = None
+    merge: Any = None
 
     @property
     def planned(self) -> PlannedTensor:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from mlspec.checkpoints.layout import CheckpointError, reference
 from mlspec.checkpoints.source import Checkpoint
 from mlspec.errors import StepError
-from mlspec.ops.checkpoints.specs import LoadParams, MergeCheckpointsParams
+from mlspec.ops.checkpoints.specs import LoadParams, MergeCheckpointsParams, StackParams
 from mlspec.ops.merge import method as merge_method
 from mlspec.run.context import StepContext
 from mlspec.values import CheckpointRef
 
-__all__ = ["load", "merge_checkpoints"]
+__all__ = ["load", "merge_checkpoints", "stack"]
 
 
 def load(ctx: StepContext, params: LoadParams) -> CheckpointRef:
@@ -55,3 +55,38 @@ def merge_checkpoints(
         stats=MergeStats(method.name, values) if params.stats else None,
     )
     return stream(ctx, method, values, base, models, options)
+
+
+def stack(
+    ctx: StepContext, params: StackParams, *, models: list[CheckpointRef], base: CheckpointRef | None = None,
+) -> CheckpointRef:
+    import shutil
+
+    from mlspec.checkpoints.engine import StreamOptions
+    from mlspec.checkpoints.layout import reference
+    from mlspec.ops.checkpoints.stacking import stream_stack
+
+    method = merge_method.get(params.method)
+    assert method is not None
+    if not all(isinstance(m, CheckpointRef) for m in [*models, *([base] if base is not None else [])]):
+        raise StepError("stack stacks the layers of checkpoints on disk (make them with load(...)); "
+                        "models held in memory have no layers to stack")
+    given = ctx.input_names.get("models")
+    names = [str(n) for n in given] if isinstance(given, list) and len(given) == len(models) else [
+        f"models[{i}]" for i in range(len(models))]
+    paths = {name: m.existing(name) for name, m in zip(names, models)}
+    base_name = None
+    if base is not None:
+        base_name = str(ctx.input_names.get("base") or "base")
+        paths.setdefault(base_name, base.existing("base"))
+    out_dir = ctx.work_dir / "checkpoint"
+    if out_dir.exists():  # a run that did not finish: start again
+        shutil.rmtree(out_dir)
+    options = StreamOptions(dtype=params.dtype, out_dtype=params.out_dtype, shard_size=params.shard_size)
+    try:
+        info = stream_stack(method, params.method_params(), params.mergekit_slices(), paths, base_name, out_dir,
+                            options=options, seed=ctx.seed, progress=ctx.progress)
+    except CheckpointError as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise StepError(f"stack: {exc}") from None
+    return reference(out_dir, merge=info)

@@ -87,12 +87,14 @@ class BoundMethod:
         if prepare is not None:
             self.extras = dict(prepare(self.method, self.params, groups) or {})
 
-    def tensor_extras(self, name: str, base: Tensor | None, tensors: Sequence[Tensor]) -> dict[str, Any]:
-        """Statistics of one whole tensor that an element-wise kernel needs before row chunks."""
+    def tensor_extras(self, name: str, base: Tensor | None, tensors: Sequence[Tensor],
+                      **overrides: Any) -> dict[str, Any]:
+        """Statistics of one whole tensor that an element-wise kernel needs before row chunks
+        (``overrides`` replace resolved parameters, as in a call)."""
         prepare = kernel_of(self.method.tensor_prepare)
         if prepare is None:
             return {}
-        return dict(prepare(self.resolved(name), base, list(tensors), **self.extras) or {})
+        return dict(prepare({**self.resolved(name), **overrides}, base, list(tensors), **self.extras) or {})
 
     def __call__(self, name: str, base: Tensor | None, tensors: Sequence[Tensor], **extra: Any) -> Tensor:
         """The merged tensor ``name``. Raises ValueError (the kernel's parameter checks)."""

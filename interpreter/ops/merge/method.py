@@ -216,10 +216,11 @@ class MergeMethod:
             check_inputs=self.check_call,
         )
 
-    def check_call(self, counts: Mapping[str, int], params: Mapping[str, Any]) -> str | None:
-        """The checker's test of a call: the inputs' contract and per-model list lengths."""
-        n = 2 if self.pair else counts.get("models", 0)
-        return self.inputs_error(n, counts.get("base", 0) > 0) or self.count_error(n, params)
+    def check_call(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
+        """The checker's test of a call (``inputs``: each port's step name or names): the inputs'
+        contract and per-model list lengths."""
+        n = 2 if self.pair else len(inputs.get("models") or [])
+        return self.inputs_error(n, "base" in inputs) or self.count_error(n, params)
 
     def run(self, ctx: Any, params: Params, **inputs: Any) -> Any:
         from mlspec.ops.merge.apply import run_method

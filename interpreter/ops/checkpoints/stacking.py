@@ -1,0 +1,111 @@
+"""Layer stacking streamed: a :class:`~mlspec.checkpoints.slices.StackPlan` turned into the
+engine's jobs (copies read byte-exact from the source that the plan names; merged tensors call the
+method with the plan's parameters), written by the same runner as every streamed merge."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from mlspec.checkpoints import hfdir
+from mlspec.checkpoints.engine import DTYPES, StreamOptions, _dtype_name, _info, run_jobs
+from mlspec.checkpoints.layout import CheckpointError
+from mlspec.checkpoints.slices import PlannedTensor, plan_slices
+from mlspec.checkpoints.source import Checkpoint
+from mlspec.checkpoints.validate import Job
+from mlspec.ops.merge.apply import BoundMethod
+from mlspec.ops.merge.method import MergeMethod
+
+__all__ = ["stream_stack"]
+
+
+def _overrides(method: MergeMethod, planned: PlannedTensor, n: int, first: int) -> dict[str, Any]:
+    """The method's parameters for one tensor with the plan's precedence (source, slice, stack);
+    the models are the sources from ``first`` on (``first`` = 1 when the first is the base)."""
+    out: dict[str, Any] = {}
+    for key in method.params.model_fields:
+        if key in method.per_model:
+            each = [planned.parameter(key, source=first + i) for i in range(n)]
+            if all(v is not None for v in each):
+                out[key] = each
+        else:
+            value = planned.parameter(key)
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def stream_stack(
+    method: MergeMethod,
+    values: Mapping[str, Any],
+    slices: Sequence[Mapping[str, Any]],
+    paths: Mapping[str, str | Path],
+    base: str | None,
+    out_dir: Path,
+    *,
+    options: StreamOptions,
+    seed: int = 0,
+    progress: Callable[[int, str], Any] | None = None,
+) -> dict[str, Any]:
+    """Stack the checkpoints at ``paths`` (by label) as mergekit's ``slices`` say into ``out_dir``.
+
+    Merged slices give the method their sources in order as its models; a method that requires a
+    base gets the slice's base (which must be one of its sources) as the base and the others as
+    models. Raises :class:`CheckpointError`."""
+    labels = list(paths)
+    started = time.perf_counter()
+    out_dtype = DTYPES[options.out_dtype] if options.out_dtype else None
+    with ExitStack() as stack:
+        inputs = [stack.enter_context(Checkpoint.open(paths[label])) for label in labels]
+        plan = plan_slices(slices, {label: ck.names for label, ck in zip(labels, inputs)},
+                           method=method.name, base_model=base, parameters=values)
+        bounds: dict[int, BoundMethod] = {}
+        jobs = []
+        for pt in plan.tensors:
+            reads = [labels.index(s.model) for s in pt.sources]
+            names = [s.tensor for s in pt.sources]
+            info = inputs[reads[0]].info(names[0])
+            shapes = {tuple(inputs[r].info(n).shape) for r, n in zip(reads, names)}
+            if len(shapes) > 1:
+                raise CheckpointError(f"{pt.name}: the slice's sources have different shapes {sorted(shapes)}")
+            common = dict(name=pt.name, shape=tuple(info.shape), out_dtype=out_dtype or info.dtype,
+                          layer=pt.layer)
+            if pt.copied:
+                jobs.append(Job(**common, sources=(names[0],), copy_from=0, reads=(reads[0],)))
+                continue
+            has_base = method.base == "required"
+            if has_base:
+                if pt.base not in [s.model for s in pt.sources]:
+                    raise CheckpointError(f"slice {pt.slice}: {method.name} needs a base among the slice's "
+                                          f"sources (base = {pt.base!r})")
+                at = [s.model for s in pt.sources].index(pt.base)
+                reads.insert(0, reads.pop(at))
+                names.insert(0, names.pop(at))
+                pt = PlannedTensor(pt.name, (pt.sources[at], *pt.sources[:at], *pt.sources[at + 1:]), pt.slice,
+                                   pt.layer, pt.t, pt.slice_parameters, pt.global_parameters, pt.base)
+            n = len(names) - has_base
+            problem = method.inputs_error(n, has_base) or method.count_error(n, dict(values))
+            if problem:
+                raise CheckpointError(f"slice {pt.slice}: {problem}")
+            bound = bounds.setdefault(n, BoundMethod(method, values, n, seed=seed))
+            jobs.append(Job(**common, sources=tuple(names), reads=tuple(reads), has_base=has_base,
+                            overrides=_overrides(method, pt, n, int(has_base)), merge=bound))
+        if method.prepare is not None and len(bounds) > 1:
+            raise CheckpointError(f"{method.name} has a whole-model pass: every merged slice must merge the same "
+                                  f"number of models (not {sorted(bounds)})")
+        # The runner's merge runs the whole-model pass and names the work (merged jobs carry theirs).
+        lead = next(iter(bounds.values()), None) or BoundMethod(method, values, 1, seed=seed)
+        run_jobs(lead, inputs, jobs, out_dir, options=options, progress=progress)
+        reference = inputs[labels.index(plan.config_from)]
+        config = {**reference.config, "num_hidden_layers": plan.num_hidden_layers} if reference.config else {}
+        hfdir.write_config(out_dir, config, dtype=_dtype_name({j.out_dtype for j in jobs}), untied=False)
+        hfdir.copy_companions(reference.layout.directory, out_dir)
+    merged = [j for j in jobs if j.copy_from is None]
+    info = _info(lead, options, sum(math.prod(j.shape) for j in merged), started,
+                 {"copied": [j.name for j in jobs if j.copy_from is not None]}, [paths[x] for x in labels], len(jobs))
+    info.update(num_hidden_layers=plan.num_hidden_layers, slices=list(slices))
+    return info
