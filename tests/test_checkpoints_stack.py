@@ -152,7 +152,7 @@ def test_chunked_tensors_use_the_slices_parameters(ckpts: Path, tmp_path: Path, 
     """Row chunks (large tensors) get TIES' trim threshold from the slice's density, as whole tensors do."""
     from mlspec.checkpoints import engine
 
-    body = ('merge out = stack(base = a, models = [a, b], method = ties, density = 0.9, slices = [\n'
+    body = ('merge out = stack(base = a, models = [a, b], method = ties, trim = tensor, density = 0.9, slices = [\n'
             '    slice(sources = [layers(model = "a", start = 0, end = 4), layers(model = "b", start = 0, end = 4)],'
             ' density = 0.3)])\n')
     code, out = run(ckpts, tmp_path / "whole", body)
@@ -161,6 +161,11 @@ def test_chunked_tensors_use_the_slices_parameters(ckpts: Path, tmp_path: Path, 
     code, out = run(ckpts, tmp_path / "chunked", body)
     assert code == 0, out
     whole, chunked = tensors(tmp_path / "whole" / "o" / "out"), tensors(tmp_path / "chunked" / "o" / "out")
-    name = "model.layers.1.mlp.up_proj.weight"
     for n in whole:
         assert torch.equal(whole[n], chunked[n]), n
+    name = "model.layers.1.mlp.up_proj.weight"
+    changed = (whole[name] != tensors(ckpts / "a")[name]).float().mean().item()
+    assert 0.25 < changed < 0.35  # the slice's density 0.3, not the stack's 0.9
+    refused = body.replace("trim = tensor, ", "")  # trim = model ranks at the stack's density only
+    code, out = run(ckpts, tmp_path / "model", refused)
+    assert code == 1 and "trim = tensor" in out

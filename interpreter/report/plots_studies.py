@@ -22,7 +22,6 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from mlspec.report.figures import Figure, new_figure, study_figure, style
 from mlspec.report.study import StepView, StudyView, fmt, number
@@ -136,6 +135,8 @@ def _backdoor_rows(study: StudyView) -> list[dict[str, Any]]:
 
 def _integer_ticks(ax: Any, xs: list[Any]) -> None:
     if all(isinstance(x, int) and not isinstance(x, bool) for x in xs):
+        from matplotlib.ticker import MaxNLocator  # drawing only: a warm run imports no matplotlib
+
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 

@@ -18,7 +18,7 @@ from mlspec.checkpoints.slices import PlannedTensor, plan_slices
 from mlspec.checkpoints.source import Checkpoint
 from mlspec.checkpoints.validate import Job
 from mlspec.ops.merge.apply import BoundMethod
-from mlspec.ops.merge.method import MergeMethod
+from mlspec.ops.merge.method import MergeMethod, kernel_of
 
 __all__ = ["stream_stack"]
 
@@ -94,6 +94,15 @@ def stream_stack(
             bound = bounds.setdefault(n, BoundMethod(method, values, n, seed=seed))
             jobs.append(Job(**common, sources=tuple(names), reads=tuple(reads), has_base=has_base,
                             overrides=_overrides(method, pt, n, int(has_base)), merge=bound))
+        local = any(pt.slice_parameters or any(src.parameters for src in pt.sources) for pt in plan.tensors
+                    if not pt.copied)
+        prepare = kernel_of(method.prepare)
+        if local and prepare is not None and prepare(method, values, lambda: iter(())):
+            # A whole-model pass (TIES' trim = model) ranks with the stack's own parameters: slice and
+            # source parameters would be silently ignored by it, so they are refused.
+            raise CheckpointError(f"{method.name} with these parameters ranks whole task vectors at the stack's "
+                                  "parameters; slice or source parameters need a per-tensor form "
+                                  "(for ties: trim = tensor)")
         if method.prepare is not None and len(bounds) > 1:
             raise CheckpointError(f"{method.name} has a whole-model pass: every merged slice must merge the same "
                                   f"number of models (not {sorted(bounds)})")
