@@ -1,5 +1,5 @@
 """``python -m mlspec ...`` — the same as the ``mlspec`` command."""
 
-from mlspec.cli import main
+from .cli import main
 
 main()

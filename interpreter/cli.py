@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from mlspec.errors import MlspecError, SpecError
+from .errors import MlspecError, SpecError
 
 EXIT_SPEC = 2
 EXIT_FAILED = 1
@@ -46,7 +46,7 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(spec: str, allow_outside: bool = False, allow_python: bool = False, max_steps: int | None = None) -> Any:
-    from mlspec.study import load
+    from .study import load
 
     return load(spec, allow_outside=allow_outside, allow_python=allow_python,
                 **({"max_steps": max_steps} if max_steps else {}))
@@ -74,7 +74,7 @@ def main() -> None:
 @_fail_cleanly
 def check(spec: str, allow_outside: bool, max_steps: int | None, allow_python: bool) -> None:
     """Validate SPEC without running anything."""
-    plan = _load(spec, allow_outside, allow_python, max_steps).check()
+    plan = _load(spec, allow_outside, allow_python, max_steps).plan
     click.echo(f"{spec}: ok — {len(plan)} steps")
 
 
@@ -85,7 +85,7 @@ def check(spec: str, allow_outside: bool, max_steps: int | None, allow_python: b
 @_fail_cleanly
 def graph(spec: str, fmt: str, allow_python: bool) -> None:
     """Print the execution graph of SPEC (text, Graphviz dot or Mermaid)."""
-    plan = _load(spec, allow_python=allow_python).check()
+    plan = _load(spec, allow_python=allow_python).plan
     click.echo({"text": plan.to_text, "dot": plan.to_dot, "mermaid": plan.to_mermaid}[fmt](), nl=False)
 
 
@@ -95,8 +95,8 @@ def graph(spec: str, fmt: str, allow_python: bool) -> None:
 @_fail_cleanly
 def fmt(spec: str, write: bool) -> None:
     """Print SPEC in canonical form."""
-    from mlspec.syntax.fmt import format_program
-    from mlspec.syntax.parser import parse_file
+    from .syntax.fmt import format_program
+    from .syntax.parser import parse_file
 
     text = format_program(parse_file(spec))
     if write:
@@ -109,7 +109,7 @@ def fmt(spec: str, write: bool) -> None:
 def _progress_bars() -> Iterator[Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mlspec.run.progress import describe_fields
+    from .run.progress import describe_fields
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), transient=True) as bars:
@@ -142,7 +142,7 @@ def _progress(silent: bool) -> Iterator[Any]:
         with _progress_bars() as bars:
             yield bars
     else:
-        from mlspec.run.progress import plain_progress
+        from .run.progress import plain_progress
 
         yield plain_progress(sys.stderr)
 
@@ -170,11 +170,11 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
         device: str | None, executor: str, allow_outside: bool, no_progress: bool, quiet: bool,
         max_steps: int | None, allow_python: bool) -> None:
     """Run SPEC: every step not already in the cache, then results.json and the report."""
-    from mlspec.run.cache import Cache, default_cache_dir
-    from mlspec.run.executor import explain
+    from .run.cache import Cache, default_cache_dir
+    from .run.executor import explain
 
     study = _load(spec, allow_outside, allow_python, max_steps)
-    plan = study.check()
+    plan = study.plan
     if dry_run:
         rows = explain(plan, Cache(cache_dir or default_cache_dir()), Path(out) if out else study.default_out_dir(),
                        force=force)
@@ -210,11 +210,11 @@ def run(spec: str, dry_run: bool, force: bool, jobs: int, out: str | None, cache
 @_fail_cleanly
 def report(spec: str, out: str | None, cache_dir: str | None, allow_python: bool) -> None:
     """Re-render SPEC's report from the cache without computing anything."""
-    from mlspec.run.cache import Cache, default_cache_dir
-    from mlspec.study import collect, read_provenance, render
+    from .run.cache import Cache, default_cache_dir
+    from .study import collect, read_provenance, render
 
     study = _load(spec, allow_python=allow_python)
-    plan = study.check()
+    plan = study.plan
     out_dir = Path(out) if out else study.default_out_dir()
     results = collect(plan, Cache(cache_dir or default_cache_dir()), out_dir)
     missing = [s.name for s in plan.steps if s.name not in results.results]
@@ -234,8 +234,8 @@ def report(spec: str, out: str | None, cache_dir: str | None, allow_python: bool
 @_fail_cleanly
 def compare(a: str, b: str, rtol: float, atol: float, show_all: bool) -> None:
     """Put two runs' results.json side by side; exit 1 when any value differs beyond the tolerance."""
-    from mlspec.report.compare import compare as compare_results
-    from mlspec.report.compare import rows
+    from .report.compare import compare as compare_results
+    from .report.compare import rows
 
     try:
         left, right = json.loads(Path(a).read_text()), json.loads(Path(b).read_text())
@@ -252,7 +252,7 @@ def compare(a: str, b: str, rtol: float, atol: float, show_all: bool) -> None:
 @click.pass_context
 def cache_(ctx: click.Context, cache_dir: str | None) -> None:
     """Check, measure and prune the artifact cache by hand."""
-    from mlspec.run.cache import Cache, default_cache_dir
+    from .run.cache import Cache, default_cache_dir
 
     ctx.obj = Cache(cache_dir or default_cache_dir(), notify=lambda line: click.echo(line, err=True))
 
@@ -301,8 +301,8 @@ def gc(cache: Any, dry_run: bool) -> None:
               help="also list the operators a Python file declares (imports it: its code runs)")
 def ops(name: str | None, dialect: str | None, python_files: tuple[str, ...]) -> None:
     """List the operators, or show one operator's parameters and documentation."""
-    from mlspec import registry
-    from mlspec.errors import did_you_mean
+    from . import registry
+    from .errors import did_you_mean
 
     for file in python_files:
         try:
@@ -327,7 +327,7 @@ def ops(name: str | None, dialect: str | None, python_files: tuple[str, ...]) ->
         hint = did_you_mean(name, registry.names())
         click.echo(f"error: unknown operator '{name}'" + (f"; {hint}" if hint else ""), err=True)
         sys.exit(EXIT_SPEC)
-    from mlspec.describe import describe
+    from .describe import describe
 
     click.echo(describe(spec))
 
@@ -336,7 +336,7 @@ def ops(name: str | None, dialect: str | None, python_files: tuple[str, ...]) ->
 def lsp() -> None:
     """Serve editors over stdio: diagnostics as you type, hover, completion, go-to-definition."""
     try:
-        from mlspec.lsp.server import serve
+        from .lsp.server import serve
     except ModuleNotFoundError as exc:
         click.echo(f"error: `mlspec lsp` needs {exc.name}: pip install 'mlspec[lsp]'", err=True)
         sys.exit(EXIT_FAILED)
@@ -348,7 +348,7 @@ def lsp() -> None:
 @_fail_cleanly
 def init(words: tuple[str, ...]) -> None:
     """Write NAME.merge (or NAME.extrap): a small commented study that checks and runs."""
-    from mlspec.starters import write_starter
+    from .starters import write_starter
 
     if len(words) > 2 or (len(words) == 2 and words[0] not in ("merge", "extrap")):
         raise click.UsageError("usage: mlspec init [merge|extrap] NAME")
@@ -367,7 +367,7 @@ def import_() -> None:
 def import_mergekit(config: str) -> None:
     """Print a .merge spec equivalent to a mergekit YAML CONFIG."""
     try:
-        from mlspec.checkpoints.mergekit import mergekit_to_spec
+        from .checkpoints.mergekit import mergekit_to_spec
     except ModuleNotFoundError:
         raise MlspecError("mergekit import needs mlspec.checkpoints") from None
     click.echo(mergekit_to_spec(Path(config).read_text()), nl=False)

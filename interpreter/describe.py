@@ -16,8 +16,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from mlspec.check.dialects import ACTIONS
-from mlspec.registry import OpSpec
+from .check.dialects import ACTIONS
+from .registry import OpSpec
 
 __all__ = ["ParamDoc", "param_docs", "type_text", "describe", "describe_markdown", "param_markdown"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlspec.errors import MlspecError
+from .errors import MlspecError
 
 __all__ = ["STARTERS", "write_starter"]
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlspec.check.lower import MAX_STEPS, lower
-from mlspec.plan.graph import Plan, build_plan
-from mlspec.run.cache import Cache, default_cache_dir, write_atomic
-from mlspec.run.context import Progress
-from mlspec.syntax.ast import Program
-from mlspec.syntax.parser import parse, parse_file
-from mlspec.values import json_safe
+from .check.lower import MAX_STEPS, lower
+from .plan.graph import Plan, build_plan
+from .run.cache import Cache, default_cache_dir, write_atomic
+from .run.context import Progress
+from .syntax.ast import Program
+from .syntax.parser import parse, parse_file
+from .values import json_safe
 
 __all__ = ["Study", "Results", "load", "loads"]
 
@@ -68,8 +68,9 @@ class Study:
                                               allow_python=self.allow_python, max_steps=self.max_steps))
         return self._plan
 
-    def check(self) -> Plan:
-        return self.plan
+    def check(self) -> None:
+        """Validate the spec (raises SpecError with every problem found); ``plan`` is what it plans."""
+        _ = self.plan
 
     def default_out_dir(self) -> Path:
         return Path("out") / self.plan.study.folder
@@ -78,7 +79,7 @@ class Study:
             cache_dir: str | Path | None = None, progress: Progress | None = None,
             command: str | None = None, device: str | None = None, report: bool = True,
             executor: str = "local") -> Results:
-        from mlspec.run.executor import Runner
+        from .run.executor import Runner
 
         plan = self.plan
         out_dir = Path(out) if out is not None else self.default_out_dir()
@@ -103,7 +104,7 @@ class Study:
 
 def collect(plan: Plan, cache: Cache, out_dir: Path) -> Results:
     """Read every finished step's JSON result from the cache (nothing is recomputed)."""
-    from mlspec.run.executor import stale
+    from .run.executor import stale
 
     study = _study_dict(plan)
     steps: dict[str, dict[str, Any]] = {}
@@ -147,7 +148,7 @@ def _provenance(command: str | None, device: str, started: _dt.datetime, duratio
     """This run's facts, and every earlier run's line kept: a warm run adds a line, never replaces one."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from mlspec import __version__
+    from . import __version__
 
     try:
         torch_version = version("torch")  # read from the installed metadata: importing torch costs seconds
@@ -167,8 +168,8 @@ def _provenance(command: str | None, device: str, started: _dt.datetime, duratio
 
 def render(plan: Plan, results: Results, provenance: dict[str, Any], out_dir: Path, *,
            allow_outside: bool = False) -> Path:
-    from mlspec.report import render_report
-    from mlspec.run.context import confine
+    from .report import render_report
+    from .run.context import confine
 
     confine(out_dir, plan.study.report_name, allow_outside=allow_outside)  # no symlink leads it out
 
@@ -197,7 +198,7 @@ def _state(name: str, results: Results) -> dict[str, Any]:
 
 
 def _kind(op: str) -> str:
-    from mlspec import registry
+    from . import registry
 
     spec = registry.get(op)
     return spec.output.value if spec else "Any"

@@ -5,7 +5,7 @@ Every value splits into *tensors* (a flat ``name -> torch.Tensor`` dict, stored 
 shared by a stranger can never execute code.
 
 - :class:`Model` — an architecture description (``arch``: a JSON dict naming a builder in
-  ``mlspec.ops.models.arch`` and its arguments) plus a state dict, held in memory.
+  ``mlspec.ops.models.builders`` and its arguments) plus a state dict, held in memory.
 - :class:`CheckpointRef` — a model whose weights stay on disk (a loaded checkpoint, or the output of
   a streamed merge): its path and the fingerprint of its files, so the cache stores a few hundred
   bytes instead of the weights. Operators that need weights in memory refuse it by name.
@@ -57,7 +57,7 @@ class CheckpointRef:
 
     def _on_disk(self) -> Exception:
         """Every operator that needs a model's weights in memory refuses a checkpoint through here."""
-        from mlspec.errors import StepError
+        from .errors import StepError
 
         return StepError(
             f"this operator needs the weights in memory, but {self.path!r} is a checkpoint on disk; "
@@ -66,7 +66,7 @@ class CheckpointRef:
 
     def existing(self, what: str) -> Path:
         """The path, or a StepError when the files have gone since the reference was made."""
-        from mlspec.errors import StepError
+        from .errors import StepError
 
         path = Path(self.path)
         if not path.exists():

@@ -90,9 +90,9 @@ def test_use_is_confined_to_the_spec_folder(tmp_path: Path) -> None:
     assert "is outside the spec's folder" in spec_error('use "link.merge"\n', folder)
     allowed = folder / "ok.merge"
     allowed.write_text('use "../common.merge"\nmodel t = train(m, on = digits, epochs = 1)\n')
-    assert "t" in mlspec.load(allowed, allow_outside=True).check().graph
+    assert "t" in mlspec.load(allowed, allow_outside=True).plan.graph
     (folder / "inner").mkdir()
     (folder / "inner" / "shared.merge").write_text(MODEL)
     beside = folder / "beside.merge"
     beside.write_text('use "inner/shared.merge"\nmodel t = train(m, on = digits, epochs = 1)\n')
-    assert "t" in mlspec.load(beside).check().graph
+    assert "t" in mlspec.load(beside).plan.graph

@@ -13,7 +13,7 @@ from mlspec.errors import SpecError, StepError
 from mlspec.ops.data.specs import PermuteFeaturesParams, PoisonParams
 from mlspec.ops.data.transforms import permute_features, poison, stamp, with_head
 from mlspec.ops.evaluation import evaluate, evaluate_module
-from mlspec.ops.models.arch import build_module
+from mlspec.ops.models.builders import build_module
 from mlspec.ops.scoring import EvaluateParams
 from mlspec.registry import NoParams
 from mlspec.run.context import StepContext
@@ -34,7 +34,7 @@ def images(n: int = 40, seed: int = 0) -> Dataset:
 
 
 def mlp(hidden: list[int], seed: int, out: int = 4) -> Model:
-    from mlspec.ops.models.arch import build
+    from mlspec.ops.models.builders import build
 
     arch = {"type": "mlp", "in_features": 16, "hidden": hidden, "out_features": out, "norm": "none"}
     torch.manual_seed(seed)
@@ -131,7 +131,7 @@ evaluate [avg] on headed metrics [accuracy]
 
 
 def test_a_sweep_slice_names_its_members_in_order() -> None:
-    steps = {s.name: s for s in mlspec.loads(SLICES, file="s.merge").check().steps}
+    steps = {s.name: s for s in mlspec.loads(SLICES, file="s.merge").plan.steps}
     assert steps["avg[3]"].inputs["models"] == ["ft[1]", "ft[2]", "ft[3]"]
     assert steps["with_init[2]"].inputs["models"] == ["init", "ft[1]", "ft[2]"]
     assert steps["f[2]"].inputs["on"] == ["t[1]", "t[2]"]

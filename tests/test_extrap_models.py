@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlspec.extrap.models import DTNet, FeedForwardNet, ImplicitNet, _anderson_mix, broyden
-from mlspec.ops.models.arch import build
+from mlspec.ops.models.builders import build
 
 NETS = {
     "dt_net": {"type": "dt_net", "width": 6, "iterations": 4},

@@ -13,7 +13,7 @@ from mlspec.ops.landscape import geometry as G
 from mlspec.ops.landscape import paths as P
 from mlspec.ops.landscape import specs as S
 from mlspec.ops.landscape.vectors import task_vectors
-from mlspec.ops.models.arch import build, build_module
+from mlspec.ops.models.builders import build, build_module
 from mlspec.ops.models.specs import TrainParams
 from mlspec.ops.models.train import fit
 from mlspec.run.context import StepContext

@@ -54,7 +54,7 @@ def test_a_sweep_is_counted_before_it_is_expanded() -> None:
     assert "--> s.merge:2:1" in rendered and "--max-steps" in rendered
     small = text.replace("1 .. 1000", "1 .. 3")
     assert "plans 27 steps" in spec_error(small, max_steps=20).render()
-    assert len(mlspec.loads(small, "s.merge", max_steps=30).check().families["m"]) == 27
+    assert len(mlspec.loads(small, "s.merge", max_steps=30).plan.families["m"]) == 27
 
 
 def test_a_grid_of_axes_is_counted_before_it_is_expanded() -> None:

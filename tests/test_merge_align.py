@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from mlspec.errors import StepError
 from mlspec.ops.merge import align as A
 from mlspec.ops.merge import specs as S
-from mlspec.ops.merge.archs import ensemble, mean_of_softmax
+from mlspec.ops.merge.networks import ensemble, mean_of_softmax
 from mlspec.ops.merge.permspec import permute_state, spec_for
 from mlspec.ops.merge.zipit import zip_models
-from mlspec.ops.models.arch import build, build_module
+from mlspec.ops.models.builders import build, build_module
 from mlspec.registry import NoParams
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from mlspec.ops.merge import informed as I
 from mlspec.ops.merge import kernels as K
 from mlspec.ops.merge import specs as S
-from mlspec.ops.models.arch import build, build_module
+from mlspec.ops.models.builders import build, build_module
 from mlspec.run.context import StepContext
 from mlspec.values import Dataset, Model
 

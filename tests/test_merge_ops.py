@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mlspec import registry
 from mlspec.errors import StepError
 from mlspec.ops.merge.apply import merge
-from mlspec.ops.models.arch import build, build_module
+from mlspec.ops.models.builders import build, build_module
 from mlspec.run.context import StepContext
 from mlspec.values import Model
 

@@ -14,7 +14,7 @@ from mlspec.ops.data.digits import classes, digits
 from mlspec.ops.data.specs import ClassesParams, DigitsParams
 from mlspec.ops.evaluation import evaluate, evaluate_module
 from mlspec.ops.landscape.interpolate import barriers, interpolate, lerp_state
-from mlspec.ops.models.arch import build_module
+from mlspec.ops.models.builders import build_module
 from mlspec.ops.models.export import export
 from mlspec.ops.models.specs import ExportParams, MLPParams, TrainParams
 from mlspec.ops.models.train import mlp, train

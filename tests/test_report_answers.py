@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from mlspec.report.bundle import StudyView
 from mlspec.report.plots_studies import interference_figure, limit_shares, normalised_accuracy
-from mlspec.report.study import StudyView
 
 
 def step(name: str, op: str, inputs: dict, family: str | None = None, sweep: dict | None = None) -> dict:

@@ -24,7 +24,7 @@ import pytest
 from report_bundles import extrap_bundle, merge_bundle
 
 from mlspec.report import render_report
-from mlspec.report.study import fmt, number
+from mlspec.report.bundle import fmt, number
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parent / "artifacts"

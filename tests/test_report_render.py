@@ -13,10 +13,10 @@ import pytest
 from report_bundles import extrap_bundle, merge_bundle
 
 from mlspec.report import render_report
-from mlspec.report.graph import collapsed_graph
+from mlspec.report.bundle import StudyView, fmt
+from mlspec.report.plan_figure import collapsed_graph
 from mlspec.report.plots_extrap import grids
 from mlspec.report.plots_merge import _barrier_point
-from mlspec.report.study import StudyView, fmt
 from mlspec.report.sweeps import measurements
 
 DATA_SCRIPT = re.compile(

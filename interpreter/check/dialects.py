@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field, field_validator
 
-from mlspec.registry import Kind, Params
+from ..registry import Kind, Params
 
 __all__ = ["DECL_KINDS", "ACTIONS", "ActionRule", "StudyOptions"]
 

@@ -14,14 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlspec import registry
-from mlspec.check.dialects import ACTIONS, DECL_KINDS, StudyOptions
-from mlspec.check.resolve import Abort, Binding, Resolver, format_value, shown
-from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
-from mlspec.plan.steps import RESERVED_OUTPUTS, Lowered, Step, StudyInfo, path_component
-from mlspec.registry import Kind, OpSpec
-from mlspec.syntax import ast
-from mlspec.syntax.parser import parse_file
+from .. import registry
+from ..errors import Diagnostic, Span, SpecError, did_you_mean
+from ..plan.steps import RESERVED_OUTPUTS, Lowered, Step, StudyInfo, path_component
+from ..registry import Kind, OpSpec
+from ..syntax import ast
+from ..syntax.parser import parse_file
+from .dialects import ACTIONS, DECL_KINDS, StudyOptions
+from .resolve import Abort, Binding, Resolver, format_value, shown
 
 __all__ = ["lower", "format_value", "MAX_STEPS"]
 

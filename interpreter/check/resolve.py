@@ -16,12 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlspec import registry
-from mlspec.errors import Diagnostic, Span, did_you_mean
-from mlspec.plan.steps import Step
-from mlspec.registry import Kind, OpSpec
-from mlspec.syntax import ast
-from mlspec.syntax.fmt import format_expr
+from .. import registry
+from ..errors import Diagnostic, Span, did_you_mean
+from ..plan.steps import Step
+from ..registry import Kind, OpSpec
+from ..syntax import ast
+from ..syntax.fmt import format_expr
 
 __all__ = ["Resolver", "Abort", "Binding", "format_value", "shown"]
 

@@ -30,11 +30,11 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from mlspec.checkpoints import hfdir
-from mlspec.checkpoints.layout import CheckpointError, parse_size
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.validate import Job, plan_tensors
-from mlspec.checkpoints.writer import ShardedWriter
+from . import hfdir
+from .layout import CheckpointError, parse_size
+from .source import Checkpoint
+from .validate import Job, plan_tensors
+from .writer import ShardedWriter
 
 __all__ = ["StreamOptions", "stream_merge", "run_jobs", "DTYPES", "TensorMerge"]
 

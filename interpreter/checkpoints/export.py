@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from mlspec.checkpoints import hfdir
-from mlspec.checkpoints.layout import CheckpointError, locate, parse_size
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.writer import SINGLE_NAME, PlannedTensor, ShardedWriter
-from mlspec.errors import StepError
-from mlspec.values import CheckpointRef, Model
+from ..errors import StepError
+from ..values import CheckpointRef, Model
+from . import hfdir
+from .layout import CheckpointError, locate, parse_size
+from .source import Checkpoint
+from .writer import SINGLE_NAME, PlannedTensor, ShardedWriter
 
 __all__ = ["export_hf", "config_source"]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlspec.errors import MlspecError
-from mlspec.values import CheckpointRef
+from ..errors import MlspecError
+from ..values import CheckpointRef
 
 __all__ = [
     "CheckpointError",

@@ -24,10 +24,10 @@ from __future__ import annotations
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from mlspec.checkpoints import settings as st
-from mlspec.checkpoints.mergekit_methods import METHODS, REQUIRED, MethodMap, Param
-from mlspec.checkpoints.mergekit_spec import Merge, render
-from mlspec.errors import MlspecError
+from ..errors import MlspecError
+from . import settings as st
+from .mergekit_methods import METHODS, REQUIRED, MethodMap, Param
+from .mergekit_spec import Merge, render
 
 __all__ = ["Merge", "MergekitImportError", "mergekit_to_spec", "read_config"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlspec.checkpoints import settings as st
+from . import settings as st
 
 __all__ = ["Merge", "render"]
 

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlspec.checkpoints import settings as st
-from mlspec.checkpoints.layout import CheckpointError
+from . import settings as st
+from .layout import CheckpointError
 
 __all__ = ["LAYER", "LayerSource", "OutputLayer", "PlannedTensor", "Source", "StackPlan", "layer_index", "plan_slices"]
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mlspec.checkpoints.layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
-from mlspec.checkpoints.slices import layer_index
+from .layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
+from .slices import layer_index
 
 __all__ = ["Checkpoint", "TensorInfo", "layer_index", "SAFETENSORS_DTYPES"]
 

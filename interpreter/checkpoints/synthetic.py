@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mlspec.checkpoints.writer import PlannedTensor, ShardedWriter
+from .writer import PlannedTensor, ShardedWriter
 
 __all__ = ["llama_config", "llama_shapes", "write_llama"]
 

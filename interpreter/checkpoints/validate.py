@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import torch
 
-from mlspec.checkpoints.layout import CheckpointError
-from mlspec.checkpoints.source import Checkpoint, layer_index
-from mlspec.checkpoints.writer import PlannedTensor
+from .layout import CheckpointError
+from .source import Checkpoint, layer_index
+from .writer import PlannedTensor
 
 __all__ = ["Job", "TensorPlan", "plan_tensors", "TIED_PAIRS"]
 

@@ -20,7 +20,7 @@ from typing import IO
 
 import torch
 
-from mlspec.checkpoints.source import SAFETENSORS_DTYPES
+from .source import SAFETENSORS_DTYPES
 
 __all__ = ["PlannedTensor", "ShardedWriter", "INDEX_NAME", "SINGLE_NAME"]
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mlspec.extrap.mazes import to_pixels
+from .mazes import to_pixels
 
 __all__ = ["Batch", "batch", "batches", "count", "autocast", "prepare_model", "is_maze"]
 

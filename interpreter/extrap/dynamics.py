@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlspec.extrap.batches import autocast, batches, is_maze, prepare_model
-from mlspec.extrap.evaluation import predictions
-from mlspec.extrap.mazes import OPEN, upscale
-from mlspec.extrap.models import IterativeNet
+from .batches import autocast, batches, is_maze, prepare_model
+from .evaluation import predictions
+from .mazes import OPEN, upscale
+from .models import IterativeNet
 
 __all__ = ["DETECT", "analyse", "deadend_fill", "classify", "betti_numbers"]
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mlspec.extrap.batches import Batch, autocast, batches, is_maze, prepare_model
-from mlspec.extrap.mazes import END, START
-from mlspec.extrap.models import IterativeNet
-from mlspec.extrap.training import solved
+from .batches import Batch, autocast, batches, is_maze, prepare_model
+from .mazes import END, START
+from .models import IterativeNet
+from .training import solved
 
 __all__ = ["CORRECTNESS", "evaluate", "minimal_paths", "predictions"]
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from mlspec.ops.models.arch import architecture
+from ..ops.models.builders import architecture
 
 __all__ = ["BasicBlock", "IterativeNet", "DTNet", "ImplicitNet", "FeedForwardNet", "SOLVERS", "broyden"]
 

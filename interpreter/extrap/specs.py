@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ..registry import Kind, OpSpec, Params, Port, register
 
 EXTRAP = frozenset({"extrap"})
 Generator = Literal["dfs", "wilson", "kruskal", "percolation", "dfs_percolation"]
@@ -128,7 +128,7 @@ class DynamicsParams(Params):
 def _op(name: str, doc: str, params: type[Params], output: Kind, inputs: tuple[Port, ...] = (),
         uses_seed: bool = True) -> None:
     register(OpSpec(name=name, doc=doc, inputs=inputs, output=output, params=params,
-                    impl=f"mlspec.extrap.ops:{name}", uses_seed=uses_seed, dialects=EXTRAP))
+                    impl=f"mlspec.extrap.operators:{name}", uses_seed=uses_seed, dialects=EXTRAP))
 
 
 _MODEL_ON = (Port("model", Kind.MODEL), Port("on", Kind.DATASET))

@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlspec.extrap.batches import autocast, batch, batches, count, prepare_model
-from mlspec.extrap.models import DTNet, IterativeNet
-from mlspec.ops.models.train import ensure_finite, optimizer_step
+from ..ops.models.train import ensure_finite, optimizer_step
+from .batches import autocast, batch, batches, count, prepare_model
+from .models import DTNet, IterativeNet
 
 __all__ = ["TrainConfig", "train", "masked_cross_entropy", "progressive_loss", "solved"]
 

@@ -13,15 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlspec import registry
-from mlspec.check.dialects import ACTIONS, DECL_KINDS, StudyOptions
-from mlspec.check.lower import lower
-from mlspec.describe import describe_markdown, param_docs, param_markdown
-from mlspec.errors import Diagnostic, Span, SpecError
-from mlspec.registry import Kind, OpSpec
-from mlspec.syntax import ast
-from mlspec.syntax.fmt import format_program
-from mlspec.syntax.parser import DIALECTS, accepted_after, open_brackets, parse, statement_keywords
+from .. import registry
+from ..check.dialects import ACTIONS, DECL_KINDS, StudyOptions
+from ..check.lower import lower
+from ..describe import describe_markdown, param_docs, param_markdown
+from ..errors import Diagnostic, Span, SpecError
+from ..registry import Kind, OpSpec
+from ..syntax import ast
+from ..syntax.fmt import format_program
+from ..syntax.parser import DIALECTS, accepted_after, open_brackets, parse, statement_keywords
 
 __all__ = ["Document", "Completion", "Symbol", "analyse", "hover", "complete", "definition", "symbols",
            "formatted"]

@@ -16,9 +16,9 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
 from pygls.workspace import TextDocument
 
-from mlspec import __version__
-from mlspec.errors import Diagnostic, Span
-from mlspec.lsp import analysis
+from .. import __version__
+from ..errors import Diagnostic, Span
+from . import analysis
 
 __all__ = ["server", "serve"]
 

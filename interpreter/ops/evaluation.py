@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mlspec.errors import StepError
-from mlspec.ops.models.arch import build_module
-from mlspec.ops.models.heads import put_head
-from mlspec.ops.scoring import EvaluateParams
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model, Record
+from ..errors import StepError
+from ..run.context import StepContext
+from ..values import Dataset, Model, Record
+from .models.builders import build_module
+from .models.heads import put_head
+from .scoring import EvaluateParams
 
 __all__ = ["attack_success", "evaluate_module", "evaluate_state", "evaluate", "check_fits", "with_task_head"]
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ..registry import Kind, OpSpec, Params, Port, register
 
 Metric = Literal["accuracy", "loss", "error", "attack_success"]
 

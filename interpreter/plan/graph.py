@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from mlspec import registry
-from mlspec.plan.steps import Lowered, Step, StudyInfo
+from .. import registry
+from .steps import Lowered, Step, StudyInfo
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlspec.errors import Span
+from ..errors import Span
 
 __all__ = ["Step", "StudyInfo", "Lowered", "RESERVED_OUTPUTS", "path_component"]
 

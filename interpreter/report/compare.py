@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlspec.errors import MlspecError
-from mlspec.report.study import fmt, number, scalars
+from ..errors import MlspecError
+from .bundle import fmt, number, scalars
 
 __all__ = ["Row", "compare", "rows"]
 

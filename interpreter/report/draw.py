@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlspec.report.figures import style
-from mlspec.report.study import fmt
+from .bundle import fmt
+from .figures import style
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlspec.values import json_safe
+from ..values import json_safe
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
-    from mlspec.report.study import StepView, StudyView
+    from .bundle import StepView, StudyView
 
 __all__ = [
     "STUDY_FIGURES",

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from mlspec.report.draw import heatmap, series
-from mlspec.report.figures import COLOURS, Figure, figure, new_figure, slugify, style
-from mlspec.report.study import StepView, StudyView, fmt, number, numbers
+from .bundle import StepView, StudyView, fmt, number, numbers
+from .draw import heatmap, series
+from .figures import COLOURS, Figure, figure, new_figure, slugify, style
 
 __all__ = ["Grid", "budgets", "dynamics", "extrapolation", "grids", "maze_pictures", "training_history"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from mlspec.report.draw import as_grid, contour_map, heatmap, series
-from mlspec.report.figures import Figure, figure, new_figure, slugify, style
-from mlspec.report.study import StepView, StudyView, fmt, number, numbers
+from .bundle import StepView, StudyView, fmt, number, numbers
+from .draw import as_grid, contour_map, heatmap, series
+from .figures import Figure, figure, new_figure, slugify, style
 
 __all__ = ["connectivity_curves", "interpolation_curves", "planes", "task_vector_maps", "training_curves"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from mlspec.report.figures import Figure, new_figure, study_figure, style
-from mlspec.report.study import StepView, StudyView, fmt, number
+from .bundle import StepView, StudyView, fmt, number
+from .figures import Figure, new_figure, study_figure, style
 
 __all__ = ["backdoor_figure", "interference_figure", "limit_shares_figure", "normalised_accuracy",
            "shift_figure"]

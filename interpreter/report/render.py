@@ -26,16 +26,16 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from mlspec.report import graph, plots_extrap, plots_merge, plots_studies, sweeps  # noqa: F401  (they register figures)
-from mlspec.report.figures import (
+from . import plan_figure, plots_extrap, plots_merge, plots_studies, sweeps  # noqa: F401  (they register figures)
+from .bundle import StepView, StudyView, fmt
+from .figures import (
     FILE_FORMATS,
     STUDY_FIGURES,
     RenderedFigure,
     handler_for,
     render_figure,
 )
-from mlspec.report.study import StepView, StudyView, fmt
-from mlspec.report.tables import (
+from .tables import (
     Fallback,
     Table,
     barrier_table,

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from mlspec.report.draw import series
-from mlspec.report.figures import LINESTYLES, Figure, new_figure, slugify, study_figure, style
-from mlspec.report.study import StepView, StudyView, fmt, number, scalars
+from .bundle import StepView, StudyView, fmt, number, scalars
+from .draw import series
+from .figures import LINESTYLES, Figure, new_figure, slugify, study_figure, style
 
 __all__ = ["measurements", "sweep_curves"]
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlspec.report.plots_extrap import budgets, grids
-from mlspec.report.study import StepView, StudyView, fmt, number, numbers, scalars
+from .bundle import StepView, StudyView, fmt, number, numbers, scalars
+from .plots_extrap import budgets, grids
 
 __all__ = [
     "Cell",

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlspec.plan.steps import path_component
-from mlspec.values import Value, from_parts, to_parts
+from ..plan.steps import path_component
+from ..values import Value, from_parts, to_parts
 
 __all__ = ["Cache", "default_cache_dir", "write_atomic", "file_sha256"]
 

@@ -56,7 +56,7 @@ class StepContext:
 def confine(out_dir: Path, relative: str, *, allow_outside: bool) -> Path:
     """``out_dir / relative``, refused when it would land outside ``out_dir`` — by an absolute path,
     by '..', or through a symlink (resolved before the check) — unless the user allowed it."""
-    from mlspec.errors import StepError
+    from ..errors import StepError
 
     path = Path(relative)
     target = path if path.is_absolute() else Path(out_dir) / path
@@ -72,7 +72,7 @@ def confine(out_dir: Path, relative: str, *, allow_outside: bool) -> Path:
 def written_files(out_dir: Path, target: Path) -> dict[str, str]:
     """``{path relative to the output directory: sha256}`` of ``target`` (a file, or every file of a
     directory), for an export's record; :func:`file_problem` checks them on later runs."""
-    from mlspec.run.cache import file_sha256
+    from .cache import file_sha256
 
     files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
     out = {}
@@ -89,7 +89,7 @@ def file_problem(record: dict[str, Any], out_dir: Path) -> str | None:
     """Why a record that describes written files (an export: ``files``, each path relative to the
     output directory with its sha256; or one ``path`` and ``sha256``) no longer describes the files
     on disk — or None when it still does. Read anew on every run."""
-    from mlspec.run.cache import file_sha256
+    from .cache import file_sha256
 
     files = record.get("files")
     if isinstance(files, dict) and files:

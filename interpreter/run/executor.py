@@ -22,13 +22,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from mlspec import registry
-from mlspec.errors import Diagnostic, MlspecError, SpecError, StepError
-from mlspec.plan.graph import Plan
-from mlspec.plan.steps import Step
-from mlspec.run.cache import Cache
-from mlspec.run.context import Progress, StepContext, file_problem
-from mlspec.values import Value, first_non_finite
+from .. import registry
+from ..errors import Diagnostic, MlspecError, SpecError, StepError
+from ..plan.graph import Plan
+from ..plan.steps import Step
+from ..values import Value, first_non_finite
+from .cache import Cache
+from .context import Progress, StepContext, file_problem
 
 __all__ = ["StepOutcome", "RunResult", "Runner", "resolve_device", "explain", "stale", "torch_threads", "computed",
            "EXECUTORS"]
@@ -278,7 +278,7 @@ class Runner:
         result.outcomes.update({s.name: StepOutcome(s.name, "cached") for s in steps if s.name not in to_run})
         with self._overall(len(todo)) as advance:
             if self.executor == "ray" and todo:
-                from mlspec.run.ray_executor import run_on_ray
+                from .ray_executor import run_on_ray
 
                 run_on_ray(self, todo, result, advance)
             elif self.jobs == 1 or len(todo) <= 1:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from mlspec.run.context import Progress
+from .context import Progress
 
 __all__ = ["plain_progress", "describe_fields"]
 

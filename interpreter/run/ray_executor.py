@@ -13,13 +13,13 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mlspec.errors import MlspecError
-from mlspec.run.executor import StepOutcome, computed, try_step
-from mlspec.values import from_parts, to_parts
+from ..errors import MlspecError
+from ..values import from_parts, to_parts
+from .executor import StepOutcome, computed, try_step
 
 if TYPE_CHECKING:
-    from mlspec.plan.steps import Step
-    from mlspec.run.executor import Runner, RunResult
+    from ..plan.steps import Step
+    from .executor import Runner, RunResult
 
 __all__ = ["run_on_ray"]
 

@@ -10,7 +10,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlspec.errors import Span
+from ..errors import Span
 
 __all__ = [
     "Node", "Expr", "Number", "String", "Bool", "ListExpr", "Range", "Name", "Call", "Index", "KwArg",

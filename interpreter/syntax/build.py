@@ -7,8 +7,8 @@ from typing import Any
 
 from lark import Token, Tree
 
-from mlspec.errors import Span
-from mlspec.syntax import ast, limits
+from ..errors import Span
+from . import ast, limits
 
 __all__ = ["build_program"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlspec.syntax import ast
+from . import ast
 
 __all__ = ["format_program", "format_expr"]
 

@@ -13,7 +13,7 @@ import re
 
 from lark import Tree
 
-from mlspec.errors import Diagnostic, Span, SpecError
+from ..errors import Diagnostic, Span, SpecError
 
 __all__ = ["MAX_NESTING", "MAX_INT", "check_characters", "check_nesting", "number"]
 

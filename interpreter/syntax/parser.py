@@ -17,10 +17,10 @@ from pathlib import Path
 
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from mlspec.errors import Diagnostic, Span, SpecError, did_you_mean
-from mlspec.syntax import limits
-from mlspec.syntax.ast import Program
-from mlspec.syntax.build import build_program
+from ..errors import Diagnostic, Span, SpecError, did_you_mean
+from . import limits
+from .ast import Program
+from .build import build_program
 
 __all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "all_keywords", "statement_keywords",
            "accepted_after", "open_brackets"]

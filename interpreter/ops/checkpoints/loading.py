@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from mlspec.checkpoints.layout import CheckpointError, reference
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.errors import StepError
-from mlspec.ops.checkpoints.specs import LoadParams, MergeCheckpointsParams, StackParams
-from mlspec.ops.merge import method as merge_method
-from mlspec.run.context import StepContext
-from mlspec.values import CheckpointRef
+from ...checkpoints.layout import CheckpointError, reference
+from ...checkpoints.source import Checkpoint
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import CheckpointRef
+from ..merge import method as merge_method
+from .specs import LoadParams, MergeCheckpointsParams, StackParams
 
 __all__ = ["load", "merge_checkpoints", "stack"]
 
@@ -33,9 +33,9 @@ def merge_checkpoints(
     ctx: StepContext, params: MergeCheckpointsParams, *, models: list[CheckpointRef],
     base: CheckpointRef | None = None,
 ) -> CheckpointRef:
-    from mlspec.checkpoints.engine import StreamOptions
-    from mlspec.ops.merge.apply import stream
-    from mlspec.ops.merge.stats import MergeStats
+    from ...checkpoints.engine import StreamOptions
+    from ..merge.apply import stream
+    from ..merge.stats import MergeStats
 
     method = merge_method.get(params.method)
     assert method is not None
@@ -62,9 +62,9 @@ def stack(
 ) -> CheckpointRef:
     import shutil
 
-    from mlspec.checkpoints.engine import StreamOptions
-    from mlspec.checkpoints.layout import reference
-    from mlspec.ops.checkpoints.stacking import stream_stack
+    from ...checkpoints.engine import StreamOptions
+    from ...checkpoints.layout import reference
+    from .stacking import stream_stack
 
     method = merge_method.get(params.method)
     assert method is not None

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mlspec.checkpoints.layout import CheckpointError, locate
-from mlspec.errors import StepError
-from mlspec.ops.checkpoints.specs import PerplexityParams
-from mlspec.run.context import StepContext
-from mlspec.values import CheckpointRef, Model, Record
+from ...checkpoints.layout import CheckpointError, locate
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import CheckpointRef, Model, Record
+from .specs import PerplexityParams
 
 __all__ = ["sliding_window_nll", "perplexity", "require_transformers"]
 

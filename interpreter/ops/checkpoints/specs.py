@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from mlspec.checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
-from mlspec.errors import did_you_mean
-from mlspec.ops.merge import method as merge_method
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ...checkpoints.layout import CheckpointError, fingerprint, locate, parse_size
+from ...errors import did_you_mean
+from ...registry import Kind, OpSpec, Params, Port, register
+from ..merge import method as merge_method
 
 __all__ = ["LoadParams", "MergeCheckpointsParams", "PerplexityParams", "StackParams", "StreamingParams", "DType"]
 

@@ -11,14 +11,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from mlspec.checkpoints import hfdir
-from mlspec.checkpoints.engine import DTYPES, StreamOptions, _dtype_name, _info, run_jobs
-from mlspec.checkpoints.layout import CheckpointError
-from mlspec.checkpoints.slices import PlannedTensor, plan_slices
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.validate import Job
-from mlspec.ops.merge.apply import BoundMethod
-from mlspec.ops.merge.method import MergeMethod, kernel_of
+from ...checkpoints import hfdir
+from ...checkpoints.engine import DTYPES, StreamOptions, _dtype_name, _info, run_jobs
+from ...checkpoints.layout import CheckpointError
+from ...checkpoints.slices import PlannedTensor, plan_slices
+from ...checkpoints.source import Checkpoint
+from ...checkpoints.validate import Job
+from ..merge.apply import BoundMethod
+from ..merge.method import MergeMethod, kernel_of
 
 __all__ = ["stream_stack"]
 

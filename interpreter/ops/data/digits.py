@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mlspec.errors import StepError
-from mlspec.ops.data.specs import ClassesParams, DigitsParams
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Dataset
+from .specs import ClassesParams, DigitsParams
 
 __all__ = ["digits", "classes"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ...registry import Kind, OpSpec, Params, Port, register
 
 
 class DigitsParams(Params):

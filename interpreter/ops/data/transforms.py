@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from mlspec.errors import StepError
-from mlspec.ops.data.specs import PermuteFeaturesParams, PoisonParams
-from mlspec.ops.models.heads import head_of
-from mlspec.registry import NoParams
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model
+from ...errors import StepError
+from ...registry import NoParams
+from ...run.context import StepContext
+from ...values import Dataset, Model
+from ..models.heads import head_of
+from .specs import PermuteFeaturesParams, PoisonParams
 
 __all__ = ["permute_features", "with_head", "poison", "stamp"]
 

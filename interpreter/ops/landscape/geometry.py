@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlspec.ops.evaluation import evaluate_state
-from mlspec.ops.landscape.specs import PlaneParams, SurfaceParams
-from mlspec.ops.merge.merging import check_compatible
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model, Record
+from ...run.context import StepContext
+from ...values import Dataset, Model, Record
+from ..evaluation import evaluate_state
+from ..merge.merging import check_compatible
+from .specs import PlaneParams, SurfaceParams
 
 __all__ = ["filter_normalised", "flatten", "plane", "score_grid", "surface", "unflatten"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from mlspec.ops.evaluation import evaluate_state
-from mlspec.ops.merge.merging import check_compatible
-from mlspec.ops.scoring import InterpolateParams
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model, Record
+from ...run.context import StepContext
+from ...values import Dataset, Model, Record
+from ..evaluation import evaluate_state
+from ..merge.merging import check_compatible
+from ..scoring import InterpolateParams
 
 __all__ = ["interpolate", "barriers", "lerp_state", "profile", "path_barriers"]
 

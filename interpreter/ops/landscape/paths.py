@@ -10,15 +10,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from mlspec.errors import StepError
-from mlspec.ops.landscape.interpolate import lerp_state, path_barriers, profile
-from mlspec.ops.landscape.specs import ConnectParams, InstabilityParams
-from mlspec.ops.merge.merging import check_compatible
-from mlspec.ops.models.arch import build_module
-from mlspec.ops.models.specs import TrainParams
-from mlspec.ops.models.train import make_optimizer
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model, Record
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Dataset, Model, Record
+from ..merge.merging import check_compatible
+from ..models.builders import build_module
+from ..models.specs import TrainParams
+from ..models.train import make_optimizer
+from .interpolate import lerp_state, path_barriers, profile
+from .specs import ConnectParams, InstabilityParams
 
 __all__ = ["Curve", "connect", "instability", "profile"]
 

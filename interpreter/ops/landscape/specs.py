@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ...registry import Kind, OpSpec, Params, Port, register
 
 _ON = Port("on", Kind.DATASET, doc="the data the loss and accuracy are measured on")
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from mlspec.ops.landscape.geometry import flatten
-from mlspec.ops.landscape.specs import TaskVectorParams
-from mlspec.ops.merge.merging import check_compatible, labels
-from mlspec.ops.merge.sparsify import keep_top, magnitude_threshold
-from mlspec.ops.merge.stats import sign_conflicts
-from mlspec.run.context import StepContext
-from mlspec.values import Model, Record
+from ...run.context import StepContext
+from ...values import Model, Record
+from ..merge.merging import check_compatible, labels
+from ..merge.sparsify import keep_top, magnitude_threshold
+from ..merge.stats import sign_conflicts
+from .geometry import flatten
+from .specs import TaskVectorParams
 
 __all__ = ["task_vectors"]
 

@@ -11,15 +11,15 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from mlspec.errors import StepError
-from mlspec.ops.merge.informed import sample_inputs
-from mlspec.ops.merge.merging import check_compatible
-from mlspec.ops.merge.permspec import PermSpec, identity_perms, permute_state, spec_for
-from mlspec.ops.merge.specs import PermuteParams, RepairParams
-from mlspec.ops.models.arch import build_module
-from mlspec.ops.models.hooks import run_with_hooks
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Dataset, Model
+from ..models.builders import build_module
+from ..models.hooks import run_with_hooks
+from .informed import sample_inputs
+from .merging import check_compatible
+from .permspec import PermSpec, identity_perms, permute_state, spec_for
+from .specs import PermuteParams, RepairParams
 
 __all__ = ["activation_matching", "channel_stats", "collect_features", "permute", "repair", "weight_matching"]
 

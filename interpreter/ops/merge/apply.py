@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlspec.checkpoints import settings as st
-from mlspec.checkpoints.layout import CheckpointError, reference
-from mlspec.checkpoints.source import layer_index
-from mlspec.errors import StepError
-from mlspec.ops.merge.merging import labels, merge_models
-from mlspec.ops.merge.method import MergeMethod, kernel_of
-from mlspec.registry import Params
-from mlspec.run.context import StepContext
-from mlspec.values import CheckpointRef, Model
+from ...checkpoints import settings as st
+from ...checkpoints.layout import CheckpointError, reference
+from ...checkpoints.source import layer_index
+from ...errors import StepError
+from ...registry import Params
+from ...run.context import StepContext
+from ...values import CheckpointRef, Model
+from .merging import labels, merge_models
+from .method import MergeMethod, kernel_of
 
 __all__ = ["BoundMethod", "merge", "run_method", "stream", "tensor_generator", "Groups"]
 
@@ -152,7 +152,7 @@ _PORTS = ("models", "base", "a", "b")
 def merge(method: str | MergeMethod, ctx: StepContext, /, **arguments: Any) -> Model | CheckpointRef:
     """Run a merge method from Python as a spec would: ``merge("ties", ctx, base = b, models = [x, y],
     density = 0.5)``; the parameters are validated like a spec's."""
-    from mlspec.ops.merge import method as methods
+    from . import method as methods
 
     found = methods.get(method) if isinstance(method, str) else method
     if found is None:
@@ -171,7 +171,7 @@ def _labels(ctx: StepContext, method: MergeMethod, n: int) -> list[str]:
 def stream(ctx: StepContext, method: MergeMethod, values: Mapping[str, Any], base: CheckpointRef | None,
            models: Sequence[CheckpointRef], options: Any = None) -> CheckpointRef:
     """Merge checkpoints on disk tensor by tensor into the step's work directory."""
-    from mlspec.checkpoints.engine import StreamOptions, stream_merge
+    from ...checkpoints.engine import StreamOptions, stream_merge
 
     names = _labels(ctx, method, len(models))
     paths = [m.existing(label) for m, label in zip(models, names)]

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlspec.checkpoints import settings as st
-from mlspec.ops.merge import kernels
-from mlspec.ops.merge.method import MergeMethod
-from mlspec.ops.merge.sparsify import MagnitudeThreshold, keep_top, threshold_of_magnitudes
+from ...checkpoints import settings as st
+from . import kernels
+from .method import MergeMethod
+from .sparsify import MagnitudeThreshold, keep_top, threshold_of_magnitudes
 
 __all__ = [
     "average",

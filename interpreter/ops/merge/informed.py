@@ -14,15 +14,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from mlspec.errors import StepError
-from mlspec.ops.evaluation import evaluate_module
-from mlspec.ops.merge import kernels
-from mlspec.ops.merge.merging import labels, merge_models, per_model
-from mlspec.ops.merge.specs import FisherParams, RegMeanParams, SoupParams
-from mlspec.ops.models.arch import build_module
-from mlspec.ops.models.hooks import run_with_hooks
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Dataset, Model
+from ..evaluation import evaluate_module
+from ..models.builders import build_module
+from ..models.hooks import run_with_hooks
+from . import kernels
+from .merging import labels, merge_models, per_model
+from .specs import FisherParams, RegMeanParams, SoupParams
 
 __all__ = ["diagonal_fisher", "fisher", "input_grams", "regmean", "sample_inputs", "soup"]
 

@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.sparsify import (
+from .sparsify import (
     MagnitudeThreshold,
     keep_band,
     keep_top,

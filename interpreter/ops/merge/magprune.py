@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import Election, WeightsAt, _combine, _deltas, l1_factor, per_model
+from .kernels import Election, WeightsAt, _combine, _deltas, l1_factor, per_model
 
 __all__ = ["della", "della_linear", "keep_probabilities", "magprune"]
 

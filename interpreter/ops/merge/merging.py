@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlspec.errors import StepError
-from mlspec.ops.merge.stats import MergeStats
-from mlspec.run.context import StepContext
-from mlspec.values import Model
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Model
+from .stats import MergeStats
 
 __all__ = ["TensorKernel", "check_compatible", "labels", "merge_models", "per_model"]
 

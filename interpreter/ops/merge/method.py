@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from mlspec.checkpoints import settings as st
-from mlspec.errors import did_you_mean
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ...checkpoints import settings as st
+from ...errors import did_you_mean
+from ...registry import Kind, OpSpec, Params, Port, register
 
 __all__ = ["MergeMethod", "BasePolicy", "declare", "get", "methods", "kernel_of"]
 
@@ -223,7 +223,7 @@ class MergeMethod:
         return self.inputs_error(n, "base" in inputs) or self.count_error(n, params)
 
     def run(self, ctx: Any, params: Params, **inputs: Any) -> Any:
-        from mlspec.ops.merge.apply import run_method
+        from .apply import run_method
 
         return run_method(self, ctx, params, **inputs)
 
@@ -246,7 +246,7 @@ def declare(method: MergeMethod) -> MergeMethod:
     """Register a merge method and its operator. A user's method may replace another user's (the
     same file loaded again, or another spec's file in a long-lived process); a built-in one is never
     replaced."""
-    from mlspec import registry
+    from ... import registry
 
     earlier = _METHODS.get(method.name)
     if earlier is not None and "mlspec" in (earlier.origin, method.origin):
@@ -259,14 +259,14 @@ def declare(method: MergeMethod) -> MergeMethod:
 
 
 def get(name: str) -> MergeMethod | None:
-    from mlspec import registry
+    from ... import registry
 
     registry.get(name)  # loads the catalogues (and installed plug-ins) on first use
     return _METHODS.get(name)
 
 
 def methods() -> dict[str, MergeMethod]:
-    from mlspec import registry
+    from ... import registry
 
     registry.all_ops()
     return dict(_METHODS)

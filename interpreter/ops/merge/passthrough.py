@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import _out, _work
+from .kernels import _out, _work
 
 __all__ = ["passthrough"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlspec.errors import StepError
+from ...errors import StepError
 
 __all__ = ["PermSpec", "identity_perms", "permute_state", "spec_for"]
 

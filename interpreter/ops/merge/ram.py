@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import _deltas, _out, _work
+from .kernels import _deltas, _out, _work
 
 __all__ = ["ram", "ramplus_tl"]
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import _deltas, _out, _work, consensus_sum
-from mlspec.ops.merge.sparsify import kept_count, kth_smallest
+from .kernels import _deltas, _out, _work, consensus_sum
+from .sparsify import kept_count, kth_smallest
 
 __all__ = ["sce", "variance_mask"]
 

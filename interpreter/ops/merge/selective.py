@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import _out, _work
-from mlspec.ops.merge.sparsify import kth_smallest
+from .kernels import _out, _work
+from .sparsify import kth_smallest
 
 __all__ = ["arcee_fusion", "fusion_importance", "lower_quantile", "nearswap"]
 

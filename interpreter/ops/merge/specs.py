@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlspec.ops.merge.method import MergeMethod, declare
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ...registry import Kind, OpSpec, Params, Port, register
+from .method import MergeMethod, declare
 
 _MODELS = Port("models", Kind.MODEL, many=True, doc="the models to merge")
 _EW = "mlspec.ops.merge.elementwise"
@@ -343,7 +343,7 @@ register(
         The upper-bound baseline for merges. `merge ens = ensemble(a, b)`""",
         inputs=(_MODELS,),
         output=Kind.MODEL,
-        impl="mlspec.ops.merge.archs:ensemble",
+        impl="mlspec.ops.merge.networks:ensemble",
     )
 )
 
@@ -355,7 +355,7 @@ register(
         inputs=(),
         output=Kind.MODEL,
         params=ResNetParams,
-        impl="mlspec.ops.merge.archs:resnet",
+        impl="mlspec.ops.merge.networks:resnet",
         uses_seed=True,
     )
 )

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlspec.ops.merge.method import MergeMethod, declare
-from mlspec.registry import Params
+from ...registry import Params
+from .method import MergeMethod, declare
 
 _M = "mlspec.ops.merge"
 _WEIGHT = Field(default=1.0, description="the model's weight (one per model, or one for all)")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mlspec.ops.merge.kernels import _deltas, _out, _weights, _work
+from .kernels import _deltas, _out, _weights, _work
 
 __all__ = ["multislerp", "nuslerp", "slerp_vectors"]
 

@@ -37,8 +37,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, create_model
 
-from mlspec.ops.merge.method import MergeMethod, declare
-from mlspec.registry import Params
+from ...registry import Params
+from .method import MergeMethod, declare
 
 __all__ = ["merge_method", "PerModel", "MethodDefinitionError"]
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mlspec.errors import StepError
-from mlspec.ops.merge.align import collect_features, correlation
-from mlspec.ops.merge.informed import sample_inputs
-from mlspec.ops.merge.merging import check_compatible
-from mlspec.ops.merge.specs import ZipParams
-from mlspec.ops.models.arch import build_module
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Dataset, Model
+from ..models.builders import build_module
+from .align import collect_features, correlation
+from .informed import sample_inputs
+from .merging import check_compatible
+from .specs import ZipParams
 
 __all__ = ["greedy_pairs", "merge_unmerge", "zip_models"]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from mlspec.checkpoints.export import export_hf, export_safetensors_file
-from mlspec.ops.models.specs import ExportParams
-from mlspec.run.context import StepContext, written_files
-from mlspec.values import CheckpointRef, Model, Record
+from ...checkpoints.export import export_hf, export_safetensors_file
+from ...run.context import StepContext, written_files
+from ...values import CheckpointRef, Model, Record
+from .specs import ExportParams
 
 __all__ = ["export"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mlspec.errors import StepError
-from mlspec.values import Model
+from ...errors import StepError
+from ...values import Model
 
 __all__ = ["head_prefix", "head_of", "put_head"]
 

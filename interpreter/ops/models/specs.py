@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from mlspec.registry import Kind, OpSpec, Params, Port, register
+from ...registry import Kind, OpSpec, Params, Port, register
 
 #: Layer widths and weight counts past these make no model a study can train; refused at check time.
 MAX_WIDTH = 1_000_000

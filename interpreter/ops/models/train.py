@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mlspec.errors import StepError
-from mlspec.ops.evaluation import check_fits
-from mlspec.ops.models.arch import build, build_module
-from mlspec.ops.models.specs import MLPParams, TrainParams
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model
+from ...errors import StepError
+from ...run.context import StepContext
+from ...values import Dataset, Model
+from ..evaluation import check_fits
+from .builders import build, build_module
+from .specs import MLPParams, TrainParams
 
 __all__ = ["mlp", "train", "fit", "make_optimizer", "ensure_finite", "optimizer_step"]
 

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlspec.ops.merge.specs import ResNetParams
-from mlspec.ops.models.arch import MLP, architecture, build
-from mlspec.registry import NoParams
-from mlspec.run.context import StepContext
-from mlspec.values import Model
+from ...registry import NoParams
+from ...run.context import StepContext
+from ...values import Model
+from ..models.builders import MLP, architecture, build
+from .specs import ResNetParams
 
 __all__ = ["Ensemble", "ResNet", "ZippedMLP", "ensemble", "mean_of_softmax", "resnet"]
 

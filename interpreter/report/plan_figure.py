@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mlspec.report.figures import COLOURS, Figure, new_figure, study_figure
-from mlspec.report.study import StudyView
+from .bundle import StudyView
+from .figures import COLOURS, Figure, new_figure, study_figure
 
 if TYPE_CHECKING:
     import networkx as nx

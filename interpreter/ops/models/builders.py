@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlspec.values import CheckpointRef, Model
+from ...values import CheckpointRef, Model
 
 __all__ = ["architecture", "build", "build_module", "MLP", "ARCH_MODULES"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 #: Modules that register architectures when imported (kept lazy: importing them costs time).
-ARCH_MODULES: list[str] = ["mlspec.extrap.models", "mlspec.ops.merge.archs"]
+ARCH_MODULES: list[str] = ["mlspec.extrap.models", "mlspec.ops.merge.networks"]
 
 
 def architecture(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

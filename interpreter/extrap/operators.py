@@ -11,12 +11,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from mlspec.errors import StepError
-from mlspec.extrap import dynamics as dyn
-from mlspec.extrap import evaluation, mazes
-from mlspec.extrap import prefix_sums as bits
-from mlspec.extrap.models import IterativeNet
-from mlspec.extrap.specs import (
+from ..errors import StepError
+from ..ops.models.builders import build, build_module
+from ..run.context import StepContext
+from ..values import Dataset, Model, Record
+from . import dynamics as dyn
+from . import evaluation, mazes
+from . import prefix_sums as bits
+from .models import IterativeNet
+from .specs import (
     DTNetParams,
     DynamicsParams,
     EvaluateExtrapParams,
@@ -26,10 +29,7 @@ from mlspec.extrap.specs import (
     PrefixSumParams,
     TrainRecurrentParams,
 )
-from mlspec.extrap.training import TrainConfig, train
-from mlspec.ops.models.arch import build, build_module
-from mlspec.run.context import StepContext
-from mlspec.values import Dataset, Model, Record
+from .training import TrainConfig, train
 
 T = TypeVar("T")
 
