@@ -19,18 +19,18 @@ __version__ = "0.1.0"
 __all__ = ["load", "loads", "merge_method", "PerModel", "__version__"]
 
 if TYPE_CHECKING:
-    from ..study import Study
+    from .study import Study
 
 
 def load(path: Any, **kwargs: Any) -> Study:
     """Parse and prepare a spec file; ``.run()`` runs it, ``.plan`` shows its steps."""
-    from ..study import load as _load
+    from .study import load as _load
 
     return _load(path, **kwargs)
 
 
 def loads(text: str, file: str = "<spec>.merge", **kwargs: Any) -> Study:
-    from ..study import loads as _loads
+    from .study import loads as _loads
 
     return _loads(text, file, **kwargs)
 
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
     """``from mlspec import merge_method, PerModel``: declare a merge method with one function (see
     :mod:`mlspec.ops.merge.user`), imported on first use so ``import mlspec`` stays light."""
     if name in ("merge_method", "PerModel"):
-        from ..ops.merge import user
+        from .ops.merge import user
 
         return getattr(user, name)
     raise AttributeError(f"module 'mlspec' has no attribute {name!r}")

@@ -8,8 +8,8 @@ The record shapes each figure expects are documented in the docstrings of ``plot
 ``plots_extrap``; a record of any other shape is still shown, as a table of its scalars and JSON.
 """
 
-from ..compare import compare
-from ..figures import Figure, figure, study_figure
-from ..render import render_report
+from .compare import compare
+from .figures import Figure, figure, study_figure
+from .render import render_report
 
 __all__ = ["Figure", "compare", "figure", "render_report", "study_figure"]
