@@ -98,7 +98,7 @@ def test_kill_9_at_random_moments_then_a_rerun_gives_the_same_bytes(spec: Path, 
         assert rerun.returncode == 0, (trial, rerun.stderr)
         assert "damaged" not in rerun.stderr, (trial, rerun.stderr)
         assert outputs(out) == reference, f"trial {trial} differs"
-        assert not [p for p in out.rglob(".*")], f"trial {trial} left a temporary file"
+        assert not [p for p in out.rglob(".*") if p.name != ".figure-cache.json"], f"trial {trial} left a temporary file"
 
 
 @pytest.fixture(scope="module")
