@@ -36,7 +36,7 @@ from .source import Checkpoint
 from .validate import Job, plan_tensors
 from .writer import ShardedWriter
 
-__all__ = ["StreamOptions", "stream_merge", "run_jobs", "DTYPES", "TensorMerge"]
+__all__ = ["StreamOptions", "stream_merge", "run_jobs", "merge_info", "dtype_name", "DTYPES", "TensorMerge"]
 
 DTYPES = {
     "float32": torch.float32,
@@ -125,14 +125,14 @@ def stream_merge(
         reference = inputs[0]
         written = {j.out_dtype for j in plan.merged}
         hfdir.write_config(
-            out_dir, reference.config, dtype=_dtype_name(written), untied=bool(plan.notes.get("untied"))
+            out_dir, reference.config, dtype=dtype_name(written), untied=bool(plan.notes.get("untied"))
         )
         hfdir.copy_companions(reference.layout.directory, out_dir)
     numel = sum(math.prod(j.shape) for j in plan.merged)
-    return _info(merge, options, numel, started, plan.notes, paths, len(plan.jobs))
+    return merge_info(merge, options, numel, started, plan.notes, paths, len(plan.jobs))
 
 
-def _info(merge: TensorMerge, options: StreamOptions, numel: int, started: float, notes: dict[str, Any],
+def merge_info(merge: TensorMerge, options: StreamOptions, numel: int, started: float, notes: dict[str, Any],
           paths: Sequence[str | Path], written: int) -> dict[str, Any]:
     info: dict[str, Any] = (
         options.stats.summary()
@@ -250,7 +250,7 @@ def _merge_one(
         raise CheckpointError(f"{merge.name}: tensor {job.name!r}: {exc}") from None
 
 
-def _dtype_name(dtypes: set[torch.dtype]) -> str | None:
+def dtype_name(dtypes: set[torch.dtype]) -> str | None:
     names = {n for n, d in DTYPES.items() if d in dtypes}
     return names.pop() if len(names) == 1 else None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...checkpoints import hfdir
-from ...checkpoints.engine import DTYPES, StreamOptions, _dtype_name, _info, run_jobs
+from ...checkpoints.engine import DTYPES, StreamOptions, dtype_name, merge_info, run_jobs
 from ...checkpoints.layout import CheckpointError
 from ...checkpoints.slices import PlannedTensor, plan_slices
 from ...checkpoints.source import Checkpoint
@@ -111,10 +111,10 @@ def stream_stack(
         run_jobs(lead, inputs, jobs, out_dir, options=options, progress=progress)
         reference = inputs[labels.index(plan.config_from)]
         config = {**reference.config, "num_hidden_layers": plan.num_hidden_layers} if reference.config else {}
-        hfdir.write_config(out_dir, config, dtype=_dtype_name({j.out_dtype for j in jobs}), untied=False)
+        hfdir.write_config(out_dir, config, dtype=dtype_name({j.out_dtype for j in jobs}), untied=False)
         hfdir.copy_companions(reference.layout.directory, out_dir)
     merged = [j for j in jobs if j.copy_from is None]
-    info = _info(lead, options, sum(math.prod(j.shape) for j in merged), started,
+    info = merge_info(lead, options, sum(math.prod(j.shape) for j in merged), started,
                  {"copied": [j.name for j in jobs if j.copy_from is not None]}, [paths[x] for x in labels], len(jobs))
     info.update(num_hidden_layers=plan.num_hidden_layers, slices=list(slices))
     return info

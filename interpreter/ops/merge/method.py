@@ -139,7 +139,6 @@ class MergeMethod:
         """One setting of ``key``: a number (or, where it may vary by tensor, a gradient or rules),
         each number checked against the parameter's declared type and range."""
         if key not in self.varying:
-            self.params.model_validate({key: value})
             return self.params.model_validate({key: value}).model_dump()[key]
         normal = st.normalise(value)
         for leaf in st.leaves(normal):
