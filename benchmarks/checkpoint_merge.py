@@ -2,7 +2,8 @@
 
 Builds three Llama-architecture checkpoints of ~219M parameters in bf16 (hidden 1024, 12 layers,
 intermediate 2816, vocab 32000; a random base and two perturbed "fine-tunes"), then merges them
-with linear, task_arithmetic, TIES (density 0.5) and SLERP using both tools, each merge in its own
+with linear, task_arithmetic, TIES, DARE-TIES (density 0.5), breadcrumbs-TIES and SLERP using both
+tools (mlspec merging each mergekit config as `mlspec import mergekit` converts it), each merge in its own
 process, and prints wall time and peak RSS (``os.wait4``'s rusage of that process), the floor (a
 process that only reads the three inputs and writes one output), and the largest absolute
 difference between the two tools' outputs, per tensor kind, with the semantics configured to
@@ -30,40 +31,35 @@ from pathlib import Path
 
 WORK = Path(__file__).resolve().parent / "_work" / "checkpoint_merge"
 MERGEKIT = Path(__file__).resolve().parent / "_work" / "mergekit-venv" / "bin" / "mergekit-yaml"
-METHODS = ("linear", "task_arithmetic", "ties", "slerp")
+METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "slerp")
 
-#: method -> (mlspec operator, its parameters, uses base, mergekit YAML body)
+#: method -> its mergekit YAML body. mlspec merges the same config, converted by `mlspec import
+#: mergekit` (mlspec.checkpoints.mergekit.read_config): one configuration, two tools.
 CONFIGS = {
-    "linear": (
-        "average",
-        {"weights": [0.5, 0.5]},
-        False,
-        "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
-        "  - model: {b}\n    parameters: {{weight: 0.5}}\n",
-    ),
-    "task_arithmetic": (
-        "task_arithmetic",
-        {"scale": [0.5, 0.5]},
-        True,
-        "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-        "  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n",
-    ),
-    "ties": (
-        "ties",
-        {"density": 0.5, "trim": "tensor", "weights_at": "before", "weights": [1.0, 1.0]},
-        True,
-        "merge_method: ties\nbase_model: {base}\nmodels:\n"
-        "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
-        "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.5}}\n",
-    ),
-    "slerp": (
-        "slerp",
-        {"t": 0.5},
-        False,
-        "merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
-        "parameters: {{t: 0.5}}\n",
-    ),
+    "linear": "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+    "  - model: {b}\n    parameters: {{weight: 0.5}}\n",
+    "task_arithmetic": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+    "  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n",
+    "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n"
+    "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+    "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.5}}\n",
+    "dare_ties": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n"
+    "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+    "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.5}}\n",
+    "breadcrumbs_ties": "merge_method: breadcrumbs_ties\nbase_model: {base}\nmodels:\n"
+    "  - model: {a}\n    parameters: {{weight: 1.0, density: 0.9, gamma: 0.01}}\n"
+    "  - model: {b}\n    parameters: {{weight: 1.0, density: 0.9, gamma: 0.01}}\n",
+    "slerp": "merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+    "parameters: {{t: 0.5}}\n",
 }
+#: Methods whose draws are random: mergekit's generator and mlspec's (seeded per tensor name) differ,
+#: so their outputs are compared by statistics, not entry by entry.
+RANDOM = {"dare_ties"}
+DTYPES = "dtype: float32\nout_dtype: bfloat16\n"
+
+
+def config_text(method: str, paths: dict[str, Path]) -> str:
+    return CONFIGS[method].format(base=paths["base"], a=paths["a"], b=paths["b"]) + DTYPES
 
 
 def build_inputs() -> dict[str, Path]:
@@ -90,25 +86,32 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
 
 
 def run_mlspec(method: str, out: Path) -> None:
-    """``method`` or ``method+stats`` (also record per-tensor merge statistics), through the merge
-    method's declaration bound to its parameters: what a spec's streamed merge runs."""
+    """``method`` or ``method+stats`` (also record per-tensor merge statistics): the mergekit config
+    as `mlspec import mergekit` converts it, through the merge method's declaration bound to its
+    parameters — what a spec's streamed merge runs."""
     from mlspec.checkpoints.engine import StreamOptions, stream_merge
+    from mlspec.checkpoints.mergekit import read_config
     from mlspec.ops.merge import method as methods
     from mlspec.ops.merge.apply import BoundMethod
     from mlspec.ops.merge.stats import MergeStats
 
     paths = build_inputs()
     method, _, stats = method.partition("+")
-    op, params, with_base, _ = CONFIGS[method]
-    declared = methods.get(op)
+    (merge,) = read_config(config_text(method, paths))
+    params = dict(merge.params)
+    dtype, out_dtype = params.pop("dtype"), params.pop("out_dtype")
+    declared = methods.get(merge.op)
     assert declared is not None
+    models = [Path(m) for m in merge.models]
+    base = Path(merge.base) if merge.base else None
     values = declared.normalise(params)
     stream_merge(
         BoundMethod(declared, values, 2),
-        paths["base"] if with_base else None,
-        [paths["a"], paths["b"]],
+        base,
+        models,
         out,
-        options=StreamOptions(out_dtype="bfloat16", stats=MergeStats(op, values) if stats else None),
+        options=StreamOptions(dtype=dtype, out_dtype=out_dtype,
+                              stats=MergeStats(merge.op, values) if stats else None),
     )
 
 
@@ -152,12 +155,29 @@ def compare(ours: Path, theirs: Path) -> dict[str, list[float]]:
     return kinds
 
 
+def change_from_base(merged: Path, base: Path) -> tuple[float, float]:
+    """For a random method: the share of entries equal to the base's, and ‖merged − base‖ (L2)."""
+    from mlspec.checkpoints.source import Checkpoint
+
+    same = total = 0
+    square = 0.0
+    with Checkpoint.open(merged) as m, Checkpoint.open(base) as b:
+        for name in m.names:
+            diff = m.tensor(name).float() - b.tensor(name).float()
+            same += int((diff == 0).sum())
+            total += diff.numel()
+            square += float(diff.square().sum())
+    return same / total, square**0.5
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--mergekit", type=Path, default=MERGEKIT, help="the mergekit-yaml executable")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from mlspec.checkpoints.mergekit import read_config
+
     if args.child:
         what, out = args.child
         run_floor(Path(out)) if what == "floor" else run_mlspec(what, Path(out))
@@ -171,14 +191,12 @@ def main() -> None:
     floor_wall, floor_rss = measure([*me, "floor", str(WORK / "out-floor")], env)
     floor_wall, floor_rss = measure([*me, "floor", str(WORK / "out-floor")], env)  # second run: warm cache
     diffs: dict[str, dict[str, list[float]]] = {}
+    moved: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
     extra_rows: list[tuple[str, str, float, float]] = []
     for method in args.methods:
-        op, _, _, body = CONFIGS[method]
         config = WORK / f"{method}.yml"
-        config.write_text(
-            body.format(base=paths["base"], a=paths["a"], b=paths["b"])
-            + "dtype: float32\nout_dtype: bfloat16\n"
-        )
+        config.write_text(config_text(method, paths))
+        op = read_config(config.read_text())[0].op
         theirs, ours = WORK / f"out-mergekit-{method}", WORK / f"out-mlspec-{method}"
         for out in (theirs, ours):
             shutil.rmtree(out, ignore_errors=True)
@@ -196,7 +214,10 @@ def main() -> None:
         ml = measure([*me, method, str(ours)], env)
         rows.append((method, "mergekit 0.1.5", *mk))
         rows.append((method, f"mlspec ({op})", *ml))
-        diffs[method] = compare(ours, theirs)
+        if method in RANDOM:
+            moved[method] = (change_from_base(ours, paths["base"]), change_from_base(theirs, paths["base"]))
+        else:
+            diffs[method] = compare(ours, theirs)
         if method == "ties":  # mlspec's default also records merge statistics: what that costs
             shutil.rmtree(ours)
             extra_rows.append(
@@ -220,8 +241,12 @@ def main() -> None:
         print(f"  {method:<16} max {worst[1][0]:.3g} (in {worst[0]}); {100 * share:.4f}% of entries differ")
         for kind, (top, n, total) in sorted(kinds.items(), key=lambda kv: -kv[1][0])[:3]:
             print(f"  {'':<16}   {kind:<48} max {top:.3g}  {n:>9} / {total} differ")
+    for method, ((our_share, our_norm), (their_share, their_norm)) in moved.items():
+        print(f"  {method:<16} random drops: entries left at the base {100 * our_share:.2f}% (mergekit "
+              f"{100 * their_share:.2f}%); |merged - base| {our_norm:.4g} (mergekit {their_norm:.4g})")
     (WORK / "results.json").write_text(
-        json.dumps({"floor": [floor_wall, floor_rss], "rows": rows + extra_rows, "diffs": diffs}, indent=2)
+        json.dumps({"floor": [floor_wall, floor_rss], "rows": rows + extra_rows, "diffs": diffs, "random": moved},
+                   indent=2)
     )
 
 

@@ -244,10 +244,21 @@ def _merge_one(
             for start in range(0, job.shape[0], rows):
                 part = [t[start : start + rows].to(compute) for t in tensors]
                 pb, px = (part[0], part[1:]) if has_base else (None, part)
-                merged[start : start + rows] = merge(job.name, pb, px, **whole, **overrides)
+                these = {k: _rows(v, start, start + rows, job.shape) for k, v in whole.items()}
+                merged[start : start + rows] = merge(job.name, pb, px, **these, **overrides)
             return merged, xs, base
     except ValueError as exc:  # the kernels' own parameter checks
         raise CheckpointError(f"{merge.name}: tensor {job.name!r}: {exc}") from None
+
+
+def _rows(value: Any, start: int, stop: int, shape: tuple[int, ...]) -> Any:
+    """A row chunk's share of a whole-tensor statistic: the rows of a per-entry tensor of the
+    merged tensor's shape (or of each in a list); anything else (a threshold) as it is."""
+    if isinstance(value, Tensor) and tuple(value.shape) == tuple(shape):
+        return value[start:stop]
+    if isinstance(value, list) and any(isinstance(v, Tensor) for v in value):
+        return [_rows(v, start, stop, shape) for v in value]
+    return value
 
 
 def dtype_name(dtypes: set[torch.dtype]) -> str | None:

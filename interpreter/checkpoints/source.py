@@ -1,15 +1,21 @@
-"""Lazy, memory-mapped access to a checkpoint's tensors.
+"""Lazy access to a checkpoint's tensors.
 
 :class:`Checkpoint` lists names, shapes and dtypes from the files' headers without reading any data,
-and reads one tensor at a time on request: safetensors files through ``safe_open`` (memory-mapped),
-PyTorch state dicts through ``torch.load(weights_only=True, mmap=True)`` so that a spec can never make
-mlspec execute code and a large ``.bin`` is not read into memory whole.
+and reads one tensor (or a range of its rows) at a time on request. Safetensors data is read with
+``pread`` straight into the tensor's own memory: one copy from the page cache, and nothing of the
+file stays mapped into the process, so a merge's resident memory is the tensors it holds, not the
+pages of every input it has touched (a memory-mapped read keeps those resident until the file is
+closed). The header is still validated by ``safe_open``. PyTorch state dicts are read through
+``torch.load(weights_only=True, mmap=True)`` so that a spec can never make mlspec execute code and a
+large ``.bin`` is not read into memory whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,12 +83,59 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _read_into(fd: int, view: memoryview, offset: int, file: Path) -> None:
+    """Fill ``view`` from ``fd`` at ``offset`` (pread may return short reads)."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise CheckpointError(f"{str(file)!r} ends before the data its header promises (truncated?)")
+        done += n
+
+
+class _SafetensorsFile:
+    """A safetensors file's header (name -> dtype, shape, byte range) and an open descriptor."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.fd = os.open(file, os.O_RDONLY)
+        try:
+            (length,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, length, 8))
+        except (struct.error, ValueError) as exc:
+            os.close(self.fd)
+            raise CheckpointError(f"{str(file)!r} is not a valid safetensors file: {exc}") from None
+        self.start = 8 + length
+        self.ranges: dict[str, tuple[int, int]] = {
+            name: (int(entry["data_offsets"][0]), int(entry["data_offsets"][1]))
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+
+    def read(self, name: str, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        begin, end = self.ranges[name]
+        shape = info.shape
+        if rows is not None:
+            row_bytes = (end - begin) // shape[0] if shape and shape[0] else 0
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+            shape = (rows[1] - rows[0], *shape[1:])
+        out = torch.empty(shape, dtype=info.dtype)
+        if end > begin:
+            _read_into(self.fd, memoryview(out.view(-1).view(torch.uint8).numpy()), self.start + begin, self.file)
+        return out  # safetensors is little-endian, like every platform torch builds for
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Checkpoint:
     """A checkpoint opened for lazy reading. Use as a context manager or call :meth:`close`."""
 
     def __init__(self, layout: Layout):
         self.layout = layout
-        self._handles: dict[Path, Any] = {}
+        self._handles: dict[Path, _SafetensorsFile] = {}
         self._state: dict[str, torch.Tensor] = {}
         self._where: dict[str, Path] = {}
         self._infos: dict[str, TensorInfo] = {}
@@ -120,7 +173,8 @@ class Checkpoint:
                 self._where[name] = file
         except SafetensorError as exc:
             raise CheckpointError(f"{str(file)!r} is not a valid safetensors file: {exc}") from None
-        self._handles[file] = handle
+        del handle  # its header is valid; the data is read with pread (see the module's docstring)
+        self._handles[file] = _SafetensorsFile(file)
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -129,8 +183,14 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
         self._state.clear()
+
+    def __del__(self) -> None:
+        for handle in getattr(self, "_handles", {}).values():
+            handle.close()
 
     @property
     def path(self) -> Path:
@@ -165,11 +225,13 @@ class Checkpoint:
         indices = [i for i in map(layer_index, self._infos) if i is not None]
         return max(indices) + 1 if indices else 1
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh CPU tensor for safetensors; a memory-mapped view for .pt/.bin)."""
+    def tensor(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Read one tensor, or its rows ``start:stop`` (a fresh CPU tensor for safetensors; a
+        memory-mapped view for .pt/.bin)."""
         if name not in self._infos:
             raise CheckpointError(f"{str(self.path)!r} has no tensor {name!r}")
         file = self._where[name]
         if file in self._handles:
-            return self._handles[file].get_tensor(name)  # type: ignore[no-any-return]
-        return self._state[name]
+            return self._handles[file].read(name, self._infos[name], rows)
+        whole = self._state[name]
+        return whole if rows is None else whole[rows[0] : rows[1]]

@@ -94,7 +94,10 @@ class BoundMethod:
         prepare = kernel_of(self.method.tensor_prepare)
         if prepare is None:
             return {}
-        return dict(prepare({**self.resolved(name), **overrides}, base, list(tensors), **self.extras) or {})
+        extra = dict(self.extras)
+        if self.method.random:  # the whole tensor's draws (DARE's masks), as a whole-tensor call makes them
+            extra["generator"] = tensor_generator(self.seed, name)
+        return dict(prepare({**self.resolved(name), **overrides}, base, list(tensors), **extra) or {})
 
     def __call__(self, name: str, base: Tensor | None, tensors: Sequence[Tensor], **extra: Any) -> Tensor:
         """The merged tensor ``name``. Raises ValueError (the kernel's parameter checks)."""

@@ -5,7 +5,9 @@ Each takes one tensor group in the declaration's calling form — ``kernel(tenso
 math in :mod:`mlspec.ops.merge.kernels`. TIES' trim thresholds come from its two passes:
 :func:`ties_whole_model` (``trim = model``, over every task vector) and
 :func:`ties_tensor_thresholds` (``trim = tensor``, over one tensor, so that it can then be merged
-in row chunks).
+in row chunks). DARE's keep-masks and breadcrumbs' bands are likewise computed on the whole tensor
+(:func:`dare_tensor_prepare`, :func:`breadcrumbs_tensor_prepare`) before its row chunks merge;
+called without them, each kernel computes them itself, so both engines give the same numbers.
 """
 
 from __future__ import annotations
@@ -19,12 +21,22 @@ from torch import Tensor
 from ...checkpoints import settings as st
 from . import kernels
 from .method import MergeMethod
-from .sparsify import MagnitudeThreshold, keep_top, threshold_of_magnitudes
+from .sparsify import (
+    MagnitudeThreshold,
+    band_thresholds,
+    drop_l1_factor,
+    keep_between,
+    keep_masks,
+    keep_top,
+    threshold_of_magnitudes,
+)
 
 __all__ = [
     "average",
     "breadcrumbs",
+    "breadcrumbs_tensor_prepare",
     "dare",
+    "dare_tensor_prepare",
     "model_stock",
     "slerp",
     "spherical_mean",
@@ -51,12 +63,22 @@ def spherical_mean(tensors: list[Tensor], *, weights: list[float], max_iter: int
     return kernels.spherical_mean(None, tensors, weights=weights, max_iter=max_iter)
 
 
+_ROWS_OF = 1 << 19  # elements widened at a time
+
+
 def _delta(x: Tensor, base: Tensor) -> Tensor:
-    """x − base in at least float32, with one temporary of the tensor's size (large tensors of a
-    streamed merge arrive in their stored dtype)."""
+    """x − base in at least float32, into one new tensor of x's size (large tensors of a streamed
+    merge arrive in their stored dtype). A half-precision base is widened a block of rows at a
+    time: a whole float32 copy of it would double the memory, and subtracting it unwidened takes a
+    slow mixed-dtype path."""
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     delta = x.to(wide, copy=True)
-    return delta.sub_(base)
+    if base.dtype == wide or delta.dim() == 0:
+        return delta.sub_(base)
+    rows = max(1, _ROWS_OF // max(1, delta[0].numel()))
+    for start in range(0, delta.shape[0], rows):
+        delta[start : start + rows].sub_(base[start : start + rows].to(wide))
+    return delta
 
 
 def _magnitudes(x: Tensor, base: Tensor) -> Tensor:
@@ -127,22 +149,57 @@ def _consensus(merge: str, elect: str) -> str | None:
     return elect if merge == "ties" else None
 
 
+def dare_tensor_prepare(
+    params: Mapping[str, Any], base: Tensor, tensors: list[Tensor], generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """What DARE needs of a whole tensor before its row chunks: each model's keep-mask, drawn in
+    the same order as a whole-tensor merge draws it, and with ``rescale = l1`` each model's factor."""
+    masks = keep_masks(tensors[0].shape, params["density"], generator, tensors[0].device)
+    out: dict[str, Any] = {"masks": masks}
+    if params.get("rescale") == "l1":
+        out["factors"] = [drop_l1_factor(_delta(x, base), m) for x, m in zip(tensors, masks)]
+    return out
+
+
 def dare(
     tensors: list[Tensor], base: Tensor, *, density: list[float], weights: list[float], scale: float,
     elect: str, weights_at: str, rescale: str, merge: str, normalize: bool, generator: torch.Generator,
+    masks: list[Tensor] | None = None, factors: list[float] | None = None,
 ) -> Tensor:
+    if masks is None:
+        whole = dare_tensor_prepare({"density": density, "rescale": rescale}, base, tensors, generator)
+        masks, factors = whole["masks"], whole.get("factors")
     return kernels.dare(base, tensors, density=density, weights=weights, rescale=rescale,  # type: ignore[arg-type]
                         consensus=_consensus(merge, elect), weights_at=weights_at,  # type: ignore[arg-type]
-                        normalize=normalize, scale=scale, generator=generator)
+                        normalize=normalize, scale=scale, masks=masks, factors=factors)
+
+
+def breadcrumbs_tensor_prepare(params: Mapping[str, Any], base: Tensor, tensors: list[Tensor]) -> dict[str, Any]:
+    """What breadcrumbs needs of a whole tensor: each task vector's band of kept magnitudes and,
+    with ``rescale = l1``, its L1 factor. One task vector at a time."""
+    bands = [band_thresholds(_magnitudes(x, base), density=d, gamma=g, magnitudes=True)
+             for x, d, g in zip(tensors, params["density"], params["gamma"])]
+    out: dict[str, Any] = {"bands": bands}
+    if params.get("rescale") == "l1":
+        out["factors"] = []
+        for x, band in zip(tensors, bands):
+            delta = _delta(x, base)
+            out["factors"].append(kernels.l1_factor(keep_between(delta, band), delta))
+    return out
 
 
 def breadcrumbs(
     tensors: list[Tensor], base: Tensor, *, density: list[float], gamma: list[float], weights: list[float],
     scale: float, elect: str, weights_at: str, merge: str, normalize: bool, rescale: str,
+    bands: list[tuple[float | None, float] | None] | None = None, factors: list[float] | None = None,
 ) -> Tensor:
+    if bands is None:
+        whole = breadcrumbs_tensor_prepare({"density": density, "gamma": gamma, "rescale": rescale}, base, tensors)
+        bands, factors = whole["bands"], whole.get("factors")
     return kernels.breadcrumbs(base, tensors, density=density, gamma=gamma, weights=weights,
                                consensus=_consensus(merge, elect), weights_at=weights_at,  # type: ignore[arg-type]
-                               normalize=normalize, scale=scale, rescale=rescale)  # type: ignore[arg-type]
+                               normalize=normalize, scale=scale, rescale=rescale,  # type: ignore[arg-type]
+                               bands=bands, factors=factors)
 
 
 def model_stock(tensors: list[Tensor], base: Tensor, *, mean: str) -> Tensor:

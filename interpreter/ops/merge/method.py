@@ -16,7 +16,11 @@ A :class:`MergeMethod` says everything an engine needs to know about a weight-sp
 - optional passes over the whole model (``prepare``: statistics such as TIES' whole-model trim
   threshold, passed to every kernel call) and over one whole tensor before it is merged in row chunks
   (``tensor_prepare``, for ``elementwise`` kernels whose rows can be merged independently once
-  such per-tensor statistics are known).
+  such per-tensor statistics are known). ``tensor_prepare(params, base, tensors, [generator,]
+  **whole-model extras)`` returns keyword arguments for the kernel: scalars (a trim threshold per
+  model), or per-entry tensors of the tensor's shape (DARE's keep-masks), of which each row chunk
+  is passed its own rows. A random method's ``tensor_prepare`` gets the tensor's generator, so it
+  draws what a whole-tensor call would.
 
 The in-memory merge (:mod:`mlspec.ops.merge.apply`) and the streaming checkpoint engine
 (:mod:`mlspec.checkpoints.engine`) both run a declaration through the same

@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "MagnitudeThreshold",
+    "apply_drop",
+    "band_thresholds",
+    "drop_l1_factor",
     "keep_band",
+    "keep_between",
+    "keep_masks",
     "keep_top",
     "kept_count",
     "magnitude_threshold",
     "model_threshold",
     "random_drop",
+    "row_blocks",
 ]
 
 
@@ -77,19 +83,39 @@ def kth_smallest(magnitudes: Tensor, k: int) -> float:
     Linear time. On 10M-50M float32 magnitudes 1.6-3x faster than numpy's introselect and 2.5-7x
     than ``torch.kthvalue``; on bf16 (one bincount) over 10x both (``benchmarks/kth_selection.py``,
     one thread, busy 2-core machine). Other dtypes (integers) fall back to ``torch.kthvalue``."""
+    return kth_smallest_of(magnitudes, [k])[0]
+
+
+def kth_smallest_of(magnitudes: Tensor, ks: Sequence[int]) -> list[float]:
+    """:func:`kth_smallest` for several ranks, sharing the first (whole-tensor) histogram."""
     if magnitudes.dtype not in _PATTERN:
-        return float(magnitudes.detach().flatten().kthvalue(k).values.item())
+        flat = magnitudes.detach().flatten()
+        return [float(flat.kthvalue(k).values.item()) for k in ks]
     patterns, (_, width) = _patterns(magnitudes), _PATTERN[magnitudes.dtype]
-    shift = (width - 1) // _DIGIT * _DIGIT
-    digits = _top_digits(patterns)
-    value = 0
-    while True:
-        digit, k = _locate(torch.bincount(digits, minlength=_BINS), k)
-        value = (value << _DIGIT) | digit
-        if shift == 0:
-            return _as_float(value, magnitudes.dtype)
-        patterns, shift = patterns[digits == digit], shift - _DIGIT  # only the k-th value's bucket
-        digits = (patterns >> shift) & (_BINS - 1)
+    top = _top_digits(patterns)
+    first = torch.bincount(top, minlength=_BINS)
+    out = []
+    for k in ks:
+        shift = (width - 1) // _DIGIT * _DIGIT
+        digits, counts, inside, value = top, first, patterns, 0
+        while True:
+            digit, k = _locate(counts, k)
+            value = (value << _DIGIT) | digit
+            if shift == 0:
+                out.append(_as_float(value, magnitudes.dtype))
+                break
+            inside, shift = _bucket(inside, digits, digit), shift - _DIGIT  # only the k-th value's bucket
+            digits = (inside >> shift) & (_BINS - 1)
+            counts = torch.bincount(digits, minlength=_BINS)
+    return out
+
+
+def _bucket(patterns: Tensor, digits: Tensor, digit: int) -> Tensor:
+    """The patterns whose digit is ``digit``. On CPU through numpy, whose compare-and-gather is ~8x
+    torch's boolean indexing (which this selection otherwise spends most of its time in)."""
+    if patterns.device.type == "cpu":
+        return torch.from_numpy(patterns.numpy()[digits.numpy() == digit])
+    return patterns[digits == digit]
 
 
 def _top_digits(patterns: Tensor) -> Tensor:
@@ -117,13 +143,25 @@ def threshold_of_magnitudes(magnitude: Tensor, density: float) -> float:
 
 
 def keep_top(x: Tensor, threshold: float) -> Tensor:
-    """x where |x| ≥ threshold, else 0."""
+    """x where |x| ≥ threshold, else 0.
+
+    One pass: ``hardshrink`` keeps |x| > λ, and with λ the float just below the threshold (in x's
+    dtype) that is |x| ≥ threshold. A threshold x's dtype cannot hold exactly uses a mask instead."""
+    if x.dtype in (torch.float32, torch.float64):
+        exact = torch.tensor(threshold, dtype=x.dtype)
+        if float(exact) == threshold or math.isinf(threshold):
+            below = torch.nextafter(exact, torch.tensor(-math.inf, dtype=x.dtype))
+            return torch.nn.functional.hardshrink(x, float(below))
     return x * (x.abs() >= threshold)
 
 
-def keep_band(x: Tensor, *, density: float, gamma: float) -> Tensor:
-    """Model Breadcrumbs' mask: drop the top ``gamma`` fraction of magnitudes (outliers) and the
-    bottom, keeping ``density``; when both exceed the tensor the outlier cut shrinks (mergekit)."""
+def band_thresholds(
+    x: Tensor, *, density: float, gamma: float, magnitudes: bool = False
+) -> tuple[float | None, float] | None:
+    """Model Breadcrumbs' band of kept magnitudes as (lower, upper): keep lower < |x| ≤ upper
+    (no lower cut when lower is None); None keeps nothing. Drops the top ``gamma`` fraction
+    (outliers) and the bottom, keeping ``density``; when both exceed the tensor the outlier cut
+    shrinks (mergekit). ``magnitudes``: x already holds |x| (saves a tensor-sized temporary)."""
     n = x.numel()
     keep = kept_count(density, n)
     top = kept_count(gamma, n)
@@ -131,13 +169,94 @@ def keep_band(x: Tensor, *, density: float, gamma: float) -> Tensor:
     if bottom < 0:
         top, bottom = top + bottom, 0
     if keep == 0:
+        return None
+    mags = x.detach() if magnitudes else x.detach().abs()
+    if bottom == 0:
+        return None, kth_smallest(mags, keep)
+    lower, upper = kth_smallest_of(mags, [bottom, bottom + keep])
+    return lower, upper
+
+
+def keep_between(x: Tensor, band: tuple[float | None, float] | None) -> Tensor:
+    """x where lower < |x| ≤ upper (a band from :func:`band_thresholds`), else 0.
+
+    Branch-free: ``hardshrink(x, λ)`` is x where |x| > λ, so x minus the part above ``upper`` (minus
+    the part at or below ``lower``) leaves the band exactly. Thresholds x's dtype cannot hold use masks."""
+    if band is None:
         return torch.zeros_like(x)
-    mags = x.detach().abs().flatten()
-    upper = kth_smallest(mags, bottom + keep)
+    lower, upper = band
+    if x.dtype in (torch.float32, torch.float64) and _holds(x.dtype, lower) and _holds(x.dtype, upper):
+        above = torch.nn.functional.hardshrink(x, upper)
+        kept = x if lower is None else torch.nn.functional.hardshrink(x, lower)
+        return kept - above
     mask = x.abs() <= upper
-    if bottom > 0:
-        mask &= x.abs() > kth_smallest(mags, bottom)
+    if lower is not None:
+        mask &= x.abs() > lower
     return x * mask
+
+
+def _holds(dtype: torch.dtype, value: float | None) -> bool:
+    return value is None or math.isinf(value) or float(torch.tensor(value, dtype=dtype)) == value
+
+
+def keep_band(x: Tensor, *, density: float, gamma: float) -> Tensor:
+    """Model Breadcrumbs' mask applied: :func:`keep_between` of :func:`band_thresholds`."""
+    return keep_between(x, band_thresholds(x, density=density, gamma=gamma))
+
+
+_BLOCK = 1 << 19  # elements per row block of the block-wise passes below
+
+
+def row_blocks(shape: Sequence[int]) -> list[Any]:
+    """Row ranges (slices) of about ``_BLOCK`` elements covering a tensor of ``shape``; a 0-d or
+    1-d tensor is one block (``...``)."""
+    if len(shape) < 2 or not shape[0]:
+        return [...]
+    rows = max(1, _BLOCK // max(1, math.prod(shape[1:])))
+    return [slice(start, start + rows) for start in range(0, shape[0], rows)]
+
+
+def keep_masks(
+    shape: Sequence[int], densities: Sequence[float], generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> list[Tensor]:
+    """DARE's keep-masks, one per model, each entry kept with probability ``density``.
+
+    Drawn model by model and, inside a model, row block by row block: the same numbers as one
+    ``torch.rand(shape) < density`` per model (a generator yields them in sequence), without a
+    float temporary of the tensor's size."""
+    masks = []
+    for density in densities:
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must lie in [0, 1] (not {density!r})")
+        mask = torch.empty(tuple(shape), dtype=torch.bool, device=device)
+        for rows in row_blocks(shape):
+            block = mask[rows]
+            torch.lt(torch.rand(block.shape, generator=generator, device=device), density, out=block)
+        masks.append(mask)
+    return masks
+
+
+def drop_l1_factor(delta: Tensor, mask: Tensor) -> float:
+    """‖delta‖₁ / ‖delta·mask‖₁ (1 when the kept norm is below 1e-7), summed block by block in
+    float64: DARE's ``rescale = l1`` multiplier, known before any row chunk is merged."""
+    before = after = 0.0
+    for rows in row_blocks(delta.shape):
+        magnitude = delta[rows].abs()
+        before += float(magnitude.sum(dtype=torch.float64))
+        after += float(magnitude.mul_(mask[rows]).sum(dtype=torch.float64))
+    return before / after if after > 1e-7 else 1.0
+
+
+def apply_drop(delta: Tensor, mask: Tensor, density: float, rescale: str, factor: float | None = None) -> Tensor:
+    """DARE: the kept entries of ``delta``, rescaled by 1/density (``inverse``), by the L1 factor
+    (``l1``; computed here when not given) or not at all (``none``)."""
+    kept = delta * mask
+    if rescale == "inverse":
+        return kept / density if density > 0 else kept
+    if rescale == "l1":
+        return kept * (factor if factor is not None else drop_l1_factor(delta, mask))
+    return kept
 
 
 def random_drop(
@@ -147,18 +266,10 @@ def random_drop(
     rescale: Literal["inverse", "l1", "none"] = "inverse",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """DARE: keep each entry with probability ``density`` and rescale the survivors — by
-    1/density (``inverse``) or so that the L1 norm is unchanged (``l1``)."""
-    if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must lie in [0, 1] (not {density!r})")
-    mask = torch.rand(x.shape, generator=generator, device=x.device) < density
-    kept = x * mask
-    if rescale == "inverse":
-        return kept / density if density > 0 else kept
-    if rescale == "l1":
-        kept_norm = kept.abs().sum()
-        return kept * (x.abs().sum() / kept_norm) if kept_norm > 1e-7 else kept
-    return kept
+    """DARE on one task vector: keep each entry with probability ``density`` and rescale the
+    survivors — by 1/density (``inverse``) or so that the L1 norm is unchanged (``l1``)."""
+    (mask,) = keep_masks(x.shape, [density], generator, x.device)
+    return apply_drop(x, mask, density, rescale)
 
 
 def _float32_high_digits(x: Tensor) -> tuple[Tensor, bool]:

@@ -180,6 +180,8 @@ declare(MergeMethod(
     per_model=frozenset({"weights", "density"}),
     varying=_SPARSE,
     random=True,
+    elementwise=True,
+    tensor_prepare=f"{_EW}:dare_tensor_prepare",
 ))
 
 declare(MergeMethod(
@@ -191,6 +193,8 @@ declare(MergeMethod(
     base="required",
     per_model=frozenset({"weights", "density", "gamma"}),
     varying=_SPARSE | {"gamma"},
+    elementwise=True,
+    tensor_prepare=f"{_EW}:breadcrumbs_tensor_prepare",
 ))
 
 declare(MergeMethod(
