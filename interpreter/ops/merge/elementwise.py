@@ -39,6 +39,7 @@ __all__ = [
     "dare_tensor_prepare",
     "model_stock",
     "slerp",
+    "slerp_tensor_prepare",
     "spherical_mean",
     "task_arithmetic",
     "ties",
@@ -55,8 +56,14 @@ def task_arithmetic(tensors: list[Tensor], base: Tensor, *, scale: list[float]) 
     return kernels.task_arithmetic(base, tensors, scales=scale)
 
 
-def slerp(tensors: list[Tensor], base: Tensor | None, *, t: float, dot_threshold: float) -> Tensor:
-    return kernels.slerp(base, tensors, t=t, dot_threshold=dot_threshold)
+def slerp_tensor_prepare(params: Mapping[str, Any], base: Tensor | None, tensors: list[Tensor]) -> dict[str, Any]:
+    """The whole tensor's angle, before its row chunks are interpolated."""
+    return {"cos": kernels.cosine(tensors[0], tensors[1], base)} if len(tensors) == 2 else {}
+
+
+def slerp(tensors: list[Tensor], base: Tensor | None, *, t: float, dot_threshold: float,
+          cos: float | None = None) -> Tensor:
+    return kernels.slerp(base, tensors, t=t, dot_threshold=dot_threshold, cos=cos)
 
 
 def spherical_mean(tensors: list[Tensor], *, weights: list[float], max_iter: int) -> Tensor:

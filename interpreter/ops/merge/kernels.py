@@ -50,12 +50,14 @@ from .sparsify import (
     keep_masks,
     keep_top,
     magnitude_threshold,
+    row_blocks,
 )
 
 __all__ = [
     "MagnitudeThreshold",
     "breadcrumbs",
     "consensus_sum",
+    "cosine",
     "dare",
     "fisher",
     "l1_factor",
@@ -123,21 +125,39 @@ def task_arithmetic(base: Tensor, tensors: Sequence[Tensor], *, scales: Sequence
     return _out(merged, base)
 
 
+def cosine(a: Tensor, b: Tensor, base: Tensor | None = None, *, eps: float = 1e-8) -> float:
+    """cos Ω = a·b / ((‖a‖ + eps)(‖b‖ + eps)) of two tensors, or of their differences from ``base``,
+    clamped to [-1, 1]. Accumulated row block by row block (float32 blocks, float64 sums), widening
+    each block: no temporary of the tensor's size, and the same number from the stored half-precision
+    tensors (a streamed merge's whole-tensor pass) as from their float32 copies (in memory)."""
+    dot = aa = bb = 0.0
+    for rows in row_blocks(a.shape):
+        x, y = _work(a[rows]).flatten(), _work(b[rows]).flatten()
+        if base is not None:
+            anchor = _work(base[rows]).flatten()
+            x, y = x - anchor, y - anchor
+        dot += float(torch.dot(x, y))
+        aa += float(torch.dot(x, x))
+        bb += float(torch.dot(y, y))
+    return max(-1.0, min(1.0, dot / ((math.sqrt(aa) + eps) * (math.sqrt(bb) + eps))))
+
+
 def slerp(
-    base: Tensor | None, tensors: Sequence[Tensor], *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8
+    base: Tensor | None, tensors: Sequence[Tensor], *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8,
+    cos: float | None = None,
 ) -> Tensor:
     """Spherical interpolation from ``tensors[0]`` (t = 0) to ``tensors[1]`` (t = 1), per tensor.
 
     Falls back to lerp when |cos Ω| > ``dot_threshold`` (nearly colinear: sin Ω ≈ 0), as mergekit
     and FusionBench do. With a ``base`` the task vectors are interpolated and added back
-    (mergekit's ``nuslerp`` with a base model).
+    (mergekit's ``nuslerp`` with a base model). ``cos`` (from :func:`cosine`) may be given, computed
+    on the whole tensor beforehand, so that row chunks of it interpolate by the whole tensor's angle.
     """
     if len(tensors) != 2:
         raise ValueError(f"slerp takes exactly two models (not {len(tensors)})")
+    if cos is None:
+        cos = cosine(tensors[0], tensors[1], base, eps=eps)
     v0, v1 = (_deltas(base, tensors) if base is not None else [_work(x) for x in tensors])
-    a, b = v0.flatten(), v1.flatten()
-    # cos Ω = a·b / (|a|·|b|), without normalised copies: the merge of big tensors is memory-bound.
-    cos = (torch.dot(a, b) / ((a.norm() + eps) * (b.norm() + eps))).clamp(-1.0, 1.0).item()
     if abs(cos) > dot_threshold:
         mixed = torch.lerp(v0, v1, t)
     else:

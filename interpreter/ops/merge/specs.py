@@ -135,6 +135,8 @@ declare(MergeMethod(
     are interpolated (mergekit `nuslerp`). `merge s = slerp(a, b, t = 0.3)`""",
     params=SlerpParams,
     kernel=f"{_EW}:slerp",
+    elementwise=True,
+    tensor_prepare=f"{_EW}:slerp_tensor_prepare",
     base="optional",
     pair=True,
     min_models=2,
