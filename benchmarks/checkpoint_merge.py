@@ -218,7 +218,7 @@ def main() -> None:
             moved[method] = (change_from_base(ours, paths["base"]), change_from_base(theirs, paths["base"]))
         else:
             diffs[method] = compare(ours, theirs)
-        if method == "ties":  # mlspec's default also records merge statistics: what that costs
+        if method == "ties":  # what `stats = true` (per-tensor merge statistics, off by default) costs
             shutil.rmtree(ours)
             extra_rows.append(
                 (method, "mlspec (ties, + statistics)", *measure([*me, "ties+stats", str(ours)], env))
