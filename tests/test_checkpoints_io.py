@@ -156,3 +156,34 @@ def test_layer_index_and_sizes() -> None:
     assert parse_size("5GB") == 5 * 10**9 and parse_size("500MiB") == 500 * 2**20 and parse_size(123) == 123
     with pytest.raises(ValueError, match="not '5 parsecs'"):
         parse_size("5 parsecs")
+
+
+def test_reads_with_pread_equal_safetensors_and_rows_are_row_ranges(tmp_path: Path) -> None:
+    """Tensors (and row ranges of them) read with pread are what safetensors itself reads, in every
+    dtype; nothing of the file stays mapped; a file cut short is a clear error."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(37, 5, generator=g).bfloat16(),
+        "f": torch.randn(11, 3, 2, generator=g),
+        "h": torch.randn(9, generator=g).half(),
+        "d": torch.randn(4, 4, generator=g, dtype=torch.float64),
+        "i": torch.arange(10, dtype=torch.int64),
+        "m": torch.rand(6, 2, generator=g) < 0.5,
+        "s": torch.tensor(2.5),
+        "e": torch.zeros(0, 3),
+    }
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with Checkpoint.open(tmp_path / "model.safetensors") as ck:
+        for name, t in tensors.items():
+            assert torch.equal(ck.tensor(name), t) and ck.tensor(name).dtype == t.dtype, name
+        assert torch.equal(ck.tensor("w", rows=(3, 20)), tensors["w"][3:20])
+        assert torch.equal(ck.tensor("f", rows=(10, 11)), tensors["f"][10:11])
+        maps = Path("/proc/self/maps")
+        if maps.exists():
+            assert "model.safetensors" not in maps.read_text()
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-40])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        with Checkpoint.open(tmp_path / "cut.safetensors") as ck:
+            for name in ck.names:
+                ck.tensor(name)

@@ -98,3 +98,122 @@ def test_mixed_stream_refines_at_float32_precision(seed: int, density: float) ->
     for c in chunks:
         th.refine(c)
     assert th.value == magnitude_threshold(torch.cat([c.float() for c in chunks]), density)
+
+
+# --- the branch-free and block-wise paths the streaming merge relies on (oracles: masks, sorting) ---
+
+from mlspec.ops.merge import kernels as K  # noqa: E402
+from mlspec.ops.merge.sparsify import (  # noqa: E402
+    band_thresholds,
+    drop_l1_factor,
+    keep_between,
+    keep_masks,
+    keep_top,
+    kth_smallest_of,
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(FLOATS), st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4))
+def test_kth_smallest_of_several_ranks_equals_sorting(seed: int, dtype: torch.dtype, qs: list[float]) -> None:
+    x = magnitudes("random", 2000, dtype, torch.Generator().manual_seed(seed))
+    ks = [1 + min(1999, int(q * 2000)) for q in qs]
+    assert kth_smallest_of(x, ks) == [sorted_kth(x, k) for k in ks]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keep_top_is_the_mask_formula_at_every_edge(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randint(-6, 7, (999,), generator=g) * 0.25).to(dtype)  # heavy ties at every threshold
+    x[:4] = torch.tensor([math.inf, -math.inf, math.nan, -0.0], dtype=dtype)
+    for threshold in [0.0, 0.25, 0.5, 1.5, float(x[4:].abs().max()), math.inf, 1e-45]:
+        expected = x * (x.abs() >= threshold)
+        got = keep_top(x, threshold)
+        assert torch.equal(got.isnan(), expected.isnan()), threshold
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num()), threshold
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 1.0), st.floats(0.0, 0.5))
+def test_keep_between_equals_the_band_mask(seed: int, density: float, gamma: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-8, 9, (400,), generator=g) * 0.125 + torch.randn(400, generator=g) * 1e-3 * (seed % 2)
+    band = band_thresholds(x, density=density, gamma=gamma)
+    if band is None:
+        assert torch.equal(keep_between(x, band), torch.zeros_like(x))
+        return
+    lower, upper = band
+    mask = (x.abs() <= upper) & ((x.abs() > lower) if lower is not None else True)
+    assert torch.equal(keep_between(x, band), x * mask)
+    mags = sorted(x.abs().tolist())
+    assert upper in mags and (lower is None or lower in mags)
+
+
+def test_keep_masks_drawn_in_blocks_are_the_whole_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row blocks draw the same numbers as one torch.rand per model, model after model."""
+    import mlspec.ops.merge.sparsify as sp
+
+    monkeypatch.setattr(sp, "_BLOCK", 70)  # 7 rows of 10 per block, a short last block
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    masks = keep_masks((53, 10), [0.3, 0.8], g1)
+    expected = [torch.rand(53, 10, generator=g2) < 0.3, torch.rand(53, 10, generator=g2) < 0.8]
+    assert all(torch.equal(m, e) for m, e in zip(masks, expected))
+    (scalar,) = keep_masks((), [0.5], torch.Generator().manual_seed(1))
+    assert scalar.shape == ()
+    with pytest.raises(ValueError, match="density"):
+        keep_masks((3,), [1.5])
+
+
+def test_drop_l1_factor_is_the_norm_ratio() -> None:
+    g = torch.Generator().manual_seed(2)
+    delta = torch.randn(300, 7, generator=g)
+    mask = torch.rand(300, 7, generator=g) < 0.4
+    expected = delta.double().abs().sum() / (delta.double() * mask).abs().sum()
+    assert math.isclose(drop_l1_factor(delta, mask), float(expected), rel_tol=1e-9)
+    assert drop_l1_factor(delta, torch.zeros_like(mask)) == 1.0
+
+
+def _stacked_consensus(deltas, weights, elect, weights_at, normalize):  # type: ignore[no-untyped-def]
+    """TIES' election and disjoint merge written with stacked masks: the reference."""
+    weighted = [w * d for w, d in zip(weights, deltas)]
+    voters = torch.stack(weighted if weights_at == "before" else list(deltas))
+    votes = voters.sign() if elect == "count" else voters
+    elected = torch.where(votes.sum(0) >= 0, 1.0, -1.0).to(voters.dtype)
+    mask = (voters.sign() == elected).to(voters.dtype)
+    mixed = (torch.stack(weighted) * mask).sum(0)
+    if normalize:
+        w = torch.tensor(weights, dtype=voters.dtype).reshape(-1, *([1] * (voters.dim() - 1)))
+        divisor = (w * mask).sum(0)
+        mixed = mixed / torch.where(divisor.abs() < 1e-12, torch.ones_like(divisor), divisor)
+    return mixed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 10_000), st.integers(1, 4), st.sampled_from(["mass", "count"]),
+    st.sampled_from(["before", "after"]), st.booleans(), st.sampled_from(["equal", "positive", "signed", "zero"]),
+)
+def test_branch_free_consensus_is_bit_identical_to_the_stacked_masks(
+    seed: int, n: int, elect: str, weights_at: str, normalize: bool, kind: str
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    deltas = [torch.randn(64, 9, generator=g) * (torch.rand(64, 9, generator=g) < 0.6) for _ in range(n)]
+    if n > 1:
+        deltas[1][:4] = -deltas[0][:4]  # votes that cancel exactly
+    weights = {"equal": [1.0] * n, "positive": [0.7, 1.3, 0.2, 2.0][:n],
+               "signed": [1.0, -0.5, 0.3, 1.2][:n], "zero": [0.0, 1.0, 1.0, 1.0][:n]}[kind]
+    got = K.consensus_sum(deltas, weights, elect=elect, weights_at=weights_at, normalize=normalize)  # type: ignore[arg-type]
+    assert torch.equal(got, _stacked_consensus(deltas, weights, elect, weights_at, normalize))
+
+
+def test_cosine_by_blocks_matches_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlspec.ops.merge.sparsify as sp
+
+    monkeypatch.setattr(sp, "_BLOCK", 64)
+    g = torch.Generator().manual_seed(3)
+    base, a, b = (torch.randn(40, 16, generator=g) for _ in range(3))
+    da, db = (a - base).double().flatten(), (b - base).double().flatten()
+    expected = float(da @ db / (da.norm() * db.norm()))
+    assert math.isclose(K.cosine(a, b, base, eps=0.0), expected, rel_tol=1e-6)
+    assert math.isclose(K.cosine(a.bfloat16(), b.bfloat16(), eps=0.0),
+                        K.cosine(a.bfloat16().float(), b.bfloat16().float(), eps=0.0), rel_tol=0, abs_tol=0)
