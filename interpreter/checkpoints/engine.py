@@ -71,7 +71,12 @@ class TensorMerge(Protocol):
 
 
 class Stats(Protocol):
-    def add(self, name: str, merged: Tensor, tensors: Sequence[Tensor], base: Tensor | None) -> None: ...
+    """Per-tensor merge statistics: ``measure`` runs on the worker that merged the tensor (it must
+    not touch shared state), ``record`` on the writing thread, in tensor order."""
+
+    def measure(self, merged: Tensor, tensors: Sequence[Tensor], base: Tensor | None) -> Any: ...
+
+    def record(self, name: str, measured: Any) -> None: ...
 
     def summary(self) -> dict[str, Any]: ...
 
@@ -193,13 +198,14 @@ def run_jobs(
             ) as writer,
             ThreadPoolExecutor(workers) as pool,
         ):
-            pending: deque[tuple[Job, Future[_Merged]]] = deque()
+            pending: deque[tuple[Job, Future[tuple[Tensor, Any]]]] = deque()
 
             def finish_one() -> None:
                 job, future = pending.popleft()
-                merged, xs, b = future.result()
-                if options.stats is not None and job.copy_from is None:
-                    options.stats.add(job.name, merged, xs, b)
+                merged, measured = future.result()
+                if measured is not None:
+                    assert options.stats is not None
+                    options.stats.record(job.name, measured)
                 writer.write(job.name, merged)
                 advance()
 
@@ -212,10 +218,18 @@ def run_jobs(
                     len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget
                 ):
                     finish_one()
-                future = pool.submit(_merge_one, job, inputs, job.merge or merge, compute)
+                future = pool.submit(_merge_and_measure, job, inputs, job.merge or merge, compute, options.stats)
                 pending.append((job, future))
             while pending:
                 finish_one()
+
+
+def _merge_and_measure(
+    job: Job, inputs: list[Checkpoint], merge: TensorMerge, compute: torch.dtype, stats: Stats | None
+) -> tuple[Tensor, Any]:
+    merged, xs, base = _merge_one(job, inputs, merge, compute)
+    measured = stats.measure(merged, xs, base) if stats is not None and job.copy_from is None else None
+    return merged, measured
 
 
 def _merge_one(

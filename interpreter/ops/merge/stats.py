@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .sparsify import row_blocks
+
 __all__ = ["MergeStats", "sign_conflicts"]
 
 
@@ -44,28 +46,52 @@ class MergeStats:
 
     @torch.no_grad()
     def add(self, name: str, merged: Tensor, tensors: Sequence[Tensor], base: Tensor | None) -> None:
-        merged = merged.double()
-        inputs = [t.double() for t in tensors]
-        row: dict[str, Any] = {"numel": merged.numel()}
-        moved = merged - base.double() if base is not None else merged
-        zeros = int((moved == 0).sum().item())
-        row["sparsity"] = zeros / max(1, merged.numel())
+        self.record(name, self.measure(merged, tensors, base))
+
+    @staticmethod
+    @torch.no_grad()
+    def measure(merged: Tensor, tensors: Sequence[Tensor], base: Tensor | None) -> dict[str, Any]:
+        """One tensor's statistics (a pure function, so a streaming merger's worker threads can
+        measure while the writer writes). Row block by row block in float64: no float64 copy of a
+        whole tensor, and the same sums whatever dtype the tensors are stored in."""
+        zeros = conflicts = 0
+        sq_base = 0.0
+        sq_inputs = [0.0] * len(tensors)
+        for rows in row_blocks(merged.shape):
+            m = merged[rows].double()
+            inputs = [t[rows].double() for t in tensors]
+            b = base[rows].double() if base is not None else None
+            moved = m - b if b is not None else m
+            zeros += int((moved == 0).sum())
+            if b is not None:
+                conflicts += int(sign_conflicts([t - b for t in inputs]).sum())
+                sq_base += float(moved.square().sum())
+            for i, t in enumerate(inputs):
+                sq_inputs[i] += float((m - t).square().sum())
+        n = merged.numel()
+        row: dict[str, Any] = {"numel": n, "sparsity": zeros / max(1, n), "zeros": zeros,
+                               "sq_inputs": sq_inputs}
         if base is not None:
-            conflicts = int(sign_conflicts([t - base.double() for t in inputs]).sum().item())
-            sq_base = float(moved.pow(2).sum().item())
-            row["sign_conflict"] = conflicts / max(1, merged.numel())
-            row["distance_from_base"] = math.sqrt(sq_base)
+            row.update(sign_conflict=conflicts / max(1, n), distance_from_base=math.sqrt(sq_base),
+                       conflicts=conflicts, sq_base=sq_base)
+        row["distance_to_inputs"] = [math.sqrt(v) for v in sq_inputs]
+        return row
+
+    def record(self, name: str, measured: dict[str, Any]) -> None:
+        """Add one tensor's :meth:`measure` to the model's totals."""
+        row = dict(measured)
+        zeros, sq_inputs = row.pop("zeros"), row.pop("sq_inputs")
+        conflicts, sq_base = row.pop("conflicts", None), row.pop("sq_base", None)
+        if conflicts is not None:
             self._conflicts += conflicts
             self._sq_base += sq_base
-        sq_inputs = [float((merged - t).pow(2).sum().item()) for t in inputs]
-        row["distance_to_inputs"] = [math.sqrt(s) for s in sq_inputs]
         if not self._sq_inputs:
             self._sq_inputs = [0.0] * len(sq_inputs)
         self._sq_inputs = [a + b for a, b in zip(self._sq_inputs, sq_inputs)]
-        self._numel += merged.numel()
+        self._numel += row["numel"]
         self._zeros += zeros
         self.tensors[name] = row
-        self._has_base = base is not None
+        self._has_base = conflicts is not None
 
     def summary(self) -> dict[str, Any]:
         """JSON for ``Model.info["merge"]``."""
