@@ -260,3 +260,21 @@ def test_merge_statistics_on_request_match_the_in_memory_operator(
     for key in ("numel", "sparsity", "sign_conflict", "distance_from_base"):
         assert info["total"][key] == pytest.approx(want[key], rel=1e-6), key
     assert set(info["tensors"]) == set(expected.info["merge"]["tensors"])
+
+
+def test_statistics_by_row_blocks_equal_the_whole_tensor_formulas(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlspec.ops.merge.sparsify as sp
+
+    monkeypatch.setattr(sp, "_BLOCK", 50)  # 5 rows of 10 per block
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(23, 10, generator=g)
+    xs = [base + torch.randn(23, 10, generator=g) * (torch.rand(23, 10, generator=g) < 0.5) for _ in range(2)]
+    merged = (xs[0] + xs[1]) / 2
+    merged[0] = base[0]
+    row = MergeStats.measure(merged.bfloat16(), [x.bfloat16() for x in xs], base.bfloat16())
+    m, b = merged.bfloat16().double(), base.bfloat16().double()
+    ds = [x.bfloat16().double() - b for x in xs]
+    assert row["sparsity"] == float(((m - b) == 0).double().mean())
+    assert row["sign_conflict"] == float((((ds[0] > 0) & (ds[1] < 0)) | ((ds[0] < 0) & (ds[1] > 0))).double().mean())
+    assert row["distance_from_base"] == pytest.approx(float((m - b).norm()), rel=1e-12)
+    assert row["distance_to_inputs"] == pytest.approx([float((m - x.bfloat16().double()).norm()) for x in xs], rel=1e-12)
