@@ -8,27 +8,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from tiny_checkpoints import tensors, tiny_family
 
 import mlspec
-from mlspec.checkpoints.source import Checkpoint
-from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.cli import main
-
-TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hf")
-    write_llama(root / "base", TINY, seed=0)
-    write_llama(root / "ft1", TINY, seed=1, base_seed=0, delta=0.2)
-    write_llama(root / "ft2", TINY, seed=2, base_seed=0, delta=0.2, shard_size=7000)
+    tiny_family(root, ["ft1", "ft2"], sharded="ft2")
     return root
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    with Checkpoint.open(path) as ck:
-        return {n: ck.tensor(n) for n in ck.names}
 
 
 def test_spec_merges_checkpoints_streamed_and_exports(ckpts: Path, tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
+from tiny_checkpoints import tensors, tiny_family
 
 import mlspec
-from mlspec.checkpoints.synthetic import llama_config, write_llama
 from mlspec.cli import main
 from mlspec.errors import SpecError
 from mlspec.ops.merge.user import MethodDefinitionError, merge_method
@@ -58,7 +58,6 @@ def noisy_mean(tensors: list[torch.Tensor], generator: torch.Generator, *, sigma
     return mean + sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
 '''
 
-TINY = llama_config(hidden=32, layers=2, intermediate=48, vocab=64, heads=4, dtype="float32")
 
 
 def _study(tmp_path: Path, body: str, *, allow_python: bool = True) -> dict[str, torch.Tensor]:
@@ -100,17 +99,8 @@ def test_user_method_on_models_in_memory_equals_the_function_by_hand(tmp_path: P
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("user-hf")
-    write_llama(root / "base", TINY, seed=0)
-    write_llama(root / "ft1", TINY, seed=1, base_seed=0, delta=0.2)
-    write_llama(root / "ft2", TINY, seed=2, base_seed=0, delta=0.2, shard_size=7000)
+    tiny_family(root, ["ft1", "ft2"], sharded="ft2")
     return root
-
-
-def _tensors(directory: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for file in directory.glob("*.safetensors"):
-        out.update(load_file(file))
-    return out
 
 
 def test_user_method_on_streamed_checkpoints_equals_the_function_by_hand(ckpts: Path, tmp_path: Path) -> None:
@@ -125,7 +115,7 @@ def test_user_method_on_streamed_checkpoints_equals_the_function_by_hand(ckpts: 
         export m to "m.safetensors"
         export t to "t.safetensors"
     """)
-    base, a, b = (_tensors(ckpts / n) for n in ("base", "ft1", "ft2"))
+    base, a, b = (tensors(ckpts / n) for n in ("base", "ft1", "ft2"))
     for name in base:
         assert torch.equal(out["m"][name], torch.maximum(a[name], b[name]) * 2.0), name
         depth = 1.0 if ".layers.1." in name else 0.0  # 2 layers; embeddings, norm and head at 0
@@ -138,7 +128,7 @@ def test_random_user_method_agrees_between_memory_and_disk(ckpts: Path, tmp_path
     """Each tensor's stream is seeded from the step and the tensor's name, so both engines agree."""
     for name in ("ft1", "ft2"):
         (tmp_path / name).symlink_to(ckpts / name)
-        state = _tensors(ckpts / name)
+        state = tensors(ckpts / name)
         save_file(state, str(tmp_path / f"{name}-copy.safetensors"))
     out = _study(tmp_path, """
         model ft1 = load("ft1")
@@ -146,7 +136,7 @@ def test_random_user_method_agrees_between_memory_and_disk(ckpts: Path, tmp_path
         merge n = noisy_mean(ft1, ft2, sigma = 0.01)
         export n to "n.safetensors"
     """)
-    mean = {k: (v + _tensors(ckpts / "ft2")[k]) / 2 for k, v in _tensors(ckpts / "ft1").items()}
+    mean = {k: (v + tensors(ckpts / "ft2")[k]) / 2 for k, v in tensors(ckpts / "ft1").items()}
     noise = {k: out["n"][k] - mean[k] for k in mean}
     assert all(0.0 < v.abs().max() < 0.1 for v in noise.values())
 
@@ -155,10 +145,10 @@ def test_random_user_method_agrees_between_memory_and_disk(ckpts: Path, tmp_path
     from mlspec.values import Model
 
     ctx = StepContext(name="n", key="k", seed=0, device="cpu", out_dir=tmp_path, work_dir=tmp_path / "w")
-    models = [Model(arch={"type": "llama"}, state=_tensors(ckpts / n)) for n in ("ft1", "ft2")]
+    models = [Model(arch={"type": "llama"}, state=tensors(ckpts / n)) for n in ("ft1", "ft2")]
     again = merge("noisy_mean", ctx, models=models, sigma=0.01)
     disk = merge("noisy_mean", ctx, models=[mlspec_ref(tmp_path / "ft1"), mlspec_ref(tmp_path / "ft2")], sigma=0.01)
-    streamed = _tensors(Path(disk.path))
+    streamed = tensors(Path(disk.path))
     for name, tensor in again.state.items():
         torch.testing.assert_close(streamed[name], tensor, rtol=0, atol=1e-7, msg=name)
 
