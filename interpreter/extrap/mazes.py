@@ -205,15 +205,19 @@ def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
     nbr, V = _neighbours(m), m * m
     cell, d = _edge_list(m)
     E = cell.size
-    order = rng.permuted(np.tile(np.arange(E, dtype=np.int32), (count, 1)), axis=1)  # (N, E)
-    steps = np.stack([cell, nbr[cell, d]]).astype(np.int32)[:, order.T]  # (2, E, N): ends of each step's edge
-    steps += np.arange(count, dtype=np.int32) * V  # node n*V + cell
-    parent = np.arange(count * V, dtype=np.int32)
+    order = rng.permuted(np.tile(np.arange(E, dtype=np.intp), (count, 1)), axis=1)  # (N, E)
+    # Indices are intp, numpy's own index type: int32 ones are converted on every gather and
+    # scatter, which costs more than the gather itself at these sizes (the loop is E steps long);
+    # ``take`` along an axis gathers several times faster than the equivalent fancy index.
+    steps = np.stack([cell, nbr[cell, d]]).astype(np.intp).take(order.T, axis=1)  # (2, E, N): each step's edge ends
+    steps += np.arange(count, dtype=np.intp) * V  # node n*V + cell
+    parent = np.arange(count * V, dtype=np.intp)
     joined = np.zeros((E, count), dtype=bool)
     for t in range(E):
         cells = steps[:, t]
         root = parent[cells]
-        while True:
+        while True:  # two hops up per convergence test (a root's parent is itself)
+            root = parent[root]
             up = parent[root]
             if (up == root).all():
                 break
@@ -224,8 +228,8 @@ def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
         parent[low] = high  # a no-op (a root onto itself) where both ends share a root
     opened = np.zeros((count, V, 4), dtype=bool)
     t, rows = np.nonzero(joined)
-    edge = order[rows, t]
-    _open_edge(opened, rows, cell[edge], d[edge], nbr)
+    edge = order.ravel().take(rows * E + t)
+    _open_edge(opened, rows, cell.take(edge), d.take(edge), nbr)
     return opened
 
 
