@@ -280,9 +280,11 @@ def _solve(
     grid[:, 2:-1:2, 1::2] = opened[:, :, 1].reshape(N, m, m)[:, :-1, :]
     # Trace every path back from its end at once. A start is its own predecessor, so finished
     # paths keep re-marking their start; the passage between two cells is the mean of their pixels.
-    maze, cell = np.divmod(np.arange(src), V)
-    pixel = maze * side * side + (1 + 2 * (cell // m)) * side + 1 + 2 * (cell % m)  # flat pixel of each node
-    parent = np.where(pred[:src] == src, np.arange(src), pred[:src])
+    row, col = np.divmod(np.arange(V), m)
+    pixel = (np.arange(N) * (side * side))[:, None] + ((1 + 2 * row) * side + 1 + 2 * col)  # flat pixel of each node
+    pixel = pixel.ravel()
+    parent = pred[:src]
+    parent[parent == src] = np.flatnonzero(parent == src)  # a start is its own predecessor
     path = np.zeros(N * side * side, dtype=np.uint8)
     node = np.flatnonzero(ok) * V + end[ok]
     here = pixel[node]
