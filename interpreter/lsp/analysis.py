@@ -132,7 +132,7 @@ def _word_span(span: Span, word: str) -> Span:
 def _nodes(node: ast.Node, call: ast.Call | None = None) -> Iterator[tuple[ast.Node, ast.Call | None]]:
     yield node, call
     inner = node if isinstance(node, ast.Call) else call
-    for name in type(node).model_fields:
+    for name in ast.fields_of(node):
         value = getattr(node, name)
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, ast.Node):

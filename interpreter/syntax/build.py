@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -151,7 +152,7 @@ def build_program(tree: Tree, comments: list[Token], *, text: str, file: str, di
             else:
                 above.append(_comment_text(pending[i]))  # a comment inside a statement moves above it
             i += 1
-        statements.append(stmt.model_copy(update={"comments": above, "trailing": trailing}))
+        statements.append(dataclasses.replace(stmt, comments=above, trailing=trailing))
     rest = [_comment_text(c) for c in pending[i:]]
     if not raw:
         question, rest = rest, []
