@@ -96,7 +96,7 @@ class StreamOptions:
 
 
 def _read(ck: Checkpoint, name: str, dtype: torch.dtype) -> Tensor:
-    return ck.view(name).to(dtype)
+    return ck.tensor(name).to(dtype)
 
 
 def stream_merge(
@@ -159,17 +159,6 @@ def _reads(job: Job, inputs: list[Checkpoint]) -> list[Checkpoint]:
     return [inputs[i] for i in job.reads] if job.reads else inputs
 
 
-def _read_keys(job: Job, inputs: list[Checkpoint]) -> list[tuple[int, str]]:
-    """(input index, tensor name) of every tensor a job reads."""
-    if job.copy_from is not None and not job.reads:
-        source = job.sources[0] if len(job.sources) == 1 else job.sources[job.copy_from]
-        return [(job.copy_from, source)]
-    if job.copy_from is not None:
-        return [(job.reads[job.copy_from], job.sources[job.copy_from])]
-    indices = list(job.reads) if job.reads else list(range(len(inputs)))
-    return list(zip(indices, job.sources))
-
-
 def run_jobs(
     merge: TensorMerge,
     inputs: list[Checkpoint],
@@ -190,9 +179,6 @@ def run_jobs(
             for job in merged_jobs:
                 tensors = [_read(ck, s, compute) for ck, s in zip(_reads(job, inputs), job.sources)]
                 yield (tensors[0], tensors[1:]) if job.has_base else (None, tensors)
-                del tensors
-                for ck, s in zip(_reads(job, inputs), job.sources):
-                    ck.release(s)
                 advance()
 
     try:
@@ -213,12 +199,6 @@ def run_jobs(
             ThreadPoolExecutor(workers) as pool,
         ):
             pending: deque[tuple[Job, Future[tuple[Tensor, Any]]]] = deque()
-            # Inputs are read as views of mapped files (no copy); a tensor's pages are released once
-            # the last job that reads it is written.
-            readers: dict[tuple[int, str], int] = {}
-            for job in jobs:
-                for key in _read_keys(job, inputs):
-                    readers[key] = readers.get(key, 0) + 1
 
             def finish_one() -> None:
                 job, future = pending.popleft()
@@ -227,11 +207,6 @@ def run_jobs(
                     assert options.stats is not None
                     options.stats.record(job.name, measured)
                 writer.write(job.name, merged)
-                del merged
-                for key in _read_keys(job, inputs):
-                    readers[key] -= 1
-                    if readers[key] == 0:
-                        inputs[key[0]].release(key[1])
                 advance()
 
             # Whole-tensor kernels need many temporaries of a tensor's size: those run side by side
@@ -265,13 +240,13 @@ def _merge_one(
 ) -> _Merged:
     if job.copy_from is not None and not job.reads:
         source = job.sources[0] if len(job.sources) == 1 else job.sources[job.copy_from]
-        return inputs[job.copy_from].view(source), [], None
+        return inputs[job.copy_from].tensor(source), [], None
     if job.copy_from is not None:  # byte-exact, from the input the job names
-        return inputs[job.reads[job.copy_from]].view(job.sources[job.copy_from]), [], None
+        return inputs[job.reads[job.copy_from]].tensor(job.sources[job.copy_from]), [], None
     has_base = bool(job.has_base)
     overrides = dict(job.overrides or {})
     chunked = merge.elementwise and len(job.shape) > 1 and math.prod(job.shape) > CHUNK
-    tensors = [ck.view(s) if chunked else _read(ck, s, compute) for ck, s in zip(_reads(job, inputs), job.sources)]
+    tensors = [ck.tensor(s) if chunked else _read(ck, s, compute) for ck, s in zip(_reads(job, inputs), job.sources)]
     base, xs = (tensors[0], tensors[1:]) if has_base else (None, tensors)
     try:
         with torch.no_grad():

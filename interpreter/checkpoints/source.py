@@ -1,12 +1,11 @@
 """Lazy access to a checkpoint's tensors.
 
 :class:`Checkpoint` lists names, shapes and dtypes from the files' headers without reading any data,
-and reads one tensor (or a range of its rows) at a time on request. :meth:`Checkpoint.tensor`
-reads safetensors data with ``pread`` straight into the tensor's own memory: one copy from the page
-cache, a tensor that owns its bytes. The streaming merge instead takes :meth:`Checkpoint.view`, a
-view of a private memory map (no copy at all), and :meth:`Checkpoint.release` drops those pages from
-the process once the tensor is merged, so its resident memory is the tensors in flight, not every
-page of every input it has touched. The header is still validated by ``safe_open``. PyTorch state dicts are read through
+and reads one tensor (or a range of its rows) at a time on request. Safetensors data is read with
+``pread`` straight into the tensor's own memory: one copy from the page cache, and nothing of the
+file stays mapped into the process, so a merge's resident memory is the tensors it holds, not the
+pages of every input it has touched (a memory-mapped read keeps those resident until the file is
+closed). The header is still validated by ``safe_open``. PyTorch state dicts are read through
 ``torch.load(weights_only=True, mmap=True)`` so that a spec can never make mlspec execute code and a
 large ``.bin`` is not read into memory whole.
 """
@@ -14,7 +13,6 @@ large ``.bin`` is not read into memory whole.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import pickle
 import struct
@@ -96,8 +94,7 @@ def _read_into(fd: int, view: memoryview, offset: int, file: Path) -> None:
 
 
 class _SafetensorsFile:
-    """A safetensors file's header (name -> byte range) and an open descriptor, plus a private
-    memory map for :meth:`view` (mapped on first use)."""
+    """A safetensors file's header (name -> dtype, shape, byte range) and an open descriptor."""
 
     def __init__(self, file: Path):
         self.file = file
@@ -114,55 +111,20 @@ class _SafetensorsFile:
             for name, entry in header.items()
             if name != "__metadata__"
         }
-        self._map: mmap.mmap | None = None
 
-    def _bytes(self, name: str, info: TensorInfo, rows: tuple[int, int] | None) -> tuple[int, int, tuple[int, ...]]:
+    def read(self, name: str, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:
         begin, end = self.ranges[name]
         shape = info.shape
         if rows is not None:
             row_bytes = (end - begin) // shape[0] if shape and shape[0] else 0
             begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
             shape = (rows[1] - rows[0], *shape[1:])
-        return self.start + begin, self.start + end, shape
-
-    def read(self, name: str, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        begin, end, shape = self._bytes(name, info, rows)
         out = torch.empty(shape, dtype=info.dtype)
         if end > begin:
-            _read_into(self.fd, memoryview(out.view(-1).view(torch.uint8).numpy()), begin, self.file)
+            _read_into(self.fd, memoryview(out.view(-1).view(torch.uint8).numpy()), self.start + begin, self.file)
         return out  # safetensors is little-endian, like every platform torch builds for
 
-    def view(self, name: str, info: TensorInfo) -> torch.Tensor:
-        """The tensor's bytes in place, without a copy: a view of a private (copy-on-write) map of
-        the file, so a kernel that writes into its input changes neither the file nor other views."""
-        begin, end, shape = self._bytes(name, info, None)
-        if end <= begin:
-            return torch.empty(shape, dtype=info.dtype)
-        if self._map is None:
-            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
-        if end > len(self._map):
-            raise CheckpointError(f"{str(self.file)!r} ends before the data its header promises (truncated?)")
-        raw = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=begin)
-        return raw.view(info.dtype).view(shape)
-
-    def release(self, name: str) -> None:
-        """Drop the mapped pages that lie wholly inside the tensor's bytes from this process (they
-        stay in the page cache): a streamed merge's resident memory stays the tensors in flight."""
-        if self._map is None or not hasattr(self._map, "madvise"):
-            return
-        begin, end = self.ranges[name]
-        page = mmap.PAGESIZE
-        first, last = -(-(self.start + begin) // page) * page, (self.start + end) // page * page
-        if last > first:
-            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
-
     def close(self) -> None:
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # views still alive: the map goes when the last of them does
-                pass
-            self._map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -262,23 +224,6 @@ class Checkpoint:
             return configured
         indices = [i for i in map(layer_index, self._infos) if i is not None]
         return max(indices) + 1 if indices else 1
-
-    def view(self, name: str) -> torch.Tensor:
-        """The tensor without copying it: for safetensors a view of a private map of the file (see
-        :meth:`release`), else what :meth:`tensor` reads. For short-lived use — a view of a file that
-        is replaced while the view lives may see the new bytes; keep :meth:`tensor` copies."""
-        if name not in self._infos:
-            raise CheckpointError(f"{str(self.path)!r} has no tensor {name!r}")
-        file = self._where[name]
-        if file in self._handles:
-            return self._handles[file].view(name, self._infos[name])
-        return self._state[name]
-
-    def release(self, name: str) -> None:
-        """The pages :meth:`view` mapped for ``name`` are no longer needed by this process."""
-        file = self._where.get(name)
-        if file in self._handles:
-            self._handles[file].release(name)
 
     def tensor(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Read one tensor, or its rows ``start:stop`` (a fresh CPU tensor for safetensors; a
