@@ -1,7 +1,7 @@
 """The AST of a spec: frozen dataclasses, each carrying the :class:`~mlspec.errors.Span` it came from.
 
-Spans and comments are excluded from equality (``Node.same``) so that ``parse(fmt(spec))`` can be
-compared with ``parse(spec)``.
+``dump()`` leaves spans and comments out, so that ``parse(fmt(spec)).dump() == parse(spec).dump()``
+says two specs mean the same.
 """
 
 from __future__ import annotations
