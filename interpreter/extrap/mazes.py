@@ -377,15 +377,15 @@ def _tile(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
     lut = None if table is None else table.numpy()
     inner = src.shape[1:-2] if lut is None else lut.shape[1:]
     out = np.empty((len(src), *inner, 2 * s + 2, 2 * s + 2), dtype=src.dtype if lut is None else lut.dtype)
+    # With a table, codes are looked up on the compact picture, in the narrowest integer type that
+    # holds the table; those small values are tiled and widened once, straight into the result:
+    # lookups per tiled pixel and gathers of the wide values are what cost here.
+    small = None if lut is None else lut.astype(np.uint8) if np.array_equal(lut, lut.astype(np.uint8)) else lut
     for lo in range(0, len(src), _CHUNK):
         part, into = src[lo : lo + _CHUNK], out[lo : lo + _CHUNK]
-        if lut is None:
+        if small is None:
             part.take(rows, axis=-1).take(rows, axis=-2, out=into, mode="clip")
             continue
-        # Look the codes up on the compact picture, in the narrowest integer type that holds the
-        # table, then tile those small values and widen them once, straight into the result:
-        # lookups per tiled pixel and gathers of the wide values are what cost here.
-        small = lut.astype(np.uint8) if np.array_equal(lut, lut.astype(np.uint8)) else lut
         codes = part.astype(np.intp)
         for channel in range(small.shape[1]) if small.ndim == 2 else [None]:
             values = small.take(codes) if channel is None else small[:, channel].take(codes)

@@ -28,6 +28,7 @@ from .sparsify import (
     keep_between,
     keep_masks,
     keep_top,
+    row_blocks,
     threshold_of_magnitudes,
 )
 
@@ -70,9 +71,6 @@ def spherical_mean(tensors: list[Tensor], *, weights: list[float], max_iter: int
     return kernels.spherical_mean(None, tensors, weights=weights, max_iter=max_iter)
 
 
-_ROWS_OF = 1 << 19  # elements widened at a time
-
-
 def _delta(x: Tensor, base: Tensor) -> Tensor:
     """x − base in at least float32, into one new tensor of x's size (large tensors of a streamed
     merge arrive in their stored dtype). A half-precision base is widened a block of rows at a
@@ -80,11 +78,10 @@ def _delta(x: Tensor, base: Tensor) -> Tensor:
     slow mixed-dtype path."""
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     delta = x.to(wide, copy=True)
-    if base.dtype == wide or delta.dim() == 0:
+    if base.dtype == wide:
         return delta.sub_(base)
-    rows = max(1, _ROWS_OF // max(1, delta[0].numel()))
-    for start in range(0, delta.shape[0], rows):
-        delta[start : start + rows].sub_(base[start : start + rows].to(wide))
+    for rows in row_blocks(delta.shape):
+        delta[rows].sub_(base[rows].to(wide))
     return delta
 
 

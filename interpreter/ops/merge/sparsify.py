@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,7 +39,6 @@ __all__ = [
     "kept_count",
     "magnitude_threshold",
     "model_threshold",
-    "random_drop",
     "row_blocks",
 ]
 
@@ -249,27 +248,14 @@ def drop_l1_factor(delta: Tensor, mask: Tensor) -> float:
 
 
 def apply_drop(delta: Tensor, mask: Tensor, density: float, rescale: str, factor: float | None = None) -> Tensor:
-    """DARE: the kept entries of ``delta``, rescaled by 1/density (``inverse``), by the L1 factor
-    (``l1``; computed here when not given) or not at all (``none``)."""
+    """DARE on one task vector: the kept entries of ``delta``, rescaled by 1/density (``inverse``),
+    by the L1 factor (``l1``; computed here when not given) or not at all (``none``)."""
     kept = delta * mask
     if rescale == "inverse":
         return kept / density if density > 0 else kept
     if rescale == "l1":
         return kept * (factor if factor is not None else drop_l1_factor(delta, mask))
     return kept
-
-
-def random_drop(
-    x: Tensor,
-    density: float,
-    *,
-    rescale: Literal["inverse", "l1", "none"] = "inverse",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """DARE on one task vector: keep each entry with probability ``density`` and rescale the
-    survivors — by 1/density (``inverse``) or so that the L1 norm is unchanged (``l1``)."""
-    (mask,) = keep_masks(x.shape, [density], generator, x.device)
-    return apply_drop(x, mask, density, rescale)
 
 
 def _float32_high_digits(x: Tensor) -> tuple[Tensor, bool]:
@@ -316,7 +302,7 @@ class MagnitudeThreshold:
         if not self.needs_refine:
             return
         patterns = _patterns(x.detach().abs().to(torch.float32))
-        inside = patterns[(patterns >> _DIGIT) == self._bucket]
+        inside = _bucket(patterns, patterns >> _DIGIT, self._bucket)  # type: ignore[arg-type]
         self._low += torch.bincount(inside & (_BINS - 1), minlength=_BINS).to(self._low.device)
 
     @property
