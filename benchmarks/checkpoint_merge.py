@@ -142,7 +142,9 @@ def run_floor(out: Path) -> None:
     where = {k: {n: h for h in hs for n in h.keys()} for k, hs in handles.items()}
     names = list(where["base"])
     first = {n: where["base"][n].get_slice(n) for n in names}
-    planned = [PlannedTensor(n, tuple(first[n].get_shape()), where["base"][n].get_tensor(n).dtype) for n in names]
+    from mlspec.checkpoints.source import SAFETENSORS_DTYPES
+
+    planned = [PlannedTensor(n, tuple(first[n].get_shape()), SAFETENSORS_DTYPES[first[n].get_dtype()]) for n in names]
     out.mkdir(parents=True, exist_ok=True)
     with ShardedWriter(out, planned, shard_bytes=5 * 10**9) as writer:
         for name in names:

@@ -241,8 +241,9 @@ def compare(a: str, b: str, rtol: float, atol: float, show_all: bool) -> None:
         left, right = json.loads(Path(a).read_text()), json.loads(Path(b).read_text())
     except json.JSONDecodeError as exc:
         raise MlspecError(f"not a results.json file: {exc}") from None
-    click.echo(compare_results(left, right, rtol=rtol, atol=atol, show_all=show_all))
-    if any(r.differs for r in rows(left, right, rtol=rtol, atol=atol)):
+    found = rows(left, right, rtol=rtol, atol=atol)
+    click.echo(compare_results(left, right, show_all=show_all, found=found))
+    if any(r.differs for r in found):
         sys.exit(EXIT_FAILED)
 
 
@@ -271,6 +272,7 @@ def verify(cache: Any) -> None:
 
 @cache_.command()
 @click.pass_obj
+@_fail_cleanly
 def size(cache: Any) -> None:
     """Entries and bytes in the cache."""
     entries, total = cache.size()
@@ -299,6 +301,7 @@ def gc(cache: Any, dry_run: bool) -> None:
 @click.option("--dialect", type=click.Choice(["merge", "extrap"]))
 @click.option("--python", "python_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="also list the operators a Python file declares (imports it: its code runs)")
+@_fail_cleanly
 def ops(name: str | None, dialect: str | None, python_files: tuple[str, ...]) -> None:
     """List the operators, or show one operator's parameters and documentation."""
     from . import registry

@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import MlspecError
+
 __all__ = [
     "Kind",
     "Port",
@@ -158,14 +160,18 @@ def _ensure_loaded() -> None:
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
-    for module in CATALOGUES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-    _load_plugins()
+    _LOADED = True  # first: catalogues look operators up while they import
+    try:
+        for module in CATALOGUES:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
+                if exc.name is None or not module.startswith(exc.name):
+                    raise
+        _load_plugins()
+    except BaseException:
+        _LOADED = False  # a long-lived process (the language server) meets the error again, not half a registry
+        raise
 
 
 #: Installed packages register operators by naming a module (or an object) in this entry-point group;
@@ -173,7 +179,7 @@ def _ensure_loaded() -> None:
 ENTRY_POINTS = "mlspec.operators"
 
 
-class PluginError(Exception):
+class PluginError(MlspecError):
     """An installed plug-in or a spec's Python file failed to load (the message says which and why)."""
 
 

@@ -169,3 +169,27 @@ def test_chunked_tensors_use_the_slices_parameters(ckpts: Path, tmp_path: Path, 
     refused = body.replace("trim = tensor, ", "")  # trim = model ranks at the stack's density only
     code, out = run(ckpts, tmp_path / "model", refused)
     assert code == 1 and "trim = tensor" in out
+
+
+def test_integer_tensors_are_copied_in_their_own_dtype(tmp_path: Path) -> None:
+    """A per-block integer tensor (a causal mask, position ids) in merged slices with out_dtype set is
+    copied from the slice's first source, never merged nor converted."""
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path / "hf"
+    for name, seed in (("a", 0), ("b", 1)):
+        write_llama(root / name, TINY, seed=seed, base_seed=0, delta=0.3)
+        file = root / name / "model.safetensors"
+        state = load_file(file)
+        for i in range(4):
+            state[f"model.layers.{i}.self_attn.mask"] = torch.arange(6, dtype=torch.int64) * (seed + 1) + i
+        save_file(state, file, metadata={"format": "pt"})
+    code, out = run(root, tmp_path / "run", 'merge out = stack(base = a, models = [a, b], method = slerp, t = 0.3, '
+                    'out_dtype = bfloat16, slices = [slice(sources = [layers(model = "a", start = 0, end = 2), '
+                    'layers(model = "b", start = 2, end = 4)])])\n')
+    assert code == 0, out
+    got = tensors(tmp_path / "run" / "o" / "out")
+    for i in range(2):
+        mask = got[f"model.layers.{i}.self_attn.mask"]
+        assert mask.dtype == torch.int64 and torch.equal(mask, torch.arange(6) + i)  # a's block i
+    assert got["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16

@@ -42,7 +42,6 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 
-#: ``model.layers.7.mlp…`` / ``transformer.h.7…`` / ``blocks.7…``: the transformer block a tensor is in.
 @dataclass(frozen=True)
 class TensorInfo:
     shape: tuple[int, ...]

@@ -184,8 +184,9 @@ def train(
             if config.clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimizer_step(opt, epoch=epoch + 1, lr=config.lr)
-            meta.setdefault("start_loss", float(loss.detach()))  # saved with a resume checkpoint
-            total += float(loss.detach())
+            value = float(loss.detach())
+            meta.setdefault("start_loss", value)  # saved with a resume checkpoint
+            total += value
         ensure_finite(total / steps, epoch=epoch + 1, lr=config.lr, start=meta.get("start_loss"))
         accuracy = _validate(model, val, config, device) if val else None
         meta["history"].append({"epoch": epoch + 1, "loss": total / steps, "val_accuracy": accuracy})

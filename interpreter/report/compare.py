@@ -65,9 +65,11 @@ def rows(a_json: dict[str, Any], b_json: dict[str, Any], *, rtol: float = 0.0, a
 
 
 def compare(a_json: dict[str, Any], b_json: dict[str, Any], *, rtol: float = 0.0, atol: float = 0.0,
-            show_all: bool = True) -> str:
-    """A Markdown table: step, field, A, B, B − A, and ``*`` where the two runs differ."""
-    found = rows(a_json, b_json, rtol=rtol, atol=atol)
+            show_all: bool = True, found: list[Row] | None = None) -> str:
+    """A Markdown table: step, field, A, B, B − A, and ``*`` where the two runs differ (``found``:
+    the :func:`rows` already computed, tolerances included)."""
+    if found is None:
+        found = rows(a_json, b_json, rtol=rtol, atol=atol)
     shown = found if show_all else [r for r in found if r.differs]
     lines = [
         f"A = {_label(a_json, 'A')}  ",

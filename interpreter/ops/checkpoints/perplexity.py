@@ -87,9 +87,12 @@ def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model | Che
     except (OSError, ValueError) as exc:
         raise StepError(f"perplexity: {str(directory)!r} has no usable tokenizer files ({exc})") from None
     dtype = getattr(torch, params.dtype)
-    net = transformers.AutoModelForCausalLM.from_pretrained(
-        str(directory), local_files_only=True, dtype=dtype
-    )
+    try:
+        net = transformers.AutoModelForCausalLM.from_pretrained(
+            str(directory), local_files_only=True, dtype=dtype
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise StepError(f"perplexity: cannot load {str(directory)!r} as a causal language model ({exc})") from None
     net.to(ctx.device).eval()
     ids = tokenizer(text_file.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
     if params.max_tokens is not None:

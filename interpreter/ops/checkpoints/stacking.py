@@ -4,6 +4,7 @@ method with the plan's parameters), written by the same runner as every streamed
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,10 +72,15 @@ def stream_stack(
             info = inputs[reads[0]].info(names[0])
             shapes = {tuple(inputs[r].info(n).shape) for r, n in zip(reads, names)}
             if len(shapes) > 1:
-                raise CheckpointError(f"{pt.name}: the slice's sources have different shapes {sorted(shapes)}")
-            common = dict(name=pt.name, shape=tuple(info.shape), out_dtype=out_dtype or info.dtype,
-                          layer=pt.layer)
-            if pt.copied:
+                found = ", ".join(f"{s.model} {list(inputs[r].info(s.tensor).shape)}" for r, s in zip(reads, pt.sources))
+                raise CheckpointError(f"cannot stack layers: slice {pt.slice}: {pt.name!r} has different shapes "
+                                      f"in its sources ({found})")
+            # Integer and boolean tensors (masks, position ids) are never merged nor converted: as in
+            # a plain merge, they are copied from the first source in their own dtype.
+            floating = all(inputs[r].info(n).dtype.is_floating_point for r, n in zip(reads, names))
+            common = dict(name=pt.name, shape=tuple(info.shape),
+                          out_dtype=(out_dtype or info.dtype) if floating else info.dtype, layer=pt.layer)
+            if pt.copied or not floating:
                 jobs.append(Job(**common, sources=(names[0],), copy_from=0, reads=(reads[0],)))
                 continue
             has_base = method.base == "required"
@@ -85,8 +91,7 @@ def stream_stack(
                 at = [s.model for s in pt.sources].index(pt.base)
                 reads.insert(0, reads.pop(at))
                 names.insert(0, names.pop(at))
-                pt = PlannedTensor(pt.name, (pt.sources[at], *pt.sources[:at], *pt.sources[at + 1:]), pt.slice,
-                                   pt.layer, pt.t, pt.slice_parameters, pt.global_parameters, pt.base)
+                pt = dataclasses.replace(pt, sources=(pt.sources[at], *pt.sources[:at], *pt.sources[at + 1:]))
             n = len(names) - has_base
             problem = method.inputs_error(n, has_base) or method.count_error(n, dict(values))
             if problem:

@@ -184,6 +184,8 @@ def spherical_mean(
     weights (1 − t, t) it equals ``slerp(t)``. With a ``base`` it averages task vectors.
     """
     w = torch.tensor(_weights(weights, len(tensors)), dtype=torch.float64)
+    if abs(float(w.sum())) < 1e-12:
+        raise ValueError(f"weights sum to zero, cannot normalise (not {w.tolist()!r})")
     w = w / w.sum()
     vs = _deltas(base, tensors) if base is not None else [_work(x) for x in tensors]
     flat = torch.stack([v.flatten().double() for v in vs])  # (n, numel)
