@@ -144,17 +144,24 @@ def _figures(study: StudyView, bundle: dict[str, Any], figures_dir: Path) -> tup
             try:
                 figs = call()
             except DRAWING_ERRORS as err:
-                notes.update({s.name: f"{s.name}: figure could not be drawn ({type(err).__name__}: {err})"
-                              for s in steps})
+                problem = f"figure could not be drawn ({type(err).__name__}: {err})"
+                notes.update({s.name: f"{s.name}: {problem}" for s in steps})
+                if not steps:  # a study-wide figure: no step's fallback would carry the note
+                    broken.append(Fallback(Table(name, [], []), "", [f"{name}: {problem}"]))
                 continue
             made = []
+            failed = False
             for fig in figs:
                 fig.slug = _unique(fig.slug, seen)
                 seen[fig.slug] = seen.get(fig.slug, 0) + 1
                 try:
                     made.append(render_figure(fig, figures_dir))
                 except DRAWING_ERRORS as err:
+                    failed = True
                     broken.append(Fallback(Table(fig.title, [], []), "", [f"figure could not be drawn: {err}"]))
+            if failed:  # never cache a partial set: the next run would drop the failure's note
+                rendered += made
+                continue
         kept[key] = [asdict(r) for r in made]
         rendered += made
     _write_cache(figures_dir, kept)

@@ -199,11 +199,13 @@ def extrapolation_table(study: StudyView) -> Table | None:
         if not shown:
             continue
         largest = shown[-1]
-        points: dict[tuple[Any, ...], dict[Any, float]] = {}
+        # Records that share a grid point and budget (seeds, say) are averaged, as the heatmaps do.
+        found: dict[tuple[Any, ...], dict[Any, list[float]]] = {}
         for c in g.cells:
-            points.setdefault(tuple(c.get(a) for a in g.axes), {})[c["iterations"]] = c["accuracy"]
-        for point in sorted(points, key=lambda p: [_rank(v) for v in p]):
-            by_budget = points[point]
+            found.setdefault(tuple(c.get(a) for a in g.axes), {}).setdefault(c["iterations"], []).append(
+                float(c["accuracy"]))
+        for point in sorted(found, key=lambda p: [_rank(v) for v in p]):
+            by_budget = {b: sum(v) / len(v) for b, v in found[point].items()}
             peak = max(shown, key=lambda b: (by_budget.get(b, -1.0), -shown.index(b)))  # the earliest peak
             at_largest = by_budget.get(largest)
             drop = by_budget[peak] - at_largest if at_largest is not None else None
@@ -215,7 +217,7 @@ def extrapolation_table(study: StudyView) -> Table | None:
                     _num(at_largest),
                     Cell(fmt(peak)),
                     _num(by_budget[peak]),
-                    Cell(fmt(drop) if drop else "—", numeric=True),
+                    Cell(fmt(drop) if drop is not None else "—", numeric=True),
                 ]
             )
     if not rows:

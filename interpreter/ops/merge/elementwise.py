@@ -95,15 +95,18 @@ def ties_tensor_thresholds(
     """What TIES needs of a whole tensor: each task vector's per-tensor trim threshold
     (``trim = tensor``; none when the whole-model pass has set them) and, with ``rescale = l1``,
     each trimmed task vector's L1 factor. One task vector's magnitudes at a time."""
-    out: dict[str, Any] = {}
-    if thresholds is None:
-        thresholds = [threshold_of_magnitudes(_magnitudes(x, base), d) for x, d in zip(tensors, params["density"])]
-        out["thresholds"] = thresholds
-    if params.get("rescale") == "l1":
-        factors = []
-        for x, thr in zip(tensors, thresholds):
-            delta = _delta(x, base)
-            factors.append(kernels.l1_factor(keep_top(delta, thr), delta))
+    given, l1 = thresholds, params.get("rescale") == "l1"
+    if given is not None and not l1:
+        return {}
+    found, factors = [], []
+    for i, (x, density) in enumerate(zip(tensors, params["density"])):
+        magnitudes = _magnitudes(x, base)  # once per task vector: the threshold and the L1 factor both need it
+        threshold = threshold_of_magnitudes(magnitudes, density) if given is None else given[i]
+        found.append(threshold)
+        if l1:  # ‖τ‖₁ / ‖trimmed τ‖₁ needs only the magnitudes
+            factors.append(kernels.l1_factor(keep_top(magnitudes, threshold), magnitudes))
+    out: dict[str, Any] = {} if given is not None else {"thresholds": found}
+    if l1:
         out["factors"] = factors
     return out
 
@@ -181,14 +184,16 @@ def dare(
 def breadcrumbs_tensor_prepare(params: Mapping[str, Any], base: Tensor, tensors: list[Tensor]) -> dict[str, Any]:
     """What breadcrumbs needs of a whole tensor: each task vector's band of kept magnitudes and,
     with ``rescale = l1``, its L1 factor. One task vector at a time."""
-    bands = [band_thresholds(_magnitudes(x, base), density=d, gamma=g, magnitudes=True)
-             for x, d, g in zip(tensors, params["density"], params["gamma"])]
+    bands, factors = [], []
+    for x, d, g in zip(tensors, params["density"], params["gamma"]):
+        magnitudes = _magnitudes(x, base)  # once per task vector: the band and the L1 factor both need it
+        band = band_thresholds(magnitudes, density=d, gamma=g, magnitudes=True)
+        bands.append(band)
+        if params.get("rescale") == "l1":
+            factors.append(kernels.l1_factor(keep_between(magnitudes, band), magnitudes))
     out: dict[str, Any] = {"bands": bands}
     if params.get("rescale") == "l1":
-        out["factors"] = []
-        for x, band in zip(tensors, bands):
-            delta = _delta(x, base)
-            out["factors"].append(kernels.l1_factor(keep_between(delta, band), delta))
+        out["factors"] = factors
     return out
 
 
