@@ -36,6 +36,9 @@ class Document:
     dialect: str | None
     program: ast.Program | None  # the last text that parsed (kept while the current text does not)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # What the spec can see, found once per version of the text (every request asks): each declared
+    # name's declaration, and the text of every file they are in.
+    _seen: tuple[dict[str, ast.Decl], dict[str, str]] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,14 @@ def _target_at(doc: Document, line: int, col: int) -> _Target | None:
 
 def _declarations(doc: Document) -> dict[str, ast.Decl]:
     """Every declaration the spec can see: its own, and those of the files it uses (recursively)."""
+    return _visible(doc)[0]
+
+
+def _visible(doc: Document) -> tuple[dict[str, ast.Decl], dict[str, str]]:
+    if doc._seen is not None:
+        return doc._seen
     out: dict[str, ast.Decl] = {}
-    if doc.program is None:
-        return out
+    texts: dict[str, str] = {doc.path: doc.text}
     seen: set[Path] = set()
 
     def visit(program: ast.Program) -> None:
@@ -186,26 +194,31 @@ def _declarations(doc: Document) -> dict[str, ast.Decl]:
                     continue
                 seen.add(path)
                 try:
-                    visit(parse(path.read_text(encoding="utf-8"), str(path), program.dialect))
+                    text = path.read_text(encoding="utf-8")
+                    included = parse(text, str(path), program.dialect)
                 except (SpecError, OSError, UnicodeDecodeError):
                     continue
+                texts[str(path)] = text
+                visit(included)
             elif isinstance(stmt, ast.Decl):
                 out.setdefault(stmt.name, stmt)
 
-    visit(doc.program)
-    return out
+    if doc.program is not None:
+        visit(doc.program)
+    doc._seen = (out, texts)
+    return doc._seen
 
 
 def _decl_kinds(doc: Document, decl: ast.Decl) -> tuple[Kind, ...]:
     return DECL_KINDS.get(doc.dialect or "", {}).get(decl.kind, ())
 
 
-def _operator_of(doc: Document, call: ast.Call) -> OpSpec | None:
-    """The operator a call runs: a registered one, or the one behind a re-used declaration."""
-    op = registry.get(call.func)
+def _operator_of(doc: Document, func: str) -> OpSpec | None:
+    """The operator a call of ``func`` runs: a registered one, or the one behind a re-used declaration."""
+    op = registry.get(func)
     if op is not None:
         return op
-    decl = _declarations(doc).get(call.func)
+    decl = _declarations(doc).get(func)
     if decl is not None and isinstance(decl.value, ast.Call):
         return registry.get(decl.value.func)
     return None
@@ -214,10 +227,7 @@ def _operator_of(doc: Document, call: ast.Call) -> OpSpec | None:
 def _decl_markdown(decl: ast.Decl, doc: Document) -> str:
     """A declaration as written, and where when it is in another file."""
     here = decl.span.file == doc.path
-    try:
-        text = doc.text if here else Path(decl.span.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        text = ""
+    text = _visible(doc)[1].get(decl.span.file, "")
     source = "\n".join(text.splitlines()[decl.span.line - 1: decl.span.end_line])
     where = "" if here else f" — in {Path(decl.span.file).name}:{decl.span.line}"
     return f"**{decl.kind} {decl.name}**{where}\n\n```\n{source}\n```"
@@ -237,7 +247,7 @@ def hover(doc: Document, line: int, col: int) -> str | None:
         op = registry.get(t.word)
         return describe_markdown(op) if op is not None else None
     if t.what == "param" and t.call is not None:
-        op = _operator_of(doc, t.call)
+        op = _operator_of(doc, t.call.func)
         return param_markdown(op, t.word) if op is not None else None
     if t.what == "name":
         decl = _declarations(doc).get(t.word)
@@ -368,9 +378,7 @@ def _names(doc: Document, decls: dict[str, ast.Decl], want: Kind | None) -> list
 
 
 def _in_call(doc: Document, decls: dict[str, ast.Decl], func: str, inside: str) -> list[Completion]:
-    op = registry.get(func)
-    if op is None and func in decls and isinstance(decls[func].value, ast.Call):
-        op = registry.get(decls[func].value.func)
+    op = _operator_of(doc, func)
     if op is None:
         return []
     value_of = re.search(r"([A-Za-z_]\w*)\s*=\s*$", inside)
