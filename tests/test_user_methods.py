@@ -225,6 +225,28 @@ def test_parameters_are_checked_like_built_in_ones(tmp_path: Path) -> None:
     assert "weight" in shown.output and "per model" in shown.output and "'mean', 'sum'" in shown.output
 
 
+def test_required_parameters_that_vary_by_tensor_can_be_set(tmp_path: Path) -> None:
+    """A keyword-only parameter without a default is required, and may still vary by tensor."""
+    (tmp_path / "req.py").write_text(textwrap.dedent('''
+        import torch
+        from mlspec import merge_method
+
+        @merge_method("affine_req")
+        def affine_req(tensors: list[torch.Tensor], *, scale: float, shift: float) -> torch.Tensor:
+            return tensors[0] * scale + shift
+    '''))
+    mlspec.registry.load_python(str(tmp_path / "req.py"))
+    from mlspec.ops.merge import method
+
+    declared = method.get("affine_req")
+    assert declared is not None
+    assert declared.normalise({"scale": 2, "shift": 1}) == {"scale": 2.0, "shift": 1.0}
+    with pytest.raises(ValueError, match="shift"):
+        declared.normalise({"scale": 2})  # still required
+    with pytest.raises(ValueError, match="setting must be a number"):
+        declared.normalise({"scale": "x", "shift": 1})
+
+
 def test_installed_package_registers_through_the_entry_point(tmp_path: Path) -> None:
     """A small package built here: an entry point in group mlspec.operators naming its module."""
     site = tmp_path / "site"

@@ -79,6 +79,7 @@ class MergeMethod:
     #: is allowed only from the same origin, e.g. a user file loaded again).
     origin: str = "mlspec"
     _spec_params: list[type[Params]] = field(default_factory=list, repr=False)
+    _one_field: dict[str, type[Params]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         unknown = (self.per_model | self.varying) - set(self.params.model_fields)
@@ -136,18 +137,29 @@ class MergeMethod:
                 normal[key] = self._setting(key, value)
             else:
                 plain[key] = value
-        scalar = self.params.model_validate(plain).model_dump()
-        return {**scalar, **normal}
+        # The whole model validates the fixed parameters, with one number of each setting standing
+        # in for it (a required per-model or varying parameter is then present, as it is here).
+        samples = {k: _first_leaf(v) for k, v in normal.items()}
+        scalar = self.params.model_validate({**samples, **plain}).model_dump()
+        return {**{k: v for k, v in scalar.items() if k not in normal}, **normal}
 
     def _setting(self, key: str, value: Any) -> Any:
         """One setting of ``key``: a number (or, where it may vary by tensor, a gradient or rules),
-        each number checked against the parameter's declared type and range."""
+        each number checked against the parameter's declared type and range, alone (other
+        parameters, required ones included, are not its business)."""
+        alone = self._field_model(key)
         if key not in self.varying:
-            return self.params.model_validate({key: value}).model_dump()[key]
+            return alone.model_validate({key: value}).model_dump()[key]
         normal = st.normalise(value)
         for leaf in st.leaves(normal):
-            self.params.model_validate({key: leaf})
+            alone.model_validate({key: leaf})
         return normal
+
+    def _field_model(self, key: str) -> type[Params]:
+        if key not in self._one_field:
+            info = self.params.model_fields[key]
+            self._one_field[key] = create_model(self.params.__name__, __base__=Params, **{key: (info.annotation, info)})
+        return self._one_field[key]
 
     def resolve(self, params: Mapping[str, Any], name: str, depth: float, n_models: int) -> dict[str, Any]:
         """The parameters for the tensor ``name`` at ``depth``: settings resolved to numbers,
@@ -229,6 +241,12 @@ class MergeMethod:
         from .apply import run_method
 
         return run_method(self, ctx, params, **inputs)
+
+
+def _first_leaf(setting: Any) -> Any:
+    """One number of a normalised setting (a per-model list's first), for validating beside others."""
+    first = setting[0] if isinstance(setting, list) and not st.is_rules(setting) else setting
+    return next(iter(st.leaves(first)), first)
 
 
 def _camel(name: str) -> str:
