@@ -60,10 +60,9 @@ def merge_checkpoints(
 def stack(
     ctx: StepContext, params: StackParams, *, models: list[CheckpointRef], base: CheckpointRef | None = None,
 ) -> CheckpointRef:
-    import shutil
-
     from ...checkpoints.engine import StreamOptions
-    from ...checkpoints.layout import reference
+    from ..merge.apply import streamed_checkpoint
+    from ..merge.merging import labels
     from .stacking import stream_stack
 
     method = merge_method.get(params.method)
@@ -71,22 +70,12 @@ def stack(
     if not all(isinstance(m, CheckpointRef) for m in [*models, *([base] if base is not None else [])]):
         raise StepError("stack stacks the layers of checkpoints on disk (make them with load(...)); "
                         "models held in memory have no layers to stack")
-    given = ctx.input_names.get("models")
-    names = [str(n) for n in given] if isinstance(given, list) and len(given) == len(models) else [
-        f"models[{i}]" for i in range(len(models))]
+    names = labels(ctx, models, base)  # type: ignore[arg-type]
+    base_name = names.pop(0) if base is not None else None
     paths = {name: m.existing(name) for name, m in zip(names, models)}
-    base_name = None
-    if base is not None:
-        base_name = str(ctx.input_names.get("base") or "base")
+    if base is not None and base_name is not None:
         paths.setdefault(base_name, base.existing("base"))
-    out_dir = ctx.work_dir / "checkpoint"
-    if out_dir.exists():  # a run that did not finish: start again
-        shutil.rmtree(out_dir)
     options = StreamOptions(dtype=params.dtype, out_dtype=params.out_dtype, shard_size=params.shard_size)
-    try:
-        info = stream_stack(method, params.method_params(), params.mergekit_slices(), paths, base_name, out_dir,
-                            options=options, seed=ctx.seed, progress=ctx.progress)
-    except CheckpointError as exc:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise StepError(f"stack: {exc}") from None
-    return reference(out_dir, merge=info)
+    return streamed_checkpoint(ctx, "stack: ", lambda out_dir: stream_stack(
+        method, params.method_params(), params.mergekit_slices(), paths, base_name, out_dir,
+        options=options, seed=ctx.seed, progress=ctx.progress))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from ...values import CheckpointRef, Model
 from .merging import labels, merge_models
 from .method import MergeMethod, kernel_of
 
-__all__ = ["BoundMethod", "merge", "run_method", "stream", "tensor_generator", "Groups"]
+__all__ = ["BoundMethod", "merge", "run_method", "stream", "streamed_checkpoint", "tensor_generator", "Groups"]
 
 #: Called once per pass: yields ``(base tensor or None, the models' tensors)`` for every merged tensor.
 Groups = Callable[[], Iterable[tuple[Tensor | None, list[Tensor]]]]
@@ -179,14 +180,21 @@ def stream(ctx: StepContext, method: MergeMethod, values: Mapping[str, Any], bas
     names = _labels(ctx, method, len(models))
     paths = [m.existing(label) for m, label in zip(models, names)]
     base_path = base.existing("base") if base is not None else None
-    out_dir = ctx.work_dir / "checkpoint"
-    if out_dir.exists():  # a run that did not finish: start again
-        shutil.rmtree(out_dir)
     bound = BoundMethod(method, values, len(models), seed=ctx.seed)
+    return streamed_checkpoint(ctx, "", lambda out_dir: stream_merge(
+        bound, base_path, paths, out_dir, options=options or StreamOptions(), labels=names, progress=ctx.progress))
+
+
+def streamed_checkpoint(ctx: StepContext, what: str, write: Callable[[Path], dict[str, Any]]) -> CheckpointRef:
+    """The checkpoint ``write`` streams into the step's work directory (its result is the merge's
+    info). A directory left by a run that did not finish is cleared first; a CheckpointError
+    removes the partial output and becomes a StepError (``what``: the message's prefix)."""
+    out_dir = ctx.work_dir / "checkpoint"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
     try:
-        info = stream_merge(bound, base_path, paths, out_dir, options=options or StreamOptions(),
-                            labels=names, progress=ctx.progress)
+        info = write(out_dir)
     except CheckpointError as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
-        raise StepError(str(exc)) from None
+        raise StepError(f"{what}{exc}") from None
     return reference(out_dir, merge=info)
