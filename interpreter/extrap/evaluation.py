@@ -23,18 +23,13 @@ from scipy import ndimage
 from .batches import Batch, autocast, batches, is_maze, prepare_model
 from .mazes import END, START
 from .models import IterativeNet
-from .training import solved
+from .training import predictions, solved
 
 __all__ = ["CORRECTNESS", "evaluate", "minimal_paths", "predictions"]
 
 CORRECTNESS = ("exact", "valid_path")
 _PLANE = np.zeros((3, 3, 3), dtype=bool)
 _PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity inside each maze, none across
-
-
-def predictions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, ...) int64 0/1: the argmax, with masked-out (wall) pixels forced to 0."""
-    return logits.argmax(1) * mask
 
 
 def minimal_paths(pred: torch.Tensor, target: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -75,13 +70,14 @@ def evaluate(
         kept: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         for b in batches(tensors, batch_size, device):
             for i, logits in enumerate(model(b.x, at=budgets)):
-                exact = solved(logits, b.y, b.mask)
-                correct = exact if correctness == "exact" else _valid_path(exact, logits, b)
+                pred = predictions(logits, b.mask)  # once per budget: every measure below reads it
+                exact = solved(logits, b.y, b.mask, pred)
+                correct = exact if correctness == "exact" else _valid_path(exact, pred, b)
                 hits[i] += int(correct.sum())
                 exact_hits[i] += int(exact.sum())
-                right_pixels[i] += int(((predictions(logits, b.mask) == b.y) & b.mask).sum())
+                right_pixels[i] += int(((pred == b.y) & b.mask).sum())
                 if i == len(budgets) - 1 and examples and b.grid is not None:
-                    _keep_examples(kept, examples, b, predictions(logits, b.mask), correct)
+                    _keep_examples(kept, examples, b, pred, correct)
             n += len(b.x)
             pixels += int(b.mask.sum())
     result = {
@@ -116,7 +112,7 @@ def _keep_examples(kept: dict[bool, list[dict[str, Any]]], limit: int, b: Batch,
         })
 
 
-def _valid_path(exact: torch.Tensor, logits: torch.Tensor, b: Batch) -> torch.Tensor:
+def _valid_path(exact: torch.Tensor, pred: torch.Tensor, b: Batch) -> torch.Tensor:
     if b.grid is None:
         return exact
-    return exact | minimal_paths(predictions(logits, b.mask), b.y, b.grid)
+    return exact | minimal_paths(pred, b.y, b.grid)

@@ -76,9 +76,15 @@ def progressive_loss(
     return loss
 
 
-def solved(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the masked argmax equals the target at every pixel (DeepThinking's accuracy)."""
-    pred = logits.argmax(1) * mask
+def predictions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, ...) int64 0/1: the argmax, with masked-out (wall) pixels forced to 0."""
+    return logits.argmax(1) * mask
+
+
+def solved(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) bool: the masked argmax (``pred``, when already at hand) equals the target at every
+    pixel (DeepThinking's accuracy)."""
+    pred = predictions(logits, mask) if pred is None else pred
     return (pred == y).flatten(1).all(1)
 
 
