@@ -41,11 +41,13 @@ from ...checkpoints import settings as st
 from ...errors import did_you_mean
 from ...registry import Kind, OpSpec, Params, Port, register
 
-__all__ = ["MergeMethod", "BasePolicy", "declare", "get", "methods", "kernel_of"]
+__all__ = ["MODELS", "WEIGHT", "MergeMethod", "BasePolicy", "declare", "get", "methods", "kernel_of"]
 
 BasePolicy = Literal["required", "optional", "forbidden"]
 
-_MODELS = Port("models", Kind.MODEL, many=True, doc="the models to merge")
+#: The inputs of a merge of a list of models, and the per-model weight most methods take.
+MODELS = Port("models", Kind.MODEL, many=True, doc="the models to merge")
+WEIGHT = Field(default=1.0, description="the model's weight (one per model, or one for all)")
 _PAIR = (Port("a", Kind.MODEL, doc="the first model"), Port("b", Kind.MODEL, doc="the second model"))
 
 
@@ -214,7 +216,7 @@ class MergeMethod:
 
     # --- the operator ------------------------------------------------------------------------
     def opspec(self) -> OpSpec:
-        ports: tuple[Port, ...] = _PAIR if self.pair else (_MODELS,)
+        ports: tuple[Port, ...] = _PAIR if self.pair else (MODELS,)
         if self.base != "forbidden":
             ports = (*ports, _base_port(self.base)) if self.pair else (_base_port(self.base), *ports)
         doc = self.doc if not self.source else f"{self.doc}\n\n{self.source}"

@@ -11,11 +11,11 @@ from typing import Literal
 from pydantic import Field
 
 from ...registry import Kind, OpSpec, Params, Port, register
+from .method import MODELS as _MODELS
+from .method import WEIGHT as _WEIGHT
 from .method import MergeMethod, declare
 
-_MODELS = Port("models", Kind.MODEL, many=True, doc="the models to merge")
 _EW = "mlspec.ops.merge.elementwise"
-_WEIGHT = Field(default=1.0, description="the model's weight (one per model, or one for all)")
 
 
 class AverageParams(Params):

@@ -11,10 +11,10 @@ from typing import Literal
 from pydantic import Field
 
 from ...registry import Params
+from .method import WEIGHT as _WEIGHT
 from .method import MergeMethod, declare
 
 _M = "mlspec.ops.merge"
-_WEIGHT = Field(default=1.0, description="the model's weight (one per model, or one for all)")
 
 
 class _DellaParams(Params):
