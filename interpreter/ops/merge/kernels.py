@@ -103,6 +103,11 @@ def _deltas(base: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
     return [_work(t) - b for t in tensors]
 
 
+def _vectors(tensors: Sequence[Tensor], base: Tensor | None) -> list[Tensor]:
+    """What spherical methods interpolate: the task vectors with a base, else the tensors."""
+    return _deltas(base, tensors) if base is not None else [_work(x) for x in tensors]
+
+
 def linear(
     base: Tensor | None, tensors: Sequence[Tensor], *, weights: Sequence[float] | None = None, normalize: bool = True
 ) -> Tensor:
@@ -157,7 +162,7 @@ def slerp(
         raise ValueError(f"slerp takes exactly two models (not {len(tensors)})")
     if cos is None:
         cos = cosine(tensors[0], tensors[1], base, eps=eps)
-    v0, v1 = (_deltas(base, tensors) if base is not None else [_work(x) for x in tensors])
+    v0, v1 = _vectors(tensors, base)
     if abs(cos) > dot_threshold:
         mixed = torch.lerp(v0, v1, t)
     else:
@@ -187,7 +192,7 @@ def spherical_mean(
     if abs(float(w.sum())) < 1e-12:
         raise ValueError(f"weights sum to zero, cannot normalise (not {w.tolist()!r})")
     w = w / w.sum()
-    vs = _deltas(base, tensors) if base is not None else [_work(x) for x in tensors]
+    vs = _vectors(tensors, base)
     flat = torch.stack([v.flatten().double() for v in vs])  # (n, numel)
     norms = flat.norm(dim=1)
     units = flat / norms.clamp_min(eps)[:, None]

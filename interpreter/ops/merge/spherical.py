@@ -12,13 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .kernels import _deltas, _out, _weights, _work
+from .kernels import _out, _vectors, _weights, _work
 
 __all__ = ["multislerp", "nuslerp", "slerp_vectors"]
-
-
-def _vectors(tensors: Sequence[Tensor], base: Tensor | None) -> list[Tensor]:
-    return _deltas(base, tensors) if base is not None else [_work(x) for x in tensors]
 
 
 def _add_base(merged: Tensor, base: Tensor | None, like: Tensor) -> Tensor:
