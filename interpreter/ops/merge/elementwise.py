@@ -105,6 +105,7 @@ def ties_tensor_thresholds(
         found.append(threshold)
         if l1:  # ‖τ‖₁ / ‖trimmed τ‖₁ needs only the magnitudes
             factors.append(kernels.l1_factor(keep_top(magnitudes, threshold), magnitudes))
+        del magnitudes  # before the next task vector's: one tensor-sized temporary at a time
     out: dict[str, Any] = {} if given is not None else {"thresholds": found}
     if l1:
         out["factors"] = factors
@@ -191,6 +192,7 @@ def breadcrumbs_tensor_prepare(params: Mapping[str, Any], base: Tensor, tensors:
         bands.append(band)
         if params.get("rescale") == "l1":
             factors.append(kernels.l1_factor(keep_between(magnitudes, band), magnitudes))
+        del magnitudes  # before the next task vector's: one tensor-sized temporary at a time
     out: dict[str, Any] = {"bands": bands}
     if params.get("rescale") == "l1":
         out["factors"] = factors
