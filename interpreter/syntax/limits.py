@@ -11,11 +11,9 @@ from __future__ import annotations
 import math
 import re
 
-from lark import Tree
-
 from ..errors import Diagnostic, Span, SpecError
 
-__all__ = ["MAX_NESTING", "MAX_INT", "check_characters", "check_nesting", "number"]
+__all__ = ["MAX_NESTING", "MAX_INT", "check_characters", "too_deep", "number"]
 
 #: Levels of the parse tree a statement may nest (brackets, calls, method chains). Real specs use
 #: under ten; every later stage recurses a few frames per level, well inside Python's limit.
@@ -43,17 +41,12 @@ def check_characters(text: str, file: str) -> None:
                                help="remove it; a spec is plain UTF-8 text"), {file: printable})
 
 
-def check_nesting(tree: Tree, file: str, text: str) -> None:
-    """Refuse a statement nested deeper than :data:`MAX_NESTING` (found without recursion)."""
-    stack: list[tuple[Tree, int]] = [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_NESTING:
-            meta = node.meta
-            span = Span(file, meta.line, meta.column, meta.line, meta.column + 1) if not meta.empty else None
-            raise SpecError(Diagnostic(f"the spec nests deeper than {MAX_NESTING} levels here", span,
-                                       help="flatten the expression; no study needs this depth"), {file: text})
-        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+def too_deep(extent: tuple[int, int, int, int] | None, file: str, text: str) -> None:
+    """Refuse a statement nested deeper than :data:`MAX_NESTING`: the parser calls this at the smallest
+    expression that is too deep by itself, before any later stage recurses into it."""
+    span = Span(file, extent[0], extent[1], extent[0], extent[1] + 1) if extent is not None else None
+    raise SpecError(Diagnostic(f"the spec nests deeper than {MAX_NESTING} levels from here", span,
+                               help="flatten the expression; no study needs this depth"), {file: text})
 
 
 def number(text: str, span: Span, source: str) -> int | float:

@@ -1,8 +1,10 @@
 """Parse spec text into an AST; turn lark's exceptions into span-carrying diagnostics.
 
 The grammar of a dialect is ``common.lark`` followed by ``<dialect>.lark``; the dialect follows the
-file extension. Parsers are built once per process (LALR, contextual lexer) and kept in lark's
-parser cache under the user's cache directory, so a fresh process loads rather than rebuilds them.
+file extension. lark compiles it (LALR, contextual lexer) and :mod:`.lalr` runs the resulting tables,
+building the AST as it reduces; text the tables reject is parsed again by lark, whose exception
+becomes the diagnostic. Both lark's parser and the tables are cached under the user's cache
+directory, so a fresh process loads rather than rebuilds them, and a clean parse never imports lark.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextvars import ContextVar
 from functools import cache
 from importlib import resources
 from pathlib import Path
-
-from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from typing import TYPE_CHECKING
 
 from ..errors import Diagnostic, Span, SpecError, did_you_mean
-from . import limits
+from . import lalr, limits
 from .ast import Program
-from .build import build_program
+from .build import build_program, reducers
+
+if TYPE_CHECKING:
+    from lark import Lark, Token, UnexpectedInput
 
 __all__ = ["DIALECTS", "dialect_of", "parse", "parse_file", "keywords", "all_keywords", "statement_keywords",
            "accepted_after", "open_brackets"]
@@ -45,16 +48,6 @@ def _grammar_text(dialect: str) -> str:
     return pkg.joinpath("common.lark").read_text() + "\n" + pkg.joinpath(f"{dialect}.lark").read_text()
 
 
-_comments: ContextVar[list[Token] | None] = ContextVar("_comments", default=None)
-
-
-def _collect_comment(token: Token) -> Token:
-    sink = _comments.get()
-    if sink is not None:
-        sink.append(token)
-    return token
-
-
 def _parser_cache(dialect: str) -> str | bool:
     """Where lark keeps the built parser: a file of the user's own (lark checks the grammar's hash in
     it and rebuilds on any change). Not the shared temporary directory, whose files anyone can plant."""
@@ -77,10 +70,17 @@ class _WholeWords:
 
 @cache
 def _parser(dialect: str) -> Lark:
-    # Comments are ignored by the grammar but collected for `fmt` and the report's question.
+    """lark's parser of the dialect: the source of the tables, the explainer of syntax errors, and the
+    editor's oracle of what may come next."""
+    from lark import Lark
+
     return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment}, postlex=_WholeWords(),
-                cache=_parser_cache(dialect))
+                maybe_placeholders=True, postlex=_WholeWords(), cache=_parser_cache(dialect))
+
+
+@cache
+def _tables(dialect: str) -> lalr.Tables:
+    return lalr.load_tables(dialect, _grammar_text(dialect), lambda: _parser(dialect))
 
 
 @cache
@@ -110,16 +110,25 @@ def statement_keywords(dialect: str) -> list[str]:
 def parse(text: str, file: str = "<spec>", dialect: str | None = None) -> Program:
     dialect = dialect or dialect_of(file)
     limits.check_characters(text, file)
-    comments: list[Token] = []
-    reset = _comments.set(comments)
     try:
-        tree = _parser(dialect).parse(text)
+        statements, comments = lalr.parse(_tables(dialect), text, reducers(file, text),
+                                          lambda extent: limits.too_deep(extent, file, text), limits.MAX_NESTING)
+    except lalr.Rejected:
+        raise SpecError(_explain(text, file, dialect), {file: text}) from None
+    return build_program(statements, comments, text=text, file=file, dialect=dialect)
+
+
+def _explain(text: str, file: str, dialect: str) -> Diagnostic:
+    """Why the tables rejected ``text``, in lark's words turned into a diagnostic."""
+    from lark import UnexpectedInput
+
+    try:
+        _parser(dialect).parse(text)
     except UnexpectedInput as exc:
-        raise SpecError(_syntax_diagnostic(exc, text, file, dialect), {file: text}) from None
-    finally:
-        _comments.reset(reset)
-    limits.check_nesting(tree, file, text)
-    return build_program(tree, comments, text=text, file=file, dialect=dialect)
+        return _syntax_diagnostic(exc, text, file, dialect)
+    # The tables are lark's own, run by the same rules; a fuzz test holds them in step.
+    return Diagnostic("mlspec's parser rejected this spec but lark accepts it: please report this as a bug",
+                      Span(file, 1, 1, 1, 2))
 
 
 def parse_file(path: str | Path) -> Program:
@@ -137,6 +146,8 @@ def accepted_after(text: str, dialect: str) -> set[str] | None:
     """What the grammar accepts right after ``text`` — keywords as written (``'epochs'``), other
     terminals by name (``NAME``, ``NUMBER``, ``STRING``) — or None when ``text`` itself has a
     syntax error. An editor's completion offers exactly these keywords."""
+    from lark import UnexpectedInput
+
     parser = _parser(dialect)
     interactive = parser.parse_interactive(text)
     try:
@@ -178,6 +189,8 @@ def _word_at(text: str, line: int, col: int) -> tuple[str, int]:
 
 
 def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, dialect: str) -> Diagnostic:
+    from lark import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
     parser = _parser(dialect)
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         lines = text.rstrip().splitlines() or [""]
