@@ -135,6 +135,7 @@ class OpSpec:
 
 _REGISTRY: dict[str, OpSpec] = {}
 _LOADED = False
+_PLUGINS_LOADED = False
 
 #: Torch-free modules whose import registers operators. New capabilities add their module here.
 CATALOGUES: list[str] = [
@@ -156,22 +157,30 @@ def register(spec: OpSpec, *, replace: bool = False) -> OpSpec:
     return spec
 
 
-def _ensure_loaded() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True  # first: catalogues look operators up while they import
-    try:
-        for module in CATALOGUES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
-                if exc.name is None or not module.startswith(exc.name):
-                    raise
-        _load_plugins()
-    except BaseException:
-        _LOADED = False  # a long-lived process (the language server) meets the error again, not half a registry
-        raise
+def _ensure_loaded(plugins: bool = True) -> None:
+    """Import the catalogues, and with ``plugins`` the installed plug-ins too. Plug-ins cannot replace
+    a built-in operator (:func:`register` refuses), so a lookup that a built-in answers needs no
+    plug-in: scanning every installed distribution for them costs a spec check more than its parse."""
+    global _LOADED, _PLUGINS_LOADED
+    if not _LOADED:
+        _LOADED = True  # first: catalogues look operators up while they import
+        try:
+            for module in CATALOGUES:
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
+                    if exc.name is None or not module.startswith(exc.name):
+                        raise
+        except BaseException:
+            _LOADED = False  # a long-lived process (the language server) meets the error again, not half a registry
+            raise
+    if plugins and not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        try:
+            _load_plugins()
+        except BaseException:
+            _PLUGINS_LOADED = False
+            raise
 
 
 #: Installed packages register operators by naming a module (or an object) in this entry-point group;
@@ -231,8 +240,12 @@ def load_python(path: str) -> list[str]:
     return list(_PYTHON_FILES[resolved])
 
 
-def get(name: str) -> OpSpec | None:
-    _ensure_loaded()
+def get(name: str, *, plugins: bool = True) -> OpSpec | None:
+    """The operator called ``name``; installed plug-ins are loaded only when no built-in answers (and
+    not at all with ``plugins=False``, as while the catalogues themselves import)."""
+    _ensure_loaded(plugins=False)
+    if plugins and name not in _REGISTRY:
+        _ensure_loaded()
     return _REGISTRY.get(name)
 
 

@@ -7,7 +7,6 @@ absent ``[optional]``, and the rule's extent; see :mod:`.lalr`.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -130,7 +129,7 @@ def build_program(statements: list[Any], comments: list[tuple[str, int, int]], *
             else:
                 above.append(_comment_text(pending[i]))  # a comment inside a statement moves above it
             i += 1
-        attached.append(dataclasses.replace(stmt, comments=above, trailing=trailing) if above or trailing else stmt)
+        attached.append(ast.replace(stmt, comments=above, trailing=trailing) if above or trailing else stmt)
     rest = [_comment_text(c) for c in pending[i:]]
     if not statements:
         question, rest = rest, []
