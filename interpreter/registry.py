@@ -16,12 +16,16 @@ Adding an operator never touches the grammar: add an ``OpSpec`` to a catalogue m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +41,7 @@ __all__ = [
     "file_fields",
     "register",
     "get",
+    "registered",
     "all_ops",
     "names",
     "CATALOGUES",
@@ -77,11 +82,12 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, defer_build=True)
 
 
-def file_fields(params: type[BaseModel]) -> list[str]:
+@functools.cache
+def file_fields(params: type[BaseModel]) -> tuple[str, ...]:
     """Parameters that name input files; a spec's relative paths resolve against its own folder.
     Declared with ``Field(..., json_schema_extra={"file": True})``."""
-    return [name for name, info in params.model_fields.items()
-            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("file")]
+    return tuple(name for name, info in params.model_fields.items()
+                 if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("file"))
 
 
 class NoParams(Params):
@@ -154,7 +160,92 @@ def register(spec: OpSpec, *, replace: bool = False) -> OpSpec:
     if not replace and spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
         raise ValueError(f"operator {spec.name!r} is registered twice")
     _REGISTRY[spec.name] = spec
+    if _IMPORTING and spec.name not in _OWNER:
+        _OWNER[spec.name] = _IMPORTING[-1]
     return spec
+
+
+def registered(name: str) -> OpSpec | None:
+    """The operator called ``name`` if it is registered already; loads nothing."""
+    return _REGISTRY.get(name)
+
+
+_IMPORTING: list[str] = []  # the catalogues being imported, innermost last
+_OWNER: dict[str, str] = {}  # operator -> the catalogue whose import registered it
+_IMPORTED: set[str] = set()
+
+
+def _import_catalogue(module: str) -> None:
+    if module in _IMPORTED:
+        return
+    _IMPORTED.add(module)
+    _IMPORTING.append(module)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
+        if exc.name is None or not module.startswith(exc.name):
+            _IMPORTED.discard(module)
+            raise
+    except BaseException:
+        _IMPORTED.discard(module)
+        raise
+    finally:
+        _IMPORTING.pop()
+
+
+# --- the catalogue index -------------------------------------------------------------------------
+# Which catalogue declares each operator, written after the first full load into the user's cache
+# and named by the catalogues' files (path, size, modification time). A lookup imports just that
+# catalogue, so checking a spec imports only the catalogues it uses. The index only ever guides: an
+# operator it misplaces or lacks sends the lookup to the full load, and it can name nothing but a
+# module of CATALOGUES.
+
+_INDEX: dict[str, str] | None = None
+
+
+def _index_file() -> Path | None:
+    root = Path(__file__).resolve().parent
+    stamps = []
+    for module in CATALOGUES:
+        path = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        stamps.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    key = hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlspec"
+    return cache / f"catalogue-index-{key}.json"
+
+
+def _index() -> dict[str, str]:
+    global _INDEX
+    if _INDEX is None:
+        _INDEX = {}
+        path = _index_file()
+        try:
+            data = json.loads(path.read_text()) if path is not None else {}
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict):
+            _INDEX = {k: v for k, v in data.items() if isinstance(k, str) and v in CATALOGUES}
+    return _INDEX
+
+
+def _write_index() -> None:
+    index = {name: owner for name, owner in _OWNER.items() if owner in CATALOGUES}
+    if index == _index() or set(_IMPORTED) != set(CATALOGUES):
+        return
+    path = _index_file()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs the next process the full load
 
 
 def _ensure_loaded(plugins: bool = True) -> None:
@@ -166,14 +257,11 @@ def _ensure_loaded(plugins: bool = True) -> None:
         _LOADED = True  # first: catalogues look operators up while they import
         try:
             for module in CATALOGUES:
-                try:
-                    importlib.import_module(module)
-                except ModuleNotFoundError as exc:  # a catalogue listed before its module exists
-                    if exc.name is None or not module.startswith(exc.name):
-                        raise
+                _import_catalogue(module)
         except BaseException:
             _LOADED = False  # a long-lived process (the language server) meets the error again, not half a registry
             raise
+        _write_index()
     if plugins and not _PLUGINS_LOADED:
         _PLUGINS_LOADED = True
         try:
@@ -240,11 +328,20 @@ def load_python(path: str) -> list[str]:
     return list(_PYTHON_FILES[resolved])
 
 
-def get(name: str, *, plugins: bool = True) -> OpSpec | None:
-    """The operator called ``name``; installed plug-ins are loaded only when no built-in answers (and
-    not at all with ``plugins=False``, as while the catalogues themselves import)."""
-    _ensure_loaded(plugins=False)
-    if plugins and name not in _REGISTRY:
+def get(name: str) -> OpSpec | None:
+    """The operator called ``name``: from the catalogue the index names, else after importing every
+    catalogue; installed plug-ins are loaded only when no built-in answers."""
+    spec = _REGISTRY.get(name)
+    if spec is not None:
+        return spec
+    if not _LOADED:
+        owner = _index().get(name)
+        if owner is not None:
+            _import_catalogue(owner)
+            if name in _REGISTRY:
+                return _REGISTRY[name]
+        _ensure_loaded(plugins=False)
+    if name not in _REGISTRY:
         _ensure_loaded()
     return _REGISTRY.get(name)
 

@@ -8,6 +8,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -275,7 +276,7 @@ class Resolver:
                 raise self.error(f"{op.name} takes {len(positional) - len(positional[i:])} positional "
                                  f"argument(s); this one is extra", arg.span)
             i += 1
-        param_names = {info.alias or f for f, info in op.params.model_fields.items()} | set(op.params.model_fields)
+        param_names = _param_names(op.params)
         for k in c.kwargs:
             port = op.port(k.name)
             if port is not None:
@@ -361,6 +362,12 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
     return bool(a == b)
+
+
+@functools.cache
+def _param_names(params: type) -> frozenset[str]:
+    """Every name a parameter may be written by: its field name and its alias."""
+    return frozenset({info.alias or f for f, info in params.model_fields.items()} | set(params.model_fields))
 
 
 def info_alias(op: OpSpec, field_name: str) -> str:

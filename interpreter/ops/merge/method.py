@@ -274,7 +274,7 @@ def declare(method: MergeMethod) -> MergeMethod:
     earlier = _METHODS.get(method.name)
     if earlier is not None and "mlspec" in (earlier.origin, method.origin):
         raise ValueError(f"merge method {method.name!r} is already declared by {earlier.origin}")
-    if earlier is None and registry.get(method.name, plugins=False) is not None:
+    if earlier is None and registry.registered(method.name) is not None:
         raise ValueError(f"{method.name!r} is already an operator; choose another name")
     register(method.opspec(), replace=earlier is not None)
     _METHODS[method.name] = method
