@@ -1,5 +1,5 @@
 """``python -m mlspec ...`` — the same as the ``mlspec`` command."""
 
-from .cli import main
+from .cli import entry
 
-main()
+entry()

@@ -164,3 +164,23 @@ def test_init_specs_run(tmp_path: Path, monkeypatch, dialect: str) -> None:
     ran = invoke("run", f"starter.{dialect}", "--cache-dir", str(tmp_path / "cache"), "--no-progress")
     assert ran.exit_code == 0, ran.output
     assert (tmp_path / "out" / "starter" / "report.html").exists()
+
+
+def test_the_program_ends_quickly_yet_prints_everything_and_keeps_exit_codes(tmp_path: Path) -> None:
+    """`mlspec check` and `graph` end the process without interpreter teardown: whatever they
+    printed still arrives through a pipe, and spec errors still exit 2 with their diagnostic."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "g.merge"
+    good.write_text('study "g"\ndata d = digits()\nmodel m = mlp(in = 64, out = 10)\n'
+                    "model t = train(m, on = d, epochs = 1)\n")
+    bad = tmp_path / "b.merge"
+    bad.write_text('study "b"\ndata d = digits(\n')
+    ok = subprocess.run([sys.executable, "-m", "mlspec", "check", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{good}: ok — 3 steps"
+    graph = subprocess.run([sys.executable, "-m", "mlspec", "graph", str(good)], capture_output=True, text=True)
+    assert graph.returncode == 0 and "train" in graph.stdout and graph.stdout.endswith("\n")
+    failed = subprocess.run([sys.executable, "-m", "mlspec", "check", str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert "this '(' is never closed" in failed.stderr and failed.stderr.rstrip().endswith("nothing was run.")
