@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlspec.ops.merge import kernels as K
-from mlspec.ops.merge.sparsify import MagnitudeThreshold, keep_band, magnitude_threshold, model_threshold
+from mlspec.ops.merge.sparsify import MagnitudeThreshold, keep_band, keep_masks, magnitude_threshold, model_threshold
 
 D = torch.float64
 
@@ -176,7 +176,8 @@ def test_dare_inverse_rescale_matches_mask() -> None:
     base, x = torch.zeros(1000, dtype=D), torch.linspace(-1, 1, 1000, dtype=D)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     got = K.dare(base, [x], density=0.3, generator=g1)
-    keep = torch.rand(1000, generator=g2) < 0.3
+    (keep,) = keep_masks((1000,), [0.3], g2)
+    assert 200 < int(keep.sum()) < 400
     assert torch.allclose(got, x * keep / 0.3)
 
 
@@ -298,7 +299,7 @@ def test_dare_per_model_density_draws_model_by_model() -> None:
     base, x, y = torch.zeros(200, dtype=D), torch.linspace(-1, 1, 200, dtype=D), torch.linspace(2, 3, 200, dtype=D)
     got = K.dare(base, [x, y], density=[0.3, 0.8], weights=[1.0, 0.5], generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(2)
-    keep_x, keep_y = torch.rand(200, generator=g) < 0.3, torch.rand(200, generator=g) < 0.8
+    keep_x, keep_y = keep_masks((200,), [0.3], g) + keep_masks((200,), [0.8], g)  # model after model
     assert torch.allclose(got, x * keep_x / 0.3 + 0.5 * y * keep_y / 0.8)
 
 

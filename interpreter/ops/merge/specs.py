@@ -177,6 +177,7 @@ declare(MergeMethod(
     arithmetic or TIES (`merge = ties` is mergekit's `dare_ties`). Each tensor's random stream is
     seeded from the step and the tensor's name.""",
     params=DareParams,
+    version="2",  # 2: keep-masks from PCG64DXSM 32-bit integers instead of torch.rand (other draws)
     kernel=f"{_EW}:dare",
     base="required",
     per_model=frozenset({"weights", "density"}),
