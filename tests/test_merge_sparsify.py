@@ -246,3 +246,26 @@ def test_cosine_by_blocks_matches_float64(monkeypatch: pytest.MonkeyPatch) -> No
     assert math.isclose(K.cosine(a, b, base, eps=0.0), expected, rel_tol=1e-6)
     assert math.isclose(K.cosine(a.bfloat16(), b.bfloat16(), eps=0.0),
                         K.cosine(a.bfloat16().float(), b.bfloat16().float(), eps=0.0), rel_tol=0, abs_tol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+       st.integers(1, 40), st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3))
+def test_selection_over_blocks_equals_the_whole_tensor(seed: int, dtype: torch.dtype, rows: int,
+                                                       qs: list[float]) -> None:
+    """Ranks, thresholds and bands selected block by block (many small blocks, heavy ties, an inf)
+    are exactly those of the magnitudes held whole."""
+    import mlspec.ops.merge.sparsify as sp
+
+    g = torch.Generator().manual_seed(seed)
+    whole = (torch.randint(0, 9, (rows, 37), generator=g) * 0.125 + torch.rand(rows, 37, generator=g)
+             * 1e-3 * (seed % 2)).to(dtype)
+    whole[0, 0] = math.inf
+    blocks = sp.BlockMagnitudes(lambda: (whole[i : i + 3] for i in range(0, rows, 3)), whole.numel(), dtype)
+    n = whole.numel()
+    ks = [1 + min(n - 1, int(q * n)) for q in qs]
+    assert sp.kth_smallest_of(blocks, ks) == sp.kth_smallest_of(whole, ks) == [sorted_kth(whole, k) for k in ks]
+    for q in qs:
+        assert sp.threshold_of_magnitudes(blocks, q) == sp.threshold_of_magnitudes(whole, q)
+        assert (band_thresholds(blocks, density=q, gamma=q / 3)
+                == band_thresholds(whole, density=q, gamma=q / 3, magnitudes=True))

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from . import hfdir
+from . import hfdir, memory
 from .layout import CheckpointError, parse_size
 from .source import Checkpoint
 from .validate import Job, plan_tensors
@@ -171,6 +171,7 @@ def run_jobs(
     """Read, merge (or copy) and write ``jobs`` into ``out_dir``: the whole-model pass first (if the
     merge has one), then the tensors side by side on ``options.workers`` threads."""
     compute = DTYPES[options.dtype]
+    memory.keep_freed_memory()  # chunk temporaries reuse pages instead of faulting in fresh ones
     merged_jobs = [j for j in jobs if j.copy_from is None]
     track = progress or (lambda total, desc: _Silent())
 

@@ -12,7 +12,7 @@ called without them, each kernel computes them itself, so both engines give the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from ...checkpoints import settings as st
 from . import kernels
 from .method import MergeMethod
 from .sparsify import (
+    BlockMagnitudes,
     MagnitudeThreshold,
     band_thresholds,
     keep_between,
@@ -88,6 +89,18 @@ def _magnitudes(x: Tensor, base: Tensor) -> Tensor:
     return _delta(x, base).abs_()
 
 
+def _block_magnitudes(x: Tensor, base: Tensor) -> BlockMagnitudes:
+    """|x − base| a block of rows at a time, each time a selection passes over it: entry for entry
+    what :func:`_magnitudes` holds whole."""
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+    def blocks() -> Iterator[Tensor]:
+        for rows in row_blocks(x.shape):
+            yield _delta(x[rows], base[rows]).abs_()
+
+    return BlockMagnitudes(blocks, x.numel(), wide)
+
+
 def ties_tensor_thresholds(
     params: Mapping[str, Any], base: Tensor, tensors: list[Tensor], thresholds: list[float] | None = None
 ) -> dict[str, Any]:
@@ -97,6 +110,9 @@ def ties_tensor_thresholds(
     given, l1 = thresholds, params.get("rescale") == "l1"
     if given is not None and not l1:
         return {}
+    if not l1:  # the thresholds alone: selected block by block, no magnitudes held whole
+        return {"thresholds": [threshold_of_magnitudes(_block_magnitudes(x, base), density)
+                               for x, density in zip(tensors, params["density"])]}
     found, factors = [], []
     for i, (x, density) in enumerate(zip(tensors, params["density"])):
         magnitudes = _magnitudes(x, base)  # once per task vector: the threshold and the L1 factor both need it
@@ -195,6 +211,9 @@ def dare(
 def breadcrumbs_tensor_prepare(params: Mapping[str, Any], base: Tensor, tensors: list[Tensor]) -> dict[str, Any]:
     """What breadcrumbs needs of a whole tensor: each task vector's band of kept magnitudes and,
     with ``rescale = l1``, its L1 factor. One task vector at a time."""
+    if params.get("rescale") != "l1":  # the bands alone: selected block by block
+        return {"bands": [band_thresholds(_block_magnitudes(x, base), density=d, gamma=g)
+                          for x, d, g in zip(tensors, params["density"], params["gamma"])]}
     bands, factors = [], []
     for x, d, g in zip(tensors, params["density"], params["gamma"]):
         magnitudes = _magnitudes(x, base)  # once per task vector: the band and the L1 factor both need it

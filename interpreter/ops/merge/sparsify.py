@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -85,35 +86,88 @@ def kth_smallest(magnitudes: Tensor, k: int) -> float:
     return kth_smallest_of(magnitudes, [k])[0]
 
 
-def kth_smallest_of(magnitudes: Tensor, ks: Sequence[int]) -> list[float]:
+class BlockMagnitudes:
+    """Non-negative values (a task vector's magnitudes) that are computed a block of rows at a time
+    each time they are iterated, never all at once. A selection over them (:func:`kth_smallest_of`)
+    iterates twice: a histogram, then the one bucket it needs. No tensor-sized temporary means no
+    freshly mapped pages to fault in (a quarter of a streamed TIES merge's time), and each block
+    stays in cache between its passes."""
+
+    def __init__(self, blocks: Callable[[], Iterable[Tensor]], numel: int, dtype: torch.dtype):
+        self.blocks, self.dtype, self._numel = blocks, dtype, numel
+
+    def numel(self) -> int:
+        return self._numel
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.blocks())
+
+
+Magnitudes = Union[Tensor, BlockMagnitudes]  # noqa: UP007
+
+
+def kth_smallest_of(magnitudes: Magnitudes, ks: Sequence[int]) -> list[float]:
     """:func:`kth_smallest` for several ranks, sharing the first (whole-tensor) histogram."""
+    if isinstance(magnitudes, BlockMagnitudes):
+        return _kth_smallest_of_blocks(magnitudes, ks)
     if magnitudes.dtype not in _PATTERN:
         flat = magnitudes.detach().flatten()
         return [float(flat.kthvalue(k).values.item()) for k in ks]
     patterns, (_, width) = _patterns(magnitudes), _PATTERN[magnitudes.dtype]
     top = _top_digits(patterns)
     first = torch.bincount(top, minlength=_BINS)
+    shift = (width - 1) // _DIGIT * _DIGIT
     out = []
     for k in ks:
-        shift = (width - 1) // _DIGIT * _DIGIT
-        digits, counts, inside, value = top, first, patterns, 0
-        while True:
-            digit, k = _locate(counts, k)
-            value = (value << _DIGIT) | digit
-            if shift == 0:
-                out.append(_as_float(value, magnitudes.dtype))
-                break
-            inside, shift = _bucket(inside, digits, digit), shift - _DIGIT  # only the k-th value's bucket
-            digits = (inside >> shift) & (_BINS - 1)
-            counts = torch.bincount(digits, minlength=_BINS)
+        digit, rank = _locate(first, k)
+        inside = _bucket(patterns, top, digit) if shift else patterns
+        out.append(_descend(inside, shift, rank, digit, magnitudes.dtype))
     return out
 
 
+def _kth_smallest_of_blocks(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> list[float]:
+    """:func:`kth_smallest_of` over blocks: the first digit's histogram summed over the blocks, then
+    one more pass gathering the buckets the ranks fall in. Exactly the same values."""
+    dtype = magnitudes.dtype
+    if dtype not in _PATTERN:
+        return kth_smallest_of(torch.cat([b.flatten() for b in magnitudes]), ks)
+    width = _PATTERN[dtype][1]
+    first = torch.zeros(_BINS, dtype=torch.int64)
+    for block in magnitudes:
+        first += torch.bincount(_top_digits(_patterns(block)), minlength=_BINS)
+    located = [_locate(first, k) for k in ks]
+    shift = (width - 1) // _DIGIT * _DIGIT
+    if shift == 0:  # one digit is the whole pattern (16-bit floats)
+        return [_as_float(digit, dtype) for digit, _ in located]
+    parts: dict[int, list[Tensor]] = {digit: [] for digit, _ in located}
+    for block in magnitudes:
+        patterns = _patterns(block)
+        top = _top_digits(patterns)
+        for digit, found in parts.items():
+            found.append(_bucket(patterns, top, digit))
+    buckets = {digit: torch.cat(found) for digit, found in parts.items()}
+    return [_descend(buckets[digit], shift, rank, digit, dtype) for digit, rank in located]
+
+
+def _descend(inside: Tensor, shift: int, k: int, value: int, dtype: torch.dtype) -> float:
+    """The k-th smallest (1-based) pattern among ``inside``, whose digits above ``shift`` are all
+    ``value``: radix select down the remaining digits, one bincount and one bucket each."""
+    while shift:
+        shift -= _DIGIT
+        digits = (inside >> shift) & (_BINS - 1)
+        digit, k = _locate(torch.bincount(digits, minlength=_BINS), k)
+        value = (value << _DIGIT) | digit
+        if shift:
+            inside = _bucket(inside, digits, digit)
+    return _as_float(value, dtype)
+
+
 def _bucket(patterns: Tensor, digits: Tensor, digit: int) -> Tensor:
-    """The patterns whose digit is ``digit``. On CPU through numpy, whose compare-and-gather is ~8x
-    torch's boolean indexing (which this selection otherwise spends most of its time in)."""
+    """The patterns whose digit is ``digit``, in order. On CPU through numpy: the positions of the
+    matches, then a gather of just those (0.54 ns an entry on 11.5M entries; numpy's boolean index
+    takes 1.1 and torch's 2.2, and this selection otherwise spends most of its time here)."""
     if patterns.device.type == "cpu":
-        return torch.from_numpy(patterns.numpy()[digits.numpy() == digit])
+        return torch.from_numpy(patterns.numpy().take(np.flatnonzero(digits.numpy() == digit)))
     return patterns[digits == digit]
 
 
@@ -130,7 +184,7 @@ def magnitude_threshold(x: Tensor, density: float) -> float:
     return threshold_of_magnitudes(x.detach().abs(), density)
 
 
-def threshold_of_magnitudes(magnitude: Tensor, density: float) -> float:
+def threshold_of_magnitudes(magnitude: Magnitudes, density: float) -> float:
     """:func:`magnitude_threshold` for a tensor of magnitudes already at hand (saves a pass)."""
     n = magnitude.numel()
     k = kept_count(density, n)
@@ -155,12 +209,13 @@ def keep_top(x: Tensor, threshold: float) -> Tensor:
 
 
 def band_thresholds(
-    x: Tensor, *, density: float, gamma: float, magnitudes: bool = False
+    x: Tensor | BlockMagnitudes, *, density: float, gamma: float, magnitudes: bool = False
 ) -> tuple[float | None, float] | None:
     """Model Breadcrumbs' band of kept magnitudes as (lower, upper): keep lower < |x| ≤ upper
     (no lower cut when lower is None); None keeps nothing. Drops the top ``gamma`` fraction
     (outliers) and the bottom, keeping ``density``; when both exceed the tensor the outlier cut
-    shrinks (mergekit). ``magnitudes``: x already holds |x| (saves a tensor-sized temporary)."""
+    shrinks (mergekit). ``magnitudes``: x already holds |x| (saves a tensor-sized temporary), as
+    :class:`BlockMagnitudes` always do."""
     n = x.numel()
     keep = kept_count(density, n)
     top = kept_count(gamma, n)
@@ -169,7 +224,7 @@ def band_thresholds(
         top, bottom = top + bottom, 0
     if keep == 0:
         return None
-    mags = x.detach() if magnitudes else x.detach().abs()
+    mags = x if isinstance(x, BlockMagnitudes) else x.detach() if magnitudes else x.detach().abs()
     if bottom == 0:
         return None, kth_smallest(mags, keep)
     lower, upper = kth_smallest_of(mags, [bottom, bottom + keep])
