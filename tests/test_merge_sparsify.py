@@ -269,3 +269,40 @@ def test_selection_over_blocks_equals_the_whole_tensor(seed: int, dtype: torch.d
         assert sp.threshold_of_magnitudes(blocks, q) == sp.threshold_of_magnitudes(whole, q)
         assert (band_thresholds(blocks, density=q, gamma=q / 3)
                 == band_thresholds(whole, density=q, gamma=q / 3, magnitudes=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([torch.float32, torch.float64]),
+       st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3), st.sampled_from(["fair", "misleading"]))
+def test_windowed_selection_over_blocks_is_exact_even_when_the_sample_misleads(
+        seed: int, dtype: torch.dtype, qs: list[float], sampler: str) -> None:
+    """The one-pass selection places windows from a sample; a fair sample or one that puts every
+    window in the wrong place (forcing the two-pass fallback), the ranks are exact."""
+    import mlspec.ops.merge.sparsify as sp
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sp, "_SAMPLES", 64)
+        _check_windowed(sp, seed, dtype, qs, sampler)
+
+
+def _check_windowed(sp, seed: int, dtype: torch.dtype, qs: list[float], sampler: str) -> None:
+    g = torch.Generator().manual_seed(seed)
+    # Odd seeds: distinct values (windows gather entries); even: 40 values, each repeated (counted).
+    whole = (torch.randint(0, 40, (1200,), generator=g) * 0.125
+             + torch.rand(1200, generator=g) * 1e-3 * (seed % 2)).to(dtype)
+    whole[7] = math.inf
+
+    def sample(step: int) -> torch.Tensor:
+        return whole[::step] if sampler == "fair" else torch.zeros(64, dtype=dtype)
+
+    blocks = sp.BlockMagnitudes(lambda: (whole[i : i + 100] for i in range(0, 1200, 100)), 1200, dtype, sample)
+    ks = [1 + min(1199, int(q * 1200)) for q in qs]
+    found: list[object] = []
+    windowed = sp._windowed
+    sp._windowed = lambda *a: found.append(windowed(*a)) or found[-1]
+    try:
+        assert sp.kth_smallest_of(blocks, ks) == [sorted_kth(whole, k) for k in ks]
+    finally:
+        sp._windowed = windowed
+    if sampler == "misleading" and all(0.2 < q < 0.8 for q in qs):
+        assert found == [None]  # every window missed: the two-pass fallback answered

@@ -93,8 +93,10 @@ class BlockMagnitudes:
     freshly mapped pages to fault in (a quarter of a streamed TIES merge's time), and each block
     stays in cache between its passes."""
 
-    def __init__(self, blocks: Callable[[], Iterable[Tensor]], numel: int, dtype: torch.dtype):
-        self.blocks, self.dtype, self._numel = blocks, dtype, numel
+    def __init__(self, blocks: Callable[[], Iterable[Tensor]], numel: int, dtype: torch.dtype,
+                 sample: Callable[[int], Tensor] | None = None):
+        #: ``sample(step)``: the magnitudes of every ``step``-th entry (flat order), cheaply.
+        self.blocks, self.dtype, self._numel, self.sample = blocks, dtype, numel, sample
 
     def numel(self) -> int:
         return self._numel
@@ -125,12 +127,26 @@ def kth_smallest_of(magnitudes: Magnitudes, ks: Sequence[int]) -> list[float]:
     return out
 
 
+#: Entries a windowed selection samples to place its windows, and the windows' half-width in
+#: standard deviations of a sample rank: the chance that a window misses its rank is below 1e-6.
+_SAMPLES = 1 << 15
+_SIGMAS = 5.0
+
+
 def _kth_smallest_of_blocks(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> list[float]:
-    """:func:`kth_smallest_of` over blocks: the first digit's histogram summed over the blocks, then
-    one more pass gathering the buckets the ranks fall in. Exactly the same values."""
+    """:func:`kth_smallest_of` over blocks, exactly. With a sampler, in one pass: a strided sample
+    places a window of values around each rank; the pass counts the entries below each window and
+    gathers those inside, and the rank is selected among them. Should a window miss its rank (a
+    chance below one in a million), or without a sampler, two passes: the first digit's histogram
+    over the blocks, then the buckets the ranks fall in."""
     dtype = magnitudes.dtype
     if dtype not in _PATTERN:
         return kth_smallest_of(torch.cat([b.flatten() for b in magnitudes]), ks)
+    n = magnitudes.numel()
+    if magnitudes.sample is not None and n >= 8 * _SAMPLES:
+        found = _windowed(magnitudes, ks)
+        if found is not None:
+            return found
     width = _PATTERN[dtype][1]
     first = torch.zeros(_BINS, dtype=torch.int64)
     for block in magnitudes:
@@ -147,6 +163,64 @@ def _kth_smallest_of_blocks(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> l
             found.append(_bucket(patterns, top, digit))
     buckets = {digit: torch.cat(found) for digit, found in parts.items()}
     return [_descend(buckets[digit], shift, rank, digit, dtype) for digit, rank in located]
+
+
+def _windowed(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> list[float] | None:
+    """The one-pass selection of :func:`_kth_smallest_of_blocks`, on bit patterns (which order like
+    the values, NaN and inf included); None when a window missed its rank or held too much.
+
+    A window spanning few patterns (magnitudes of bfloat16 task vectors repeat a lot) is counted
+    per pattern instead of gathered, so ties at the rank cost no memory; a window still gathering
+    more than an eighth of the entries gives up for the two passes, whose memory is bounded."""
+    assert magnitudes.sample is not None
+    n, dtype = magnitudes.numel(), magnitudes.dtype
+    sample = _patterns(magnitudes.sample(n // _SAMPLES))
+    m = sample.numel()
+    windows: list[tuple[int | None, int | None]] = []
+    for k in ks:
+        q = k / n
+        spread = int(_SIGMAS * math.sqrt(m * q * (1 - q))) + 2
+        at = min(m, max(1, round(q * m)))
+        lo = int(sample.kthvalue(at - spread).values) if at - spread > 1 else None
+        hi = int(sample.kthvalue(at + spread).values) if at + spread < m else None
+        windows.append((lo, hi))
+    below = [0] * len(ks)
+    counts: list[Any] = [np.zeros(hi - lo + 1, dtype=np.int64) if lo is not None and hi is not None
+                         and hi - lo < _BINS else None for lo, hi in windows]
+    parts: list[list[Any]] = [[] for _ in ks]
+    gathered, budget = 0, n // 8
+    for block in magnitudes:
+        flat = _patterns(block).numpy()
+        for i, (lo, hi) in enumerate(windows):
+            inside = flat <= hi if hi is not None else None
+            if lo is not None:
+                at_least = flat >= lo
+                below[i] += flat.size - int(np.count_nonzero(at_least))
+                inside = at_least if inside is None else inside & at_least
+            values = flat if inside is None else flat.take(np.flatnonzero(inside))
+            if counts[i] is not None:
+                counts[i] += np.bincount(values - lo, minlength=counts[i].size)
+            else:
+                parts[i].append(values)
+                gathered += values.size
+                if gathered > budget:
+                    return None
+    out = []
+    for i, k in enumerate(ks):
+        rank = k - below[i]
+        if counts[i] is not None:
+            cumulative = counts[i].cumsum()
+            if not 1 <= rank <= int(cumulative[-1]):
+                return None
+            lo = windows[i][0]
+            assert lo is not None
+            out.append(_as_float(lo + int(np.searchsorted(cumulative, rank)), dtype))
+            continue
+        inside = torch.from_numpy(np.concatenate(parts[i]))
+        if not 1 <= rank <= inside.numel():
+            return None
+        out.append(kth_smallest_of(inside.view(dtype), [rank])[0])
+    return out
 
 
 def _descend(inside: Tensor, shift: int, k: int, value: int, dtype: torch.dtype) -> float:
