@@ -306,3 +306,18 @@ def _check_windowed(sp, seed: int, dtype: torch.dtype, qs: list[float], sampler:
         sp._windowed = windowed
     if sampler == "misleading" and all(0.2 < q < 0.8 for q in qs):
         assert found == [None]  # every window missed: the two-pass fallback answered
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_a_mask_as_multiplier_gives_the_bool_products_bit_for_bit(dtype: torch.dtype) -> None:
+    from mlspec.ops.merge.sparsify import as_multiplier
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1000, generator=g).to(dtype)
+    x[:5] = torch.tensor([math.inf, -math.inf, math.nan, -0.0, -1.0], dtype=dtype)
+    mask = torch.rand(1000, generator=g) < 0.5
+    mask[:5] = False
+    got, expected = x * as_multiplier(mask), x * mask
+    assert got.dtype == expected.dtype
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+    assert torch.equal(torch.signbit(got), torch.signbit(expected)) and torch.equal(got.isnan(), expected.isnan())

@@ -25,6 +25,7 @@ from .method import MergeMethod
 from .sparsify import (
     BlockMagnitudes,
     MagnitudeThreshold,
+    as_multiplier,
     band_thresholds,
     keep_between,
     keep_masks,
@@ -199,7 +200,7 @@ def _drop_l1_factor(x: Tensor, base: Tensor, mask: Tensor) -> float:
     for rows in row_blocks(x.shape):
         magnitude = _delta(x[rows], base[rows]).abs_()
         before += float(magnitude.sum(dtype=torch.float64))
-        after += float(magnitude.mul_(mask[rows]).sum(dtype=torch.float64))
+        after += float(magnitude.mul_(as_multiplier(mask[rows])).sum(dtype=torch.float64))
     return before / after if after > 1e-7 else 1.0
 
 
