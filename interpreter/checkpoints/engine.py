@@ -45,8 +45,10 @@ DTYPES = {
     "float16": torch.float16,
 }
 Advance = Callable[..., None]
-#: Large tensors of element-wise methods are merged CHUNK elements at a time.
-CHUNK = 1 << 19
+#: Large tensors of element-wise methods are merged CHUNK elements at a time: a chunk's dozen
+#: float32 temporaries (0.5 MB each) stay in a core's cache. On the CI machine 1 << 17 used 7% less
+#: CPU than 1 << 19 for TIES and 4% for breadcrumbs; 1 << 16 pays more in per-call overhead.
+CHUNK = 1 << 17
 _Merged = tuple[Tensor, list[Tensor], Tensor | None]  # the output, the models' tensors, the base's
 
 
