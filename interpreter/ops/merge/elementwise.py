@@ -119,7 +119,7 @@ def ties_tensor_thresholds(
     given, l1 = thresholds, params.get("rescale") == "l1"
     if given is not None and not l1:
         return {}
-    if not l1:  # the thresholds alone: selected block by block, no magnitudes held whole
+    if not l1 and base.device.type == "cpu":  # the thresholds alone: selected block by block
         return {"thresholds": [threshold_of_magnitudes(_block_magnitudes(x, base), density)
                                for x, density in zip(tensors, params["density"])]}
     found, factors = [], []
@@ -220,7 +220,7 @@ def dare(
 def breadcrumbs_tensor_prepare(params: Mapping[str, Any], base: Tensor, tensors: list[Tensor]) -> dict[str, Any]:
     """What breadcrumbs needs of a whole tensor: each task vector's band of kept magnitudes and,
     with ``rescale = l1``, its L1 factor. One task vector at a time."""
-    if params.get("rescale") != "l1":  # the bands alone: selected block by block
+    if params.get("rescale") != "l1" and base.device.type == "cpu":  # the bands alone: block by block
         return {"bands": [band_thresholds(_block_magnitudes(x, base), density=d, gamma=g)
                           for x, d, g in zip(tensors, params["density"], params["gamma"])]}
     bands, factors = [], []
