@@ -278,3 +278,15 @@ def test_statistics_by_row_blocks_equal_the_whole_tensor_formulas(monkeypatch: p
     assert row["sign_conflict"] == float((((ds[0] > 0) & (ds[1] < 0)) | ((ds[0] < 0) & (ds[1] > 0))).double().mean())
     assert row["distance_from_base"] == pytest.approx(float((m - b).norm()), rel=1e-12)
     assert row["distance_to_inputs"] == pytest.approx([float((m - x.bfloat16().double()).norm()) for x in xs], rel=1e-12)
+
+
+def test_the_streamed_merge_asks_glibc_to_keep_freed_blocks() -> None:
+    """mallopt takes both settings where the C library is glibc (a no-op elsewhere), once a process."""
+    import platform
+    import sys
+
+    from mlspec.checkpoints import memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert memory.keep_freed_memory() is glibc
+    assert memory.keep_freed_memory() is glibc  # cached: the setting is process-wide
