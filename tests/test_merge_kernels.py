@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlspec.ops.merge import kernels as K
-from mlspec.ops.merge.sparsify import MagnitudeThreshold, keep_band, keep_masks, magnitude_threshold, model_threshold
+from mlspec.ops.merge.sparsify import (
+    MagnitudeThreshold,
+    keep_band,
+    keep_masks,
+    magnitude_threshold,
+    model_threshold,
+)
 
 D = torch.float64
 
