@@ -103,6 +103,10 @@ EDGES = [
     "data d = $",
     "evaluate [a] on [b] metrics",
     "axis size = along",
+    'study "s"\r\ndata d = digits()\r\n# c\r\nmodel m = mlp(in = 64)\r\n',  # CRLF line ends
+    "data d = digits()\t# tab\n\fmodel m = mlp(in = 64)\n",
+    'data d = digits(x = "a#b") # a comment sign inside a string\n',
+    "data é = digits()",
 ]
 
 
