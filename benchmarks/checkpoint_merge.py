@@ -5,7 +5,9 @@ intermediate 2816, vocab 32000; a random base and two perturbed "fine-tunes"), t
 with linear, task_arithmetic, TIES, DARE-TIES (density 0.5), breadcrumbs-TIES and SLERP using both
 tools (mlspec merging each mergekit config as `mlspec import mergekit` converts it), each merge in its own
 process, and prints wall time and peak RSS (``os.wait4``'s rusage of that process), the floor (a
-process that only reads the three inputs and writes one output), and the largest absolute
+process that only reads the three inputs and writes one output; measured first and again beside
+each method, whose ``x floor`` uses the floor beside it: this machine's disk and page cache drift
+over minutes), the load average, and the largest absolute
 difference between the two tools' outputs, per tensor kind, with the semantics configured to
 match (float32 math, bf16 output; TIES per-tensor trim with weights before the sign election).
 
@@ -210,9 +212,13 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
     rows: list[tuple[str, str, float, float]] = []
+    load_before = os.getloadavg()
     floor_out = WORK / "out-floor"
     measure([*me, "floor", str(floor_out)], floor_out, env)  # warms the page cache for everyone
     floor_wall, floor_rss = measure([*me, "floor", str(floor_out)], floor_out, env, args.repeat)
+    # This machine's disk and page cache drift over minutes, so each mlspec run is also set against a
+    # floor measured right beside it (``x floor``); the first floor is printed for reference.
+    floors: dict[str, float] = {}
     diffs: dict[str, dict[str, list[float]]] = {}
     moved: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
     extra_rows: list[tuple[str, str, float, float]] = []
@@ -237,6 +243,7 @@ def main() -> None:
             args.repeat,
         )
         ml = measure([*me, method, str(ours)], ours, env, args.repeat)
+        floors[method] = measure([*me, "floor", str(floor_out)], floor_out, env, args.repeat)[0]
         rows.append((method, "mergekit 0.1.5", *mk))
         rows.append((method, f"mlspec ({op})", *ml))
         if method in RANDOM:
@@ -252,13 +259,16 @@ def main() -> None:
         f"\ninputs: 3 x {sum(f.stat().st_size for f in paths['base'].glob('*.safetensors')) / 2**20:.0f} MiB"
         f" (Llama, hidden 1024, 12 layers); CPU threads: {os.cpu_count()}"
     )
-    print(f"floor (read 3 inputs, write 1 output): {floor_wall:6.1f} s   peak RSS {floor_rss:7.0f} MiB\n")
-    print(f"{'method':<16} {'tool':<26} {'wall s':>8} {'peak RSS MiB':>13} {'x floor':>8} {'speed-up':>9}")
+    print(f"floor (read 3 inputs, write 1 output): {floor_wall:6.1f} s   peak RSS {floor_rss:7.0f} MiB")
+    print(f"load average (1 min) before: {load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f}\n")
+    print(f"{'method':<16} {'tool':<26} {'wall s':>8} {'peak RSS MiB':>13} {'floor s':>8} {'x floor':>8} {'speed-up':>9}")
     for i, (method, tool, wall, rss) in enumerate(rows):
         speed = f"{rows[i - 1][2] / wall:8.1f}x" if i % 2 else ""
-        print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {wall / floor_wall:8.1f} {speed:>9}")
+        near = floors[method]
+        print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {near:8.1f} {wall / near:8.1f} {speed:>9}")
     for method, tool, wall, rss in extra_rows:
-        print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {wall / floor_wall:8.1f}")
+        near = floors[method]
+        print(f"{method:<16} {tool:<26} {wall:8.1f} {rss:13.0f} {near:8.1f} {wall / near:8.1f}")
     print("\n|mlspec - mergekit| on the bf16 outputs: largest, and the share of entries that differ at all")
     for method, kinds in diffs.items():
         worst = max(kinds.items(), key=lambda kv: kv[1][0])
@@ -270,8 +280,8 @@ def main() -> None:
         print(f"  {method:<16} random drops: entries left at the base {100 * our_share:.2f}% (mergekit "
               f"{100 * their_share:.2f}%); |merged - base| {our_norm:.4g} (mergekit {their_norm:.4g})")
     (WORK / "results.json").write_text(
-        json.dumps({"floor": [floor_wall, floor_rss], "rows": rows + extra_rows, "diffs": diffs, "random": moved},
-                   indent=2)
+        json.dumps({"floor": [floor_wall, floor_rss], "floors": floors, "rows": rows + extra_rows, "diffs": diffs,
+                    "random": moved}, indent=2)
     )
 
 
