@@ -20,7 +20,6 @@ import functools
 import hashlib
 import importlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from . import usercache
 from .errors import MlspecError
 
 __all__ = [
@@ -214,8 +214,7 @@ def _index_file() -> Path | None:
             return None
         stamps.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
     key = hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlspec"
-    return cache / f"catalogue-index-{key}.json"
+    return usercache.directory() / f"catalogue-index-{key}.json"
 
 
 def _index() -> dict[str, str]:
@@ -237,15 +236,8 @@ def _write_index() -> None:
     if index == _index() or set(_IMPORTED) != set(CATALOGUES):
         return
     path = _index_file()
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable cache only costs the next process the full load
+    if path is not None:
+        usercache.write(path, json.dumps(index, sort_keys=True).encode())
 
 
 def _ensure_loaded(plugins: bool = True) -> None:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .. import usercache
 
 __all__ = ["Tables", "Rejected", "tables_from_lark", "load_tables", "parse"]
 
@@ -164,10 +165,9 @@ def _reducer_source(rules: list[tuple]) -> tuple[str, list[bool]]:
 def _cache_file(dialect: str, grammar: str) -> Path:
     """The cache file of a grammar's tables, named by the grammar and by this module's own source (which
     decides what the tables hold). In the user's own cache directory, like lark's parser cache."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlspec"
     # The tables hold compiled code, which is only good for the Python that compiled it.
     key = hashlib.sha256(f"{sys.version}\0{grammar}\0".encode() + Path(__file__).read_bytes()).hexdigest()[:16]
-    return root / f"tables-{dialect}-{key}.marshal"
+    return usercache.directory() / f"tables-{dialect}-{key}.marshal"
 
 
 def load_tables(dialect: str, grammar: str, build: Callable[[], Any]) -> Tables:
@@ -185,13 +185,7 @@ def load_tables(dialect: str, grammar: str, build: Callable[[], Any]) -> Tables:
         pass
     data = tables_from_lark(build())
     payload = marshal.dumps(data)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(hashlib.sha256(payload).digest() + payload)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    usercache.write(path, hashlib.sha256(payload).digest() + payload)
     return Tables(data)
 
 

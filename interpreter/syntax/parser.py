@@ -9,7 +9,6 @@ directory, so a fresh process loads rather than rebuilds them, and a clean parse
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -17,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import usercache
 from ..errors import Diagnostic, Span, SpecError, did_you_mean
 from . import lalr, limits
 from .ast import Program
@@ -43,6 +43,7 @@ def dialect_of(path: str | Path) -> str:
     return DIALECTS[suffix]
 
 
+@cache
 def _grammar_text(dialect: str) -> str:
     pkg = resources.files("mlspec.grammar")
     return pkg.joinpath("common.lark").read_text() + "\n" + pkg.joinpath(f"{dialect}.lark").read_text()
@@ -51,7 +52,7 @@ def _grammar_text(dialect: str) -> str:
 def _parser_cache(dialect: str) -> str | bool:
     """Where lark keeps the built parser: a file of the user's own (lark checks the grammar's hash in
     it and rebuilds on any change). Not the shared temporary directory, whose files anyone can plant."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlspec"
+    root = usercache.directory()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -74,8 +75,8 @@ def _parser(dialect: str) -> Lark:
     editor's oracle of what may come next."""
     from lark import Lark
 
-    return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, postlex=_WholeWords(), cache=_parser_cache(dialect))
+    return Lark(_grammar_text(dialect), parser="lalr", lexer="contextual", maybe_placeholders=True,
+                postlex=_WholeWords(), cache=_parser_cache(dialect))
 
 
 @cache
