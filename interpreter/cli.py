@@ -288,7 +288,7 @@ def compare(a: str, b: str, rtol: float, atol: float, show_all: bool) -> None:
     except json.JSONDecodeError as exc:
         raise MlspecError(f"not a results.json file: {exc}") from None
     found = rows(left, right, rtol=rtol, atol=atol)
-    click.echo(compare_results(left, right, show_all=show_all, found=found))
+    click.echo(compare_results(left, right, rtol=rtol, atol=atol, show_all=show_all, found=found))
     if any(r.differs for r in found):
         sys.exit(EXIT_FAILED)
 

@@ -51,6 +51,9 @@ def test_permute_features_is_one_fixed_permutation_per_seed() -> None:
     order = torch.randperm(16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a["x_train"], d["x_train"][:, order]) and torch.equal(a["x_test"], d["x_test"][:, order])
     assert torch.equal(a["y_train"], d["y_train"])
+    trigger = Dataset({**d.tensors, "x_trigger": d["x_test"][:5], "y_trigger": d["y_test"][:5]}, meta=d.meta)
+    permuted = permute_features(ctx(), PermuteFeaturesParams(seed=1), data=trigger)
+    assert torch.equal(permuted["x_trigger"], d["x_test"][:5, order])  # a poisoned set's trigger inputs too
 
 
 def test_a_task_carries_a_head_and_evaluation_uses_it() -> None:

@@ -94,3 +94,4 @@ def test_the_command_exits_non_zero_only_when_values_differ(tmp_path) -> None:
     assert differ.exit_code == 1 and ("evaluate(a, low)", "loss") not in rows(differ.output)
     every = CliRunner().invoke(main, ["compare", str(a), str(b), "--all", "--atol", "2"])
     assert every.exit_code == 1 and ("evaluate(a, low)", "loss") in rows(every.output)  # "gone" is absent in B
+    assert "beyond rtol = 0, atol = 2." in every.output  # the tolerance used is said

@@ -95,7 +95,10 @@ def did_change(ls: LanguageServer, params: lsp.DidChangeTextDocumentParams) -> N
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
 def did_save(ls: LanguageServer, params: lsp.DidSaveTextDocumentParams) -> None:
-    _refresh(ls, params.text_document.uri)  # files it `use`s may have changed on disk
+    # The saved file may be one that other open specs `use`: every open spec is analysed afresh, so
+    # their diagnostics, and the declarations and text their hovers show, are the file's new ones.
+    for uri in dict.fromkeys([params.text_document.uri, *_documents]):
+        _refresh(ls, uri)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)

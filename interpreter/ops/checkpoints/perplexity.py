@@ -86,6 +86,16 @@ def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model | Che
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise StepError(f"perplexity: {str(directory)!r} has no usable tokenizer files ({exc})") from None
+    # The text first: a file that is not text, or too short, is found before the model loads.
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StepError(f"perplexity: {params.text!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if params.max_tokens is not None:
+        ids = ids[: params.max_tokens]
+    if ids.numel() < 2:
+        raise StepError(f"perplexity: {params.text!r} holds fewer than two tokens")
     dtype = getattr(torch, params.dtype)
     try:
         net = transformers.AutoModelForCausalLM.from_pretrained(
@@ -94,11 +104,6 @@ def perplexity(ctx: StepContext, params: PerplexityParams, *, model: Model | Che
     except (OSError, ValueError, KeyError) as exc:
         raise StepError(f"perplexity: cannot load {str(directory)!r} as a causal language model ({exc})") from None
     net.to(ctx.device).eval()
-    ids = tokenizer(text_file.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
-    if params.max_tokens is not None:
-        ids = ids[: params.max_tokens]
-    if ids.numel() < 2:
-        raise StepError(f"perplexity: {params.text!r} holds fewer than two tokens")
     ids = ids.to(ctx.device)
     total, count = sliding_window_nll(
         lambda x: net(input_ids=x).logits, ids, context=params.context, stride=params.stride

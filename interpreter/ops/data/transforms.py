@@ -22,16 +22,16 @@ def _labelled(data: Dataset, op: str) -> None:
 
 def permute_features(ctx: StepContext, params: PermuteFeaturesParams, *, data: Dataset) -> Dataset:
     """The same samples with their features shuffled by one fixed permutation drawn from ``seed``
-    (every split alike, validation included): permuted digits are a new task with the same labels."""
+    (every input tensor alike, validation and trigger sets included): permuted digits are a new task
+    with the same labels."""
     _labelled(data, "permute_features")
     n = data["x_train"][0].numel()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(params.seed))
     tensors = dict(data.tensors)
-    for split in ("train", "val", "test"):
-        if f"x_{split}" not in data.tensors:
-            continue
-        x = data[f"x_{split}"]
-        tensors[f"x_{split}"] = x.flatten(1)[:, order].reshape(x.shape)
+    for key in data.tensors:  # every split's inputs: train, val, test, and a poisoned set's x_trigger
+        if key.startswith("x_"):
+            x = data[key]
+            tensors[key] = x.flatten(1)[:, order].reshape(x.shape)
     return Dataset(tensors=tensors, meta=dict(data.meta, permutation_seed=params.seed))
 
 
