@@ -193,11 +193,18 @@ def change_from_base(merged: Path, base: Path) -> tuple[float, float]:
     return same / total, square**0.5
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("runs must be at least 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--mergekit", type=Path, default=MERGEKIT, help="the mergekit-yaml executable")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each process; the best is reported")
+    parser.add_argument("--repeat", type=_at_least_one, default=2, help="runs of each process; the best is reported")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     from mlspec.checkpoints.mergekit import read_config

@@ -25,8 +25,8 @@ from .method import MergeMethod
 from .sparsify import (
     BlockMagnitudes,
     MagnitudeThreshold,
-    as_multiplier,
     band_thresholds,
+    drop_l1_factor,
     keep_between,
     keep_masks,
     keep_top,
@@ -103,8 +103,8 @@ def _block_magnitudes(x: Tensor, base: Tensor) -> BlockMagnitudes:
     def sample(step: int) -> Tensor:
         # A step coprime with the row length visits every column alike (one that divides it would
         # sample a few columns only, whose scale may differ from the rest).
-        while step > 1 and math.gcd(step, x.shape[-1] if x.dim() > 1 else 1) != 1:
-            step -= 1
+        while math.gcd(step, x.shape[-1] if x.dim() > 1 else 1) != 1:
+            step += 1  # upwards: the sample only shrinks
         return _delta(x.reshape(-1)[::step], base.reshape(-1)[::step]).abs_()
 
     return BlockMagnitudes(blocks, x.numel(), wide, sample)
@@ -189,19 +189,8 @@ def dare_tensor_prepare(
     masks = keep_masks(tensors[0].shape, params["density"], generator, tensors[0].device)
     out: dict[str, Any] = {"masks": masks}
     if params.get("rescale") == "l1":
-        out["factors"] = [_drop_l1_factor(x, base, m) for x, m in zip(tensors, masks)]
+        out["factors"] = [drop_l1_factor(_block_magnitudes(x, base), m) for x, m in zip(tensors, masks)]
     return out
-
-
-def _drop_l1_factor(x: Tensor, base: Tensor, mask: Tensor) -> float:
-    """:func:`drop_l1_factor` of the task vector ``x − base``, a block of rows at a time: the same
-    blocks and sums, without a task vector of the tensor's size."""
-    before = after = 0.0
-    for rows in row_blocks(x.shape):
-        magnitude = _delta(x[rows], base[rows]).abs_()
-        before += float(magnitude.sum(dtype=torch.float64))
-        after += float(magnitude.mul_(as_multiplier(mask[rows])).sum(dtype=torch.float64))
-    return before / after if after > 1e-7 else 1.0
 
 
 def dare(

@@ -375,14 +375,12 @@ def keep_masks(
 def _uniform_below(out: Any, density: float, generator: torch.Generator | None) -> None:
     """``out[i] = u[i] < ceil(density · 2³²)`` for a stream ``u`` of uniform 32-bit integers from a
     PCG64DXSM seeded by one 63-bit draw of ``generator`` (the global generator when None)."""
-    import numpy as np
-
-    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))  # drawn even when not needed below:
+    if density >= 1.0 or density <= 0.0:  # the next model's stream must not depend on this density
+        out[:] = density >= 1.0
+        return
     bits = np.random.PCG64DXSM(seed)
     threshold = np.uint32(min(2**32 - 1, math.ceil(density * 2**32)))
-    if density >= 1.0:
-        out[:] = True
-        return
     step = _BLOCK - _BLOCK % 2
     for start in range(0, out.size, step):
         part = out[start : start + step]
@@ -395,12 +393,14 @@ def as_multiplier(mask: Tensor) -> Tensor:
     return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
 
 
-def drop_l1_factor(delta: Tensor, mask: Tensor) -> float:
+def drop_l1_factor(delta: Tensor | BlockMagnitudes, mask: Tensor) -> float:
     """‖delta‖₁ / ‖delta·mask‖₁ (1 when the kept norm is below 1e-7), summed block by block in
-    float64: DARE's ``rescale = l1`` multiplier, known before any row chunk is merged."""
+    float64: DARE's ``rescale = l1`` multiplier, known before any row chunk is merged. ``delta`` may
+    be the task vector's magnitudes as :class:`BlockMagnitudes` (blocks of rows, in order)."""
+    blocks = row_blocks(mask.shape)
+    magnitudes = delta if isinstance(delta, BlockMagnitudes) else (delta[rows].abs() for rows in blocks)
     before = after = 0.0
-    for rows in row_blocks(delta.shape):
-        magnitude = delta[rows].abs()
+    for rows, magnitude in zip(blocks, magnitudes):
         before += float(magnitude.sum(dtype=torch.float64))
         after += float(magnitude.mul_(as_multiplier(mask[rows])).sum(dtype=torch.float64))
     return before / after if after > 1e-7 else 1.0
