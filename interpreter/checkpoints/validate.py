@@ -24,7 +24,7 @@ from .layout import CheckpointError
 from .source import Checkpoint, layer_index
 from .writer import PlannedTensor
 
-__all__ = ["Job", "TensorPlan", "plan_tensors", "TIED_PAIRS"]
+__all__ = ["Job", "TensorPlan", "plan_tensors", "merged_dtype", "TIED_PAIRS"]
 
 #: (output head, input embedding) names of the tied-embedding layouts of common architectures.
 TIED_PAIRS = (
@@ -90,6 +90,14 @@ def _aliases(inputs: list[tuple[str, Checkpoint]], tied: str, problems: list[str
     return aliases
 
 
+def merged_dtype(dtypes: list[torch.dtype], out_dtype: torch.dtype | None) -> tuple[torch.dtype, bool]:
+    """The dtype a tensor is written in, and whether it is merged at all. Integer and boolean tensors
+    (masks, position ids) are never merged nor converted: they are copied from the first source in
+    its own dtype. Floating ones are merged and written in ``out_dtype`` (the first source's when None)."""
+    floating = all(d.is_floating_point for d in dtypes)
+    return (out_dtype if out_dtype is not None and floating else dtypes[0]), floating
+
+
 def plan_tensors(
     inputs: list[tuple[str, Checkpoint]],
     *,
@@ -135,8 +143,7 @@ def plan_tensors(
                     f"tensor {name!r} has shape {list(shape)} in {label} "
                     f"but {list(ref_info.shape)} in {ref_label}"
                 )
-        floating = all(ck.info(s).dtype.is_floating_point for (_, ck), s in zip(inputs, sources))
-        dtype = out_dtype if (out_dtype is not None and floating) else ref_info.dtype
+        dtype, floating = merged_dtype([ck.info(s).dtype for (_, ck), s in zip(inputs, sources)], out_dtype)
         jobs.append(Job(name, ref_info.shape, dtype, layer_index(name), sources, None if floating else 0))
         if not floating:
             notes.setdefault("not merged (not floating point)", []).append(name)

@@ -17,7 +17,7 @@ from ...checkpoints.engine import DTYPES, StreamOptions, dtype_name, merge_info,
 from ...checkpoints.layout import CheckpointError
 from ...checkpoints.slices import PlannedTensor, plan_slices
 from ...checkpoints.source import Checkpoint
-from ...checkpoints.validate import Job
+from ...checkpoints.validate import Job, merged_dtype
 from ..merge.apply import BoundMethod
 from ..merge.method import MergeMethod, kernel_of
 
@@ -69,17 +69,13 @@ def stream_stack(
         for pt in plan.tensors:
             reads = [labels.index(s.model) for s in pt.sources]
             names = [s.tensor for s in pt.sources]
-            info = inputs[reads[0]].info(names[0])
-            shapes = {tuple(inputs[r].info(n).shape) for r, n in zip(reads, names)}
-            if len(shapes) > 1:
-                found = ", ".join(f"{s.model} {list(inputs[r].info(s.tensor).shape)}" for r, s in zip(reads, pt.sources))
+            infos = [inputs[r].info(n) for r, n in zip(reads, names)]
+            if len({tuple(i.shape) for i in infos}) > 1:
+                found = ", ".join(f"{s.model} {list(i.shape)}" for i, s in zip(infos, pt.sources))
                 raise CheckpointError(f"cannot stack layers: slice {pt.slice}: {pt.name!r} has different shapes "
                                       f"in its sources ({found})")
-            # Integer and boolean tensors (masks, position ids) are never merged nor converted: as in
-            # a plain merge, they are copied from the first source in their own dtype.
-            floating = all(inputs[r].info(n).dtype.is_floating_point for r, n in zip(reads, names))
-            common = dict(name=pt.name, shape=tuple(info.shape),
-                          out_dtype=(out_dtype or info.dtype) if floating else info.dtype, layer=pt.layer)
+            dtype, floating = merged_dtype([i.dtype for i in infos], out_dtype)  # as a plain merge does
+            common = dict(name=pt.name, shape=tuple(infos[0].shape), out_dtype=dtype, layer=pt.layer)
             if pt.copied or not floating:
                 jobs.append(Job(**common, sources=(names[0],), copy_from=0, reads=(reads[0],)))
                 continue
