@@ -198,39 +198,51 @@ def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
     """(N, V, 4) open passages of Kruskal mazes: every maze takes its lattice edges in its own random
     order and keeps each edge that joins two components, all mazes one edge per vectorised step.
 
-    Union-find linking the smaller root under the larger, each step's two cells pointed straight
-    at their roots afterwards (finds take about five lookups); which edges are kept does not depend
-    on how roots are linked. A random order is what Kruskal's algorithm on iid random weights sees.
+    Union-find linking the root with the smaller label under the other, each step's two cells
+    pointed straight at their roots afterwards; which edges are kept does not depend on how roots
+    are linked. Labels are a fixed shuffle of the cells: with row-major labels the root of a
+    component is its bottom-right cell and top-left cells sink under one root after another, while
+    shuffled labels link like coin flips, so trees stay shallower and finds need fewer lookups (the
+    slowest find in each step sets its cost). A random order is what Kruskal's algorithm on iid
+    random weights sees.
     """
     nbr, V = _neighbours(m), m * m
     cell, d = _edge_list(m)
     E = cell.size
     order = rng.permuted(np.tile(np.arange(E, dtype=np.intp), (count, 1)), axis=1)  # (N, E)
+    label = _shuffled_labels(V)
     # Indices are intp, numpy's own index type: int32 ones are converted on every gather and
-    # scatter, which costs more than the gather itself at these sizes (the loop is E steps long);
-    # ``take`` along an axis gathers several times faster than the equivalent fancy index.
-    steps = np.stack([cell, nbr[cell, d]]).astype(np.intp).take(order.T, axis=1)  # (2, E, N): each step's edge ends
-    steps += np.arange(count, dtype=np.intp) * V  # node n*V + cell
+    # scatter, which costs more than the gather itself at these sizes (the loop is E steps long).
+    # Each step's 2N edge ends are one contiguous row (a0, b0, a1, b1, ...): a flat ``take`` from
+    # a 1-d index is several times cheaper than fancy indexing with a 2-d one.
+    steps = label[np.stack([cell, nbr[cell, d]], axis=1)].take(order.T, axis=0)  # (E, N, 2)
+    steps += (np.arange(count, dtype=np.intp) * V)[:, None]  # node n*V + label
+    steps = steps.reshape(E, 2 * count)
     parent = np.arange(count * V, dtype=np.intp)
     joined = np.zeros((E, count), dtype=bool)
     for t in range(E):
-        cells = steps[:, t]
-        root = parent[cells]
+        ends = steps[t]
+        root = parent.take(ends)
         while True:  # two hops up per convergence test (a root's parent is itself)
-            root = parent[root]
-            up = parent[root]
+            root = parent.take(root)
+            up = parent.take(root)
             if (up == root).all():
                 break
             root = up
-        parent[cells] = root
-        low, high = np.minimum(root[0], root[1]), np.maximum(root[0], root[1])
-        joined[t] = low != high
+        parent[ends] = root
+        low, high = np.minimum(root[0::2], root[1::2]), np.maximum(root[0::2], root[1::2])
+        np.not_equal(low, high, out=joined[t])
         parent[low] = high  # a no-op (a root onto itself) where both ends share a root
     opened = np.zeros((count, V, 4), dtype=bool)
     t, rows = np.nonzero(joined)
     edge = order.ravel().take(rows * E + t)
     _open_edge(opened, rows, cell.take(edge), d.take(edge), nbr)
     return opened
+
+
+def _shuffled_labels(V: int) -> np.ndarray:
+    """A fixed pseudo-random relabelling of V cells (union-find node names only, never output)."""
+    return np.random.default_rng(V).permutation(V).astype(np.intp)
 
 
 def _percolate(rng: np.random.Generator, opened: np.ndarray, p: float, m: int) -> np.ndarray:
