@@ -87,6 +87,32 @@ def test_percolation_opens_walls_at_the_requested_rate() -> None:
     assert passages == pytest.approx(m * m - 1 + p * inner_walls, rel=0.05)
 
 
+@pytest.mark.parametrize("m", [2, 5, 12])
+def test_kruskal_keeps_exactly_the_edges_sequential_union_find_keeps(m: int) -> None:
+    """Oracle: one maze at a time, edges in the same order, a plain union-find with path halving."""
+    rng = np.random.default_rng(m)
+    cell, d = mazes._edge_list(m)
+    order = rng.permuted(np.tile(np.arange(cell.size), (40, 1)), axis=1)
+    step = {0: 1, 1: m}  # east, south
+    expected = np.zeros((cell.size, 40), dtype=bool)
+    def find(parent: list[int], x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for n in range(40):
+        parent = list(range(m * m))
+        for t, e in enumerate(order[n]):
+            a, b = find(parent, int(cell[e])), find(parent, int(cell[e]) + step[int(d[e])])
+            if a != b:
+                parent[a] = b
+                expected[t, n] = True
+    joins = mazes._kruskal_joins(order, m)
+    assert np.array_equal(joins, expected)
+    assert (joins.sum(0) == m * m - 1).all()
+
+
 def test_deterministic_per_seed() -> None:
     a = mazes.generate(generator="wilson", size=9, count=20, seed=5)
     b = mazes.generate(generator="wilson", size=9, count=20, seed=5)

@@ -210,6 +210,20 @@ def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
     cell, d = _edge_list(m)
     E = cell.size
     order = rng.permuted(np.tile(np.arange(E, dtype=np.intp), (count, 1)), axis=1)  # (N, E)
+    joined = _kruskal_joins(order, m)
+    opened = np.zeros((count, V, 4), dtype=bool)
+    t, rows = np.nonzero(joined)
+    edge = order.ravel().take(rows * E + t)
+    _open_edge(opened, rows, cell.take(edge), d.take(edge), nbr)
+    return opened
+
+
+def _kruskal_joins(order: np.ndarray, m: int) -> np.ndarray:
+    """(E, N) whether the t-th edge of each maze's (N, E) ``order`` (indices into
+    :func:`_edge_list`) joins two components of the edges before it."""
+    count, E = order.shape
+    nbr, V = _neighbours(m), m * m
+    cell, d = _edge_list(m)
     label = _shuffled_labels(V)
     # Indices are intp, numpy's own index type: int32 ones are converted on every gather and
     # scatter, which costs more than the gather itself at these sizes (the loop is E steps long).
@@ -233,11 +247,7 @@ def _kruskal(rng: np.random.Generator, count: int, m: int) -> np.ndarray:
         low, high = np.minimum(root[0::2], root[1::2]), np.maximum(root[0::2], root[1::2])
         np.not_equal(low, high, out=joined[t])
         parent[low] = high  # a no-op (a root onto itself) where both ends share a root
-    opened = np.zeros((count, V, 4), dtype=bool)
-    t, rows = np.nonzero(joined)
-    edge = order.ravel().take(rows * E + t)
-    _open_edge(opened, rows, cell.take(edge), d.take(edge), nbr)
-    return opened
+    return joined
 
 
 def _shuffled_labels(V: int) -> np.ndarray:
