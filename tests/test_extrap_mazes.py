@@ -95,6 +95,7 @@ def test_kruskal_keeps_exactly_the_edges_sequential_union_find_keeps(m: int) -> 
     order = rng.permuted(np.tile(np.arange(cell.size), (40, 1)), axis=1)
     step = {0: 1, 1: m}  # east, south
     expected = np.zeros((cell.size, 40), dtype=bool)
+
     def find(parent: list[int], x: int) -> int:
         while parent[x] != x:
             parent[x] = parent[parent[x]]
