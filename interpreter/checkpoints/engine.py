@@ -256,7 +256,7 @@ def _merge_one(
             if not chunked:
                 return merge(job.name, base, xs, **overrides), xs, base
             whole = merge.tensor_extras(job.name, base, xs, **overrides)  # in the stored dtype: one temporary at a time
-            merged = torch.empty(job.shape, dtype=job.out_dtype)
+            merged = memory.empty(job.shape, job.out_dtype)
             rows = max(1, CHUNK // math.prod(job.shape[1:]))
             for start in range(0, job.shape[0], rows):
                 part = [t[start : start + rows].to(compute) for t in tensors]

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import sys
 
-__all__ = ["keep_freed_memory"]
+import numpy as np
+import torch
+
+__all__ = ["keep_freed_memory", "empty"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -40,3 +44,21 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+#: Tensors this large come from numpy, which asks the kernel for transparent huge pages on them.
+_HUGE = 4 << 20
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty(shape, dtype=dtype)`` on the CPU; from 4 MiB up in memory numpy allocated.
+
+    Blocks above the mmap threshold are mapped afresh for every tensor, and each 4 KiB page of
+    them faults on first touch: reading a 65 MB embedding took 16K faults, and two threads faulting
+    at once queue on the process's memory map. numpy advises huge pages for large arrays
+    (``madvise(MADV_HUGEPAGE)``), so the same tensor takes about 32 faults. The tensor keeps the
+    array alive; its bytes are torch's to view as any dtype."""
+    size = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+    if size < _HUGE:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(np.empty(size, dtype=np.uint8)).view(dtype).view(shape)

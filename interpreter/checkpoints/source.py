@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from . import memory
 from .layout import SAFETENSORS_SUFFIX, CheckpointError, Layout, locate
 from .slices import layer_index
 
@@ -118,7 +119,7 @@ class _SafetensorsFile:
             row_bytes = (end - begin) // shape[0] if shape and shape[0] else 0
             begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
             shape = (rows[1] - rows[0], *shape[1:])
-        out = torch.empty(shape, dtype=info.dtype)
+        out = memory.empty(shape, info.dtype)
         if end > begin:
             _read_into(self.fd, memoryview(out.view(-1).view(torch.uint8).numpy()), self.start + begin, self.file)
         return out  # safetensors is little-endian, like every platform torch builds for
