@@ -171,7 +171,7 @@ def test_reads_with_pread_equal_safetensors_and_rows_are_row_ranges(tmp_path: Pa
         "m": torch.rand(6, 2, generator=g) < 0.5,
         "s": torch.tensor(2.5),
         "e": torch.zeros(0, 3),
-        "big": torch.randn(1100, 1024, generator=g).bfloat16(),  # over 2 MiB: memory numpy allocated
+        "big": torch.randn(2100, 1024, generator=g).bfloat16(),  # 4 MiB and more: memory numpy allocated
         "big32": torch.randn(1100, 1024, generator=g),
     }
     save_file(tensors, str(tmp_path / "model.safetensors"))
@@ -187,7 +187,7 @@ def test_reads_with_pread_equal_safetensors_and_rows_are_row_ranges(tmp_path: Pa
             assert "model.safetensors" not in maps.read_text()
     big[0] = 1.0  # a tensor of its own: writable after the file is closed, and nothing else changes
     assert torch.equal(big[1:], tensors["big"][1:]) and bool((big[0] == 1).all())
-    assert big.shape == (1100, 1024) and big.dtype == torch.bfloat16 and big.is_contiguous()
+    assert big.shape == (2100, 1024) and big.dtype == torch.bfloat16 and big.is_contiguous()
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[:-40])
     with pytest.raises(CheckpointError, match="cut.safetensors"):
