@@ -308,6 +308,35 @@ def _check_windowed(sp, seed: int, dtype: torch.dtype, qs: list[float], sampler:
         assert found == [None]  # every window missed: the two-pass fallback answered
 
 
+@pytest.mark.parametrize("missed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_windows_of_few_values_are_counted_in_one_pass_even_when_the_sample_missed_one(
+        missed: bool, dtype: torch.dtype) -> None:
+    """Heavily tied magnitudes (a quarter of all entries share the value at the rank, too many to
+    gather) whose window spans far more patterns than a histogram holds: counted value by value,
+    in one pass. A value the sample never saw, from the fourth block on, switches that window to
+    gathering without losing the counts before it. Exact either way."""
+    import mlspec.ops.merge.sparsify as sp
+
+    g = torch.Generator().manual_seed(1)
+    levels = torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0])
+    whole = levels[torch.randint(0, 5, (4000,), generator=g)].to(dtype)
+    if missed:
+        whole[2000:2100] = 1.5  # inside the window around the median, absent from the sample
+    sample = levels.to(dtype).repeat(20)  # the sample: the five levels only
+
+    blocks = sp.BlockMagnitudes(lambda: (whole[i : i + 500] for i in range(0, 4000, 500)), 4000, dtype,
+                                lambda step: sample)
+    ks = [1 + int(q * 4000) for q in (0.3, 0.5, 0.52, 0.9)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sp, "_SAMPLES", 64)
+        if missed:  # after the miss, float32 windows gather a third of the entries: allow it
+            mp.setattr(sp, "_GATHER_SHARE", 1)
+        found = sp._windowed(blocks, ks)
+    assert found is not None  # one pass answered, no fallback
+    assert found == [sorted_kth(whole, k) for k in ks]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_a_mask_as_multiplier_gives_the_bool_products_bit_for_bit(dtype: torch.dtype) -> None:
     from mlspec.ops.merge.sparsify import as_multiplier

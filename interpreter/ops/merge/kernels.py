@@ -240,22 +240,33 @@ def consensus_sum(
     """
     weighted = [d if w == 1.0 else d * w for w, d in zip(weights, deltas)]
     voters = weighted if weights_at == "before" else list(deltas)
-    vote = voters[0].sign() if elect == "count" else voters[0].clone()
-    for v in voters[1:]:
-        vote += v.sign() if elect == "count" else v
+    ballots = [v.sign() for v in voters] if elect == "count" else voters
+    vote = ballots[0] + ballots[1] if len(ballots) > 1 else ballots[0].clone()
+    for v in ballots[2:]:
+        vote += v
     # The elected sign, + where the vote is exactly +0 (x + -x rounds to +0). A vote of -0 or NaN
     # arises only where no voter is non-zero and finite, and no entry there agrees either way.
     elected = torch.copysign(torch.ones((), dtype=vote.dtype), vote)
     del vote
-    mixed = torch.zeros_like(elected)
-    divisor = torch.zeros_like(elected) if normalize else None
+    # The sums start from the first model's terms, not from zeros: 0 + t is t (up to the sign of a
+    # zero, which only a base entry of -0 would show), one pass fewer each.
+    mixed: Tensor | None = None
+    divisor: Tensor | None = None
     for w, v in zip(weights, voters):
-        agreeing = torch.relu_(v * elected)  # |v| where v agrees with the elected sign, else 0
-        if divisor is not None:
-            divisor.add_(agreeing.sign(), alpha=w)  # w · (0 or 1): exact
+        agreeing = torch.mul(v, elected).relu_()  # |v| where v agrees with the elected sign, else 0
+        if normalize:
+            votes = agreeing.sign()  # 0 or 1: exact
+            if divisor is None:
+                divisor = votes if w == 1.0 else votes.mul_(w)
+            else:
+                divisor.add_(votes, alpha=w)
         if weights_at == "after" and w != 1.0:
             agreeing.mul_(w)
-        mixed += agreeing
+        if mixed is None:
+            mixed = agreeing
+        else:
+            mixed += agreeing
+    assert mixed is not None
     mixed *= elected
     if divisor is not None:
         if all(w >= 1e-12 for w in weights):
@@ -291,7 +302,9 @@ def _combine(
         mixed = sum(wi * d for wi, d in zip(w, deltas))
         if normalize:
             mixed = mixed / (sum(w) if abs(sum(w)) > 1e-12 else 1.0)
-    return _out(_work(base) + scale * mixed, base)
+    if scale != 1.0:
+        mixed = scale * mixed
+    return _out(_work(base) + mixed, base)
 
 
 def ties(
