@@ -50,6 +50,11 @@ Advance = Callable[..., None]
 #: CPU than 1 << 19 for TIES and 4% for breadcrumbs; 1 << 16 pays more in per-call overhead.
 CHUNK = 1 << 17
 _Merged = tuple[Tensor, list[Tensor], Tensor | None]  # the output, the models' tensors, the base's
+#: Jobs submitted ahead of the one written next, per worker. Outputs are written in order, so with
+#: one job per worker a worker that finished a small tensor idled until the large one before it
+#: (an embedding) was done: a fifth of the workers' time in a streamed TIES merge. Memory stays
+#: bounded by the size budget in :func:`run_jobs`, not by this count.
+_QUEUED = 4
 
 
 class TensorMerge(Protocol):
@@ -218,7 +223,7 @@ def run_jobs(
             for job in jobs:
                 size = math.prod(job.shape)
                 while pending and (
-                    len(pending) >= workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget
+                    len(pending) >= _QUEUED * workers or sum(math.prod(j.shape) for j, _ in pending) + size > budget
                 ):
                     finish_one()
                 future = pool.submit(_merge_and_measure, job, inputs, job.merge or merge, compute, options.stats)
