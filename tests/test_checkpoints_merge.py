@@ -4,6 +4,7 @@ in-memory operators and against hand-resolved per-tensor settings."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,29 @@ def test_the_streamed_merge_asks_glibc_to_keep_freed_blocks() -> None:
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert memory.keep_freed_memory() is glibc
     assert memory.keep_freed_memory() is glibc  # cached: the setting is process-wide
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc")
+def test_what_the_merge_kept_is_given_back_when_it_ends() -> None:
+    """Freed blocks under 32 MB stay in the heap while a merge runs (reused by the next chunk);
+    give_back returns them, so a run that goes on after a merge does not carry them."""
+    import platform
+
+    import numpy as np
+
+    from mlspec.checkpoints import memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator settings apply to glibc only")
+
+    def resident_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    memory.keep_freed_memory()
+    blocks = [np.ones(1 << 21) for _ in range(40)]  # 40 blocks of 16 MB, from the heap, touched
+    held = resident_mb()
+    del blocks
+    kept = resident_mb()
+    assert memory.give_back() is True
+    assert kept > held - 100  # freed, but kept for reuse
+    assert resident_mb() < kept - 400  # handed back

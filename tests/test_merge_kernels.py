@@ -44,6 +44,28 @@ def test_linear_zero_weight_sum_is_an_error() -> None:
         K.linear(None, [A, B], weights=[1, -1])
 
 
+def test_weights_that_cannot_normalise_or_are_nan_are_errors_in_every_kernel() -> None:
+    """A NaN weight or density would turn every merged entry into NaN without a word; a weight sum
+    of zero or infinity cannot normalise. Each kernel that takes them says so."""
+    from mlspec.ops.merge.spherical import multislerp
+
+    nan, inf = math.nan, math.inf
+    with pytest.raises(ValueError, match="not NaN"):
+        K.linear(None, [A, B], weights=[1.0, nan])
+    with pytest.raises(ValueError, match="not NaN"):
+        K.task_arithmetic(A, [B, C], scales=[nan, 1.0])
+    with pytest.raises(ValueError, match="not NaN"):
+        K.ties(A, [B, C], density=[0.5, nan])
+    with pytest.raises(ValueError, match="sum to inf"):
+        K.linear(None, [A, B], weights=[1.0, inf])
+    with pytest.raises(ValueError, match="sum to zero"):
+        K.spherical_mean(None, [A, B], weights=[0.5, -0.5])
+    with pytest.raises(ValueError, match="multislerp: the weights sum to zero"):
+        multislerp([A, B, C], None, weights=[1.0, -2.0, 1.0])
+    # the checks change nothing for good weights: the mean is the plain formula
+    assert torch.equal(K.linear(None, [A, B], weights=[3.0, 1.0]), (3.0 * A + 1.0 * B) / 4.0)
+
+
 def test_task_arithmetic_addition_negation_analogy() -> None:
     base = t(1.0, 1.0, 1.0, 1.0, 1.0)
     out = K.task_arithmetic(base, [A, B, C], scales=[1.0, 1.0, -1.0])

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["keep_freed_memory", "empty"]
+__all__ = ["keep_freed_memory", "give_back", "empty"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -44,6 +44,22 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def give_back() -> bool:
+    """Hand the freed memory that :func:`keep_freed_memory` kept back to the system (glibc
+    ``malloc_trim``): a merge's chunk temporaries are done with once it ends, and a run that goes on
+    to train or evaluate should not carry them. True when it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True
 
 
 #: Tensors this large come from numpy, which asks the kernel for transparent huge pages on them.

@@ -86,12 +86,26 @@ def _out(x: Tensor, like: Tensor) -> Tensor:
 
 
 def per_model(value: float | Sequence[float], n: int, what: str) -> list[float]:
-    """One value per model: a float is shared by all ``n`` models, a sequence must have ``n`` values."""
+    """One value per model: a float is shared by all ``n`` models, a sequence must have ``n`` values.
+    NaN is refused (a NaN weight or density would make every merged entry NaN, silently)."""
     if isinstance(value, int | float):
-        return [float(value)] * n
-    if len(value) != n:
+        values = [float(value)] * n
+    elif len(value) != n:
         raise ValueError(f"expected {n} {what}, one per model (not {list(value)!r})")
-    return [float(v) for v in value]
+    else:
+        values = [float(v) for v in value]
+    if any(math.isnan(v) for v in values):
+        raise ValueError(f"{what} must be numbers, not NaN (got {values!r})")
+    return values
+
+
+def weight_total(weights: Sequence[float], what: str = "weights") -> float:
+    """Σ weights (summed in order), to normalise by: refused when (nearly) zero or not finite."""
+    total = sum(float(w) for w in weights)
+    if not (math.isfinite(total) and abs(total) >= 1e-12):
+        sums = "zero" if math.isfinite(total) else f"{total}"
+        raise ValueError(f"{what} sum to {sums}, cannot normalise by the sum (got {[float(w) for w in weights]!r})")
+    return total
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -115,10 +129,7 @@ def linear(
     w = _weights(weights, len(tensors))
     total = sum(wi * _work(t) for wi, t in zip(w, tensors))
     if normalize:
-        denom = sum(w)
-        if abs(denom) < 1e-12:
-            raise ValueError(f"weights sum to zero, cannot normalise (not {w!r})")
-        total = total / denom
+        total = total / weight_total(w)
     return _out(total, tensors[0])
 
 
@@ -189,8 +200,7 @@ def spherical_mean(
     weights (1 − t, t) it equals ``slerp(t)``. With a ``base`` it averages task vectors.
     """
     w = torch.tensor(_weights(weights, len(tensors)), dtype=torch.float64)
-    if abs(float(w.sum())) < 1e-12:
-        raise ValueError(f"weights sum to zero, cannot normalise (not {w.tolist()!r})")
+    weight_total(w.tolist())
     w = w / w.sum()
     vs = _vectors(tensors, base)
     flat = torch.stack([v.flatten().double() for v in vs])  # (n, numel)
@@ -336,9 +346,9 @@ def ties(
         densities = per_model(density, len(deltas), "densities")
         trimmed = [keep_top(d, magnitude_threshold(d, k)) for d, k in zip(deltas, densities)]
     else:
-        trimmed = [keep_top(d, thr) for d, thr in zip(deltas, _weights(thresholds, len(deltas)))]
+        trimmed = [keep_top(d, float(thr)) for d, thr in zip(deltas, thresholds, strict=True)]
     if factors is not None:
-        trimmed = [k * f for k, f in zip(trimmed, _weights(factors, len(trimmed)))]
+        trimmed = [k * float(f) for k, f in zip(trimmed, factors, strict=True)]
     elif rescale == "l1":
         trimmed = [k * l1_factor(k, d) for k, d in zip(trimmed, deltas)]
     return _combine(base, trimmed, weights, consensus=elect, weights_at=weights_at, normalize=normalize, scale=scale)

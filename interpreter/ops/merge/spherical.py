@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .kernels import _out, _vectors, _weights, _work
+from .kernels import _out, _vectors, _weights, _work, weight_total
 
 __all__ = ["multislerp", "nuslerp", "slerp_vectors"]
 
@@ -88,10 +88,8 @@ def multislerp(
         return _out(tensors[0], like)
     w = torch.tensor(_weights(weights, len(tensors)), dtype=torch.float64)
     if normalize_weights:
-        total = float(w.sum())
-        if abs(total) < 1e-12:
-            raise ValueError(f"multislerp: the weights sum to zero, cannot normalise them (not {w.tolist()!r})")
-        w = w / total
+        weight_total(w.tolist(), "multislerp: the weights")
+        w = w / float(w.sum())
     vs = _vectors(tensors, base)
     flat = torch.stack([v.flatten() for v in vs])  # (models, entries)
     w = w.to(flat.dtype)
