@@ -166,6 +166,7 @@ def _reads(job: Job, inputs: list[Checkpoint]) -> list[Checkpoint]:
     return [inputs[i] for i in job.reads] if job.reads else inputs
 
 
+@memory.reused_while_merging()  # chunk temporaries reuse pages instead of faulting in fresh ones
 def run_jobs(
     merge: TensorMerge,
     inputs: list[Checkpoint],
@@ -177,22 +178,6 @@ def run_jobs(
 ) -> None:
     """Read, merge (or copy) and write ``jobs`` into ``out_dir``: the whole-model pass first (if the
     merge has one), then the tensors side by side on ``options.workers`` threads."""
-    memory.keep_freed_memory()  # chunk temporaries reuse pages instead of faulting in fresh ones
-    try:
-        _run_jobs(merge, inputs, jobs, out_dir, options=options, progress=progress)
-    finally:
-        memory.give_back()  # what the chunks kept, once the merge is done (or failed)
-
-
-def _run_jobs(
-    merge: TensorMerge,
-    inputs: list[Checkpoint],
-    jobs: list[Job],
-    out_dir: Path,
-    *,
-    options: StreamOptions,
-    progress: Callable[[int, str], Any] | None = None,
-) -> None:
     compute = DTYPES[options.dtype]
     merged_jobs = [j for j in jobs if j.copy_from is None]
     track = progress or (lambda total, desc: _Silent())

@@ -8,9 +8,10 @@ faults: measured here, the TIES kernel on 512K-entry chunks ran at 36 ns an entr
 once freed memory is kept for reuse. :func:`keep_freed_memory` sets both thresholds so that blocks
 up to 32 MB (glibc's ceiling for the mmap threshold) come from the heaps and stay there.
 
-The process then keeps what it has freed rather than handing it back, so its resident size stays
-at its peak, which is what a merge's peak memory measures anyway. Where the C library is not glibc
-this does nothing.
+While a merge runs the process keeps what it frees rather than handing it back, so its resident
+size stays at its peak, which is what a merge's peak memory measures anyway; :func:`give_back`
+returns it when the merge ends (:func:`reused_while_merging` does both). Large tensors come from
+:func:`empty`. Where the C library is not glibc the allocator settings do nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import ctypes
 import functools
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["keep_freed_memory", "give_back", "empty"]
+__all__ = ["keep_freed_memory", "give_back", "reused_while_merging", "empty"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -31,35 +35,46 @@ _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
 _TRIM_THRESHOLD = 1 << 30
 
 
+def _libc(name: str, *argtypes: Any) -> Any:
+    """The C library's function ``name`` returning an int, on Linux; None elsewhere or when absent."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = list(argtypes), ctypes.c_int
+    return function
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Keep blocks up to 32 MB in the heaps once freed (glibc ``mallopt``); True when it applied.
     Once per process: the setting is process-wide and lasts."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
 def give_back() -> bool:
     """Hand the freed memory that :func:`keep_freed_memory` kept back to the system (glibc
     ``malloc_trim``): a merge's chunk temporaries are done with once it ends, and a run that goes on
     to train or evaluate should not carry them. True when it applied."""
-    if not sys.platform.startswith("linux"):
+    malloc_trim = _libc("malloc_trim", ctypes.c_size_t)
+    if malloc_trim is None:
         return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim.restype = ctypes.c_int
     malloc_trim(0)
     return True
+
+
+@contextmanager
+def reused_while_merging() -> Iterator[None]:
+    """:func:`keep_freed_memory` for the block, :func:`give_back` after it (also on an error)."""
+    keep_freed_memory()
+    try:
+        yield
+    finally:
+        give_back()
 
 
 #: Tensors this large come from numpy, which asks the kernel for transparent huge pages on them.
