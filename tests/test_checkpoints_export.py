@@ -179,3 +179,7 @@ def test_perplexity_of_a_merged_llama_with_transformers(ckpts: dict[str, Path], 
     assert whole.data["tokens"] == windowed.data["tokens"] == len(ids) - 1
     assert whole.data["perplexity"] == pytest.approx(math.exp(full), rel=1e-4)
     assert windowed.data["perplexity"] != whole.data["perplexity"]  # less history per token
+    latin = tmp_path / "latin1.txt"  # a file in another encoding: a step error naming it and the byte
+    latin.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(StepError, match=r"latin1\.txt' is not UTF-8 text \(invalid continuation byte at byte 3\)"):
+        perplexity(_ctx(tmp_path), PerplexityParams(text=str(latin)), model=merged)

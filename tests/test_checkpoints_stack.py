@@ -193,3 +193,32 @@ def test_integer_tensors_are_copied_in_their_own_dtype(tmp_path: Path) -> None:
         mask = got[f"model.layers.{i}.self_attn.mask"]
         assert mask.dtype == torch.int64 and torch.equal(mask, torch.arange(6) + i)  # a's block i
     assert got["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
+
+
+def test_a_stack_notes_what_it_copied_and_what_it_could_not_merge(tmp_path: Path) -> None:
+    """Like a plain merge, a stack says which tensors it copied from a one-source slice and which
+    merged-slice tensors it left unmerged because they are not floating point."""
+    from safetensors.torch import load_file, save_file
+
+    from mlspec.checkpoints.engine import StreamOptions
+    from mlspec.ops.checkpoints.stacking import stream_stack
+    from mlspec.ops.merge import method as methods
+
+    for name, seed in (("a", 0), ("b", 1)):
+        write_llama(tmp_path / name, TINY, seed=seed, base_seed=0, delta=0.3)
+        file = tmp_path / name / "model.safetensors"
+        state = load_file(file)
+        for i in range(4):
+            state[f"model.layers.{i}.self_attn.mask"] = torch.arange(6, dtype=torch.int64) + i
+        save_file(state, file, metadata={"format": "pt"})
+    slerp = methods.get("slerp")
+    assert slerp is not None
+    slices = [{"sources": [{"model": "a", "layer_range": [0, 2]}, {"model": "b", "layer_range": [0, 2]}]},
+              {"sources": [{"model": "b", "layer_range": [2, 4]}]}]
+    info = stream_stack(slerp, slerp.normalise({"t": 0.3}), slices, {"a": tmp_path / "a", "b": tmp_path / "b"},
+                        "a", tmp_path / "out", options=StreamOptions())
+    assert info["notes"]["not merged (not floating point)"] == ["model.layers.0.self_attn.mask",
+                                                                "model.layers.1.self_attn.mask"]
+    assert "model.layers.2.self_attn.mask" in info["notes"]["copied"]
+    assert "model.layers.3.mlp.up_proj.weight" in info["notes"]["copied"]
+    assert not any(".layers.0." in n for n in info["notes"]["copied"])  # slice 0 is merged

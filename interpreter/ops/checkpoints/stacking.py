@@ -66,6 +66,7 @@ def stream_stack(
                            method=method.name, base_model=base, parameters=values)
         bounds: dict[int, BoundMethod] = {}
         jobs = []
+        notes: dict[str, list[str]] = {"copied": []}  # as a plain merge's plan notes them
         for pt in plan.tensors:
             reads = [labels.index(s.model) for s in pt.sources]
             names = [s.tensor for s in pt.sources]
@@ -78,6 +79,8 @@ def stream_stack(
             common = dict(name=pt.name, shape=tuple(infos[0].shape), out_dtype=dtype, layer=pt.layer)
             if pt.copied or not floating:
                 jobs.append(Job(**common, sources=(names[0],), copy_from=0, reads=(reads[0],)))
+                (notes["copied"] if pt.copied else notes.setdefault("not merged (not floating point)", [])).append(
+                    pt.name)
                 continue
             has_base = method.base == "required"
             if has_base:
@@ -116,6 +119,6 @@ def stream_stack(
         hfdir.copy_companions(reference.layout.directory, out_dir)
     merged = [j for j in jobs if j.copy_from is None]
     info = merge_info(lead, options, sum(math.prod(j.shape) for j in merged), started,
-                 {"copied": [j.name for j in jobs if j.copy_from is not None]}, [paths[x] for x in labels], len(jobs))
+                 notes, [paths[x] for x in labels], len(jobs))
     info.update(num_hidden_layers=plan.num_hidden_layers, slices=list(slices))
     return info
