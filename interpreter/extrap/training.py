@@ -81,10 +81,9 @@ def predictions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) * mask
 
 
-def solved(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) bool: the masked argmax (``pred``, when already at hand) equals the target at every
-    pixel (DeepThinking's accuracy)."""
-    pred = predictions(logits, mask) if pred is None else pred
+def solved(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the masked argmax :func:`predictions` equals the target at every pixel
+    (DeepThinking's accuracy)."""
     return (pred == y).flatten(1).all(1)
 
 
@@ -106,7 +105,7 @@ def _validate(model: IterativeNet, tensors: dict[str, torch.Tensor], config: Tra
     hits = total = 0
     with torch.no_grad(), autocast(device):
         for b in batches(tensors, max(config.batch_size, 256), device):
-            hits += int(solved(model(b.x, config.iterations), b.y, b.mask).sum())
+            hits += int(solved(predictions(model(b.x, config.iterations), b.mask), b.y).sum())
             total += len(b.x)
     return hits / max(total, 1)
 
