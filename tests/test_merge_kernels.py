@@ -380,3 +380,26 @@ def test_l1_rescale_restores_the_norm_of_each_trimmed_task_vector() -> None:
     x = t(4.0, -1.0, 0.5, 2.0, -0.25)
     kept = K.ties(torch.zeros(5, dtype=D), [x], density=0.4, rescale="l1")  # keeps 4 and 2, norm 7.75
     assert torch.allclose(kept, t(4.0, 0.0, 0.0, 2.0, 0.0) * 7.75 / 6.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_sign_conflicts_against_a_base_are_the_signs_of_the_differences(dtype: torch.dtype) -> None:
+    """Oracle: the definition on explicit float64 task vectors (signs of θᵢ − base, some positive and
+    some negative), with equal entries, infinities and NaN among the inputs."""
+    from mlspec.ops.merge.stats import sign_conflicts
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3000, generator=g).to(dtype)
+    models = [(base.double() + torch.randn(3000, generator=g) * (torch.rand(3000, generator=g) < 0.7)).to(dtype)
+              for _ in range(3)]
+    models[0][:40] = math.inf
+    models[1][20:60] = -math.inf
+    models[2][50:90] = math.nan
+    base[100:120] = math.inf
+    signs = torch.stack([(m.double() - base.double()).sign() for m in models])
+    expected = (signs.amax(0) > 0) & (signs.amin(0) < 0)
+    for n in (1, 2, 3):
+        expected_n = (signs[:n].amax(0) > 0) & (signs[:n].amin(0) < 0)
+        assert torch.equal(sign_conflicts(models[:n], base), expected_n)
+    assert torch.equal(sign_conflicts([m.double() - base.double() for m in models]), expected)
+    assert 0 < int(expected.sum()) < 3000

@@ -24,10 +24,18 @@ from .sparsify import row_blocks
 __all__ = ["MergeStats", "sign_conflicts"]
 
 
-def sign_conflicts(deltas: Sequence[Tensor]) -> Tensor:
-    """Boolean mask of the entries where some task vector is > 0 and another < 0."""
-    signs = torch.stack([d.sign() for d in deltas])
-    return (signs.amax(0) > 0) & (signs.amin(0) < 0)
+def sign_conflicts(deltas: Sequence[Tensor], base: Tensor | float = 0.0) -> Tensor:
+    """Boolean mask of the entries where some task vector is > 0 and another < 0. With a ``base``,
+    ``deltas`` are the models' tensors and their task vectors' signs are comparisons with it: the
+    same mask, without forming a single difference (NaN is neither above nor below)."""
+    above = below = None
+    for d in deltas:
+        up, down = d > base, d < base
+        above = up if above is None else above.logical_or_(up)
+        below = down if below is None else below.logical_or_(down)
+    if above is None or below is None:
+        raise ValueError("sign_conflicts needs at least one task vector")
+    return above.logical_and_(below)
 
 
 class MergeStats:
@@ -63,8 +71,8 @@ class MergeStats:
             b = base[rows].double() if base is not None else None
             moved = m - b if b is not None else m
             zeros += int((moved == 0).sum())
-            if b is not None:
-                conflicts += int(sign_conflicts([t - b for t in inputs]).sum())
+            if base is not None:  # signs of the task vectors: comparisons in the stored dtypes (exact)
+                conflicts += int(sign_conflicts([t[rows] for t in tensors], base[rows]).sum())
                 sq_base += float(moved.square().sum())
             for i, t in enumerate(inputs):
                 sq_inputs[i] += float((m - t).square().sum())
