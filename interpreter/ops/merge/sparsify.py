@@ -371,12 +371,12 @@ def keep_band(x: Tensor, *, density: float, gamma: float) -> Tensor:
 _BLOCK = 1 << 19  # elements per row block of the block-wise passes below
 
 
-def row_blocks(shape: Sequence[int]) -> list[Any]:
-    """Row ranges (slices) of about ``_BLOCK`` elements covering a tensor of ``shape``; a 0-d or
-    1-d tensor is one block (``...``)."""
+def row_blocks(shape: Sequence[int], block: int | None = None) -> list[Any]:
+    """Row ranges (slices) of about ``block`` (default ``_BLOCK``) elements covering a tensor of
+    ``shape``; a 0-d or 1-d tensor is one block (``...``)."""
     if len(shape) < 2 or not shape[0]:
         return [...]
-    rows = max(1, _BLOCK // max(1, math.prod(shape[1:])))
+    rows = max(1, (block or _BLOCK) // max(1, math.prod(shape[1:])))
     return [slice(start, start + rows) for start in range(0, shape[0], rows)]
 
 
