@@ -350,3 +350,21 @@ def test_a_mask_as_multiplier_gives_the_bool_products_bit_for_bit(dtype: torch.d
     assert got.dtype == expected.dtype
     assert torch.equal(got.nan_to_num(), expected.nan_to_num())
     assert torch.equal(torch.signbit(got), torch.signbit(expected)) and torch.equal(got.isnan(), expected.isnan())
+
+
+def test_the_two_pass_fallback_keeps_no_bucket_for_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every entry in one first-digit bucket (values in [1, 1.0078) share their top 16 bits): the
+    second pass histograms the low digit block by block and never gathers the bucket, exactly."""
+    import mlspec.ops.merge.sparsify as sp
+
+    g = torch.Generator().manual_seed(2)
+    whole = 1.0 + torch.randint(0, 5000, (6000,), generator=g).float() * 1e-6
+    assert len(set((whole.view(torch.int32) >> 16).tolist())) == 1
+    blocks = sp.BlockMagnitudes(lambda: (whole[i : i + 1000] for i in range(0, 6000, 1000)), 6000, torch.float32)
+
+    def no_descent(*args: object) -> float:
+        raise AssertionError("the bucket was gathered and descended")
+
+    monkeypatch.setattr(sp, "_descend", no_descent)
+    ks = [1, 2, 3000, 5999, 6000]
+    assert sp.kth_smallest_of(blocks, ks) == [sorted_kth(whole, k) for k in ks]

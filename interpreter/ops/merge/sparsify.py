@@ -143,7 +143,9 @@ def _kth_smallest_of_blocks(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> l
     places a window of values around each rank; the pass counts the entries below each window and
     gathers those inside, and the rank is selected among them. Should a window miss its rank (a
     chance below one in a million), or without a sampler, two passes: the first digit's histogram
-    over the blocks, then the buckets the ranks fall in."""
+    over the blocks, then within the buckets the ranks fall in the second digit's histogram (float32,
+    whose patterns are two digits: memory of a block, however many entries tie in a bucket) or, for
+    float64, the buckets gathered."""
     dtype = magnitudes.dtype
     if dtype not in _PATTERN:
         return kth_smallest_of(torch.cat([b.flatten() for b in magnitudes]), ks)
@@ -160,6 +162,14 @@ def _kth_smallest_of_blocks(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> l
     shift = (width - 1) // _DIGIT * _DIGIT
     if shift == 0:  # one digit is the whole pattern (16-bit floats)
         return [_as_float(digit, dtype) for digit, _ in located]
+    if shift == _DIGIT:  # float32: the second digit is the last; its histogram per bucket, nothing kept
+        low = {digit: torch.zeros(_BINS, dtype=torch.int64) for digit, _ in located}
+        for block in magnitudes:
+            patterns = _patterns(block)
+            top = _top_digits(patterns)
+            for digit, counts in low.items():
+                counts += torch.bincount(_bucket(patterns, top, digit) & (_BINS - 1), minlength=_BINS)
+        return [_as_float(digit << _DIGIT | _locate(low[digit], rank)[0], dtype) for digit, rank in located]
     parts: dict[int, list[Tensor]] = {digit: [] for digit, _ in located}
     for block in magnitudes:
         patterns = _patterns(block)
