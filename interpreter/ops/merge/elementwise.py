@@ -91,13 +91,19 @@ def _magnitudes(x: Tensor, base: Tensor) -> Tensor:
     return _delta(x, base).abs_()
 
 
-def _block_magnitudes(x: Tensor, base: Tensor) -> BlockMagnitudes:
-    """|x − base| a block of rows at a time, each time a selection passes over it: entry for entry
-    what :func:`_magnitudes` holds whole."""
+#: Entries per block when magnitudes only feed a selection (whose result no block size changes).
+#: Smaller than the default: with a worker per core, 128K-entry blocks selected 25-30% faster than
+#: 512K ones (the two cores share one cache), though alone they are 5% slower.
+_SELECTION_BLOCK = 1 << 17
+
+
+def _block_magnitudes(x: Tensor, base: Tensor, block: int | None = None) -> BlockMagnitudes:
+    """|x − base| a block of rows (of about ``block`` entries; see :func:`row_blocks`) at a time,
+    each time a selection passes over it: entry for entry what :func:`_magnitudes` holds whole."""
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
     def blocks() -> Iterator[Tensor]:
-        for rows in row_blocks(x.shape):
+        for rows in row_blocks(x.shape, block):
             yield _delta(x[rows], base[rows]).abs_()
 
     def sample(step: int) -> Tensor:
@@ -120,7 +126,7 @@ def ties_tensor_thresholds(
     if given is not None and not l1:
         return {}
     if not l1 and base.device.type == "cpu":  # the thresholds alone: selected block by block
-        return {"thresholds": [threshold_of_magnitudes(_block_magnitudes(x, base), density)
+        return {"thresholds": [threshold_of_magnitudes(_block_magnitudes(x, base, _SELECTION_BLOCK), density)
                                for x, density in zip(tensors, params["density"])]}
     found, factors = [], []
     for i, (x, density) in enumerate(zip(tensors, params["density"])):
@@ -210,7 +216,7 @@ def breadcrumbs_tensor_prepare(params: Mapping[str, Any], base: Tensor, tensors:
     """What breadcrumbs needs of a whole tensor: each task vector's band of kept magnitudes and,
     with ``rescale = l1``, its L1 factor. One task vector at a time."""
     if params.get("rescale") != "l1" and base.device.type == "cpu":  # the bands alone: block by block
-        return {"bands": [band_thresholds(_block_magnitudes(x, base), density=d, gamma=g)
+        return {"bands": [band_thresholds(_block_magnitudes(x, base, _SELECTION_BLOCK), density=d, gamma=g)
                           for x, d, g in zip(tensors, params["density"], params["gamma"])]}
     bands, factors = [], []
     for x, d, g in zip(tensors, params["density"], params["gamma"]):
