@@ -200,6 +200,14 @@ def test_drop_l1_factor_is_the_norm_ratio() -> None:
     expected = delta.double().abs().sum() / (delta.double() * mask).abs().sum()
     assert math.isclose(drop_l1_factor(delta, mask), float(expected), rel_tol=1e-9)
     assert drop_l1_factor(delta, torch.zeros_like(mask)) == 1.0
+    # magnitudes in blocks of any size (here 11 rows) meet the mask entries they belong to
+    from mlspec.ops.merge.sparsify import BlockMagnitudes
+
+    blocks = BlockMagnitudes(lambda: (delta[i : i + 11].abs() for i in range(0, 300, 11)), delta.numel(),
+                             delta.dtype)
+    assert math.isclose(drop_l1_factor(blocks, mask), float(expected), rel_tol=1e-9)
+    with pytest.raises(ValueError, match=r"task vector \(\[300, 7\]\) does not match its mask \(\[299, 7\]\)"):
+        drop_l1_factor(delta, mask[:299])
 
 
 def _stacked_consensus(deltas, weights, elect, weights_at, normalize):  # type: ignore[no-untyped-def]

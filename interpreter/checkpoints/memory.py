@@ -89,7 +89,7 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     at once queue on the process's memory map. numpy advises huge pages for large arrays
     (``madvise(MADV_HUGEPAGE)``), so the same tensor takes about 32 faults. The tensor keeps the
     array alive; its bytes are torch's to view as any dtype."""
-    size = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+    size = dtype.itemsize * math.prod(shape)
     if size < _HUGE:
         return torch.empty(shape, dtype=dtype)
     return torch.from_numpy(np.empty(size, dtype=np.uint8)).view(dtype).view(shape)

@@ -12,6 +12,7 @@ The format is the documented safetensors one: an 8-byte little-endian header len
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,7 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
-        n = torch.empty((), dtype=self.dtype).element_size()
-        for d in self.shape:
-            n *= d
-        return n
+        return self.dtype.itemsize * math.prod(self.shape)
 
 
 def _shards(plan: list[PlannedTensor], shard_bytes: int) -> list[list[PlannedTensor]]:

@@ -79,8 +79,10 @@ def stream_stack(
             common = dict(name=pt.name, shape=tuple(infos[0].shape), out_dtype=dtype, layer=pt.layer)
             if pt.copied or not floating:
                 jobs.append(Job(**common, sources=(names[0],), copy_from=0, reads=(reads[0],)))
-                (notes["copied"] if pt.copied else notes.setdefault("not merged (not floating point)", [])).append(
-                    pt.name)
+                if pt.copied:
+                    notes["copied"].append(pt.name)
+                else:
+                    notes.setdefault("not merged (not floating point)", []).append(pt.name)
                 continue
             has_base = method.base == "required"
             if has_base:

@@ -441,13 +441,20 @@ def as_multiplier(mask: Tensor) -> Tensor:
 def drop_l1_factor(delta: Tensor | BlockMagnitudes, mask: Tensor) -> float:
     """‖delta‖₁ / ‖delta·mask‖₁ (1 when the kept norm is below 1e-7), summed block by block in
     float64: DARE's ``rescale = l1`` multiplier, known before any row chunk is merged. ``delta`` may
-    be the task vector's magnitudes as :class:`BlockMagnitudes` (blocks of rows, in order)."""
-    blocks = row_blocks(mask.shape)
-    magnitudes = delta if isinstance(delta, BlockMagnitudes) else (delta[rows].abs() for rows in blocks)
+    be the task vector's magnitudes as :class:`BlockMagnitudes` (in flat order, blocks of any size:
+    each meets the next entries of the mask)."""
+    if delta.numel() != mask.numel() or (isinstance(delta, Tensor) and delta.shape != mask.shape):
+        shape = list(delta.shape) if isinstance(delta, Tensor) else f"{delta.numel()} entries"
+        raise ValueError(f"the task vector ({shape}) does not match its mask ({list(mask.shape)})")
+    magnitudes = delta if isinstance(delta, BlockMagnitudes) else (delta[rows].abs() for rows in row_blocks(mask.shape))
+    kept = as_multiplier(mask).reshape(-1)
     before = after = 0.0
-    for rows, magnitude in zip(blocks, magnitudes):
+    offset = 0
+    for magnitude in magnitudes:
+        n = magnitude.numel()
         before += float(magnitude.sum(dtype=torch.float64))
-        after += float(magnitude.mul_(as_multiplier(mask[rows])).sum(dtype=torch.float64))
+        after += float(magnitude.mul_(kept[offset : offset + n].view(magnitude.shape)).sum(dtype=torch.float64))
+        offset += n
     return before / after if after > 1e-7 else 1.0
 
 
